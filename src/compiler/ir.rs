@@ -1,0 +1,391 @@
+//! The graph IR: plain data. Values carry a dtype and a static shape; nodes hold one primitive
+//! [`Op`] each and are kept in topological order. Composite ONNX ops (norms, softmax, Gemm, pooling
+//! …) are lowered to these primitives on import, so the derivative rules stay few.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Index of a value in [`Graph::values`].
+pub type ValueId = usize;
+
+/// Element types the IR knows. Integer and boolean values never carry gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DType {
+    /// 32-bit float (what artifacts run in).
+    F32,
+    /// 64-bit float (finite-difference checks).
+    F64,
+    /// 64-bit integer (indices, shapes).
+    I64,
+    /// Boolean (masks).
+    Bool,
+}
+
+impl DType {
+    /// Whether values of this type are differentiable.
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F64)
+    }
+}
+
+/// A dense constant tensor. Every dtype is stored as `f64`: exact for f32, bool and the integer
+/// ranges that shapes and indices use, and it keeps the evaluator and the folder to one code path.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    /// Element type.
+    pub dtype: DType,
+    /// Static shape.
+    pub shape: Vec<usize>,
+    /// Row-major elements.
+    pub data: Vec<f64>,
+}
+
+impl Tensor {
+    /// A tensor from its parts; `data.len()` must equal the product of `shape`.
+    pub fn new(dtype: DType, shape: Vec<usize>, data: Vec<f64>) -> Tensor {
+        debug_assert_eq!(numel(&shape), data.len());
+        Tensor { dtype, shape, data }
+    }
+    /// A scalar (rank 0).
+    pub fn scalar(dtype: DType, v: f64) -> Tensor {
+        Tensor { dtype, shape: vec![], data: vec![v] }
+    }
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Product of a shape's dimensions.
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// Type and shape of one value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValueInfo {
+    /// Name (unique within a graph; used for graph inputs and outputs on export).
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Static shape.
+    pub shape: Vec<usize>,
+}
+
+/// The primitive operations. Attributes are static; shapes are known at build time.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// A constant tensor (no inputs).
+    Constant(Tensor),
+    /// Pass-through.
+    Identity,
+    /// Pass-through whose derivative is zero (the max in a stable softmax, say).
+    StopGradient,
+    /// Elementwise binary ops with numpy broadcasting.
+    Add,
+    /// a − b.
+    Sub,
+    /// a · b.
+    Mul,
+    /// a / b.
+    Div,
+    /// Elementwise unary ops.
+    Neg,
+    /// eˣ.
+    Exp,
+    /// ln x.
+    Log,
+    /// √x.
+    Sqrt,
+    /// max(x, 0).
+    Relu,
+    /// 1/(1+e⁻ˣ).
+    Sigmoid,
+    /// tanh x.
+    Tanh,
+    /// The error function.
+    Erf,
+    /// x for x > 0, αx otherwise.
+    LeakyRelu {
+        /// Negative slope.
+        alpha: f64,
+    },
+    /// a > b (bool, broadcasting; no gradient).
+    Greater,
+    /// a == b (bool, broadcasting; no gradient).
+    Equal,
+    /// cond ? a : b, broadcasting; gradient flows to a and b.
+    Where,
+    /// Element type conversion (no gradient unless float → float).
+    Cast {
+        /// Target type.
+        to: DType,
+    },
+    /// Matrix product with batch broadcasting (both ranks ≥ 2 after import).
+    MatMul,
+    /// Axis permutation.
+    Transpose {
+        /// Output axis i is input axis perm\[i\].
+        perm: Vec<usize>,
+    },
+    /// Same elements, another static shape.
+    Reshape {
+        /// Target shape.
+        shape: Vec<usize>,
+    },
+    /// Numpy broadcast to a static shape.
+    Expand {
+        /// Target shape.
+        shape: Vec<usize>,
+    },
+    /// Sum over axes.
+    ReduceSum {
+        /// Axes (non-negative, sorted).
+        axes: Vec<usize>,
+        /// Keep reduced axes as size 1.
+        keepdims: bool,
+    },
+    /// Max over axes (ties pass the gradient to every maximal element).
+    ReduceMax {
+        /// Axes (non-negative, sorted).
+        axes: Vec<usize>,
+        /// Keep reduced axes as size 1.
+        keepdims: bool,
+    },
+    /// Concatenation along an axis.
+    Concat {
+        /// Axis.
+        axis: usize,
+    },
+    /// Split along an axis into pieces of the given sizes (one output per piece).
+    Split {
+        /// Axis.
+        axis: usize,
+        /// Piece sizes (sum = the axis' extent).
+        sizes: Vec<usize>,
+    },
+    /// Unit-step slice, static bounds per axis.
+    Slice {
+        /// Start per axis (all axes, non-negative).
+        starts: Vec<usize>,
+        /// End per axis (exclusive).
+        ends: Vec<usize>,
+    },
+    /// Constant padding, `begins`/`ends` per axis.
+    Pad {
+        /// Elements added before, per axis.
+        begins: Vec<usize>,
+        /// Elements added after, per axis.
+        ends: Vec<usize>,
+        /// The fill value.
+        value: f64,
+    },
+    /// N-d convolution (no bias): x \[N,C,…\], w \[O,C/g,k…\].
+    Conv(ConvAttrs),
+    /// The adjoint of [`Op::Conv`] with the same attributes and weight layout, mapping \[N,O,…\]
+    /// to \[N,C,…\]; `out_shape` fixes the spatial output extent.
+    ConvTranspose {
+        /// Attributes of the convolution this is the adjoint of.
+        conv: ConvAttrs,
+        /// Spatial extent of the output.
+        out_spatial: Vec<usize>,
+    },
+}
+
+/// Convolution attributes (spatial rank = `strides.len()`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvAttrs {
+    /// Stride per spatial axis.
+    pub strides: Vec<usize>,
+    /// Padding before, per spatial axis.
+    pub pads_begin: Vec<usize>,
+    /// Padding after, per spatial axis.
+    pub pads_end: Vec<usize>,
+    /// Dilation per spatial axis.
+    pub dilations: Vec<usize>,
+    /// Group count.
+    pub group: usize,
+}
+
+impl Op {
+    /// The op's name as shown in messages and op tables.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Constant(_) => "Constant",
+            Op::Identity => "Identity",
+            Op::StopGradient => "StopGradient",
+            Op::Add => "Add",
+            Op::Sub => "Sub",
+            Op::Mul => "Mul",
+            Op::Div => "Div",
+            Op::Neg => "Neg",
+            Op::Exp => "Exp",
+            Op::Log => "Log",
+            Op::Sqrt => "Sqrt",
+            Op::Relu => "Relu",
+            Op::Sigmoid => "Sigmoid",
+            Op::Tanh => "Tanh",
+            Op::Erf => "Erf",
+            Op::LeakyRelu { .. } => "LeakyRelu",
+            Op::Greater => "Greater",
+            Op::Equal => "Equal",
+            Op::Where => "Where",
+            Op::Cast { .. } => "Cast",
+            Op::MatMul => "MatMul",
+            Op::Transpose { .. } => "Transpose",
+            Op::Reshape { .. } => "Reshape",
+            Op::Expand { .. } => "Expand",
+            Op::ReduceSum { .. } => "ReduceSum",
+            Op::ReduceMax { .. } => "ReduceMax",
+            Op::Concat { .. } => "Concat",
+            Op::Split { .. } => "Split",
+            Op::Slice { .. } => "Slice",
+            Op::Pad { .. } => "Pad",
+            Op::Conv(_) => "Conv",
+            Op::ConvTranspose { .. } => "ConvTranspose",
+        }
+    }
+}
+
+/// One node: an op applied to values, producing values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    /// Node name (kept from ONNX where imported; used in messages).
+    pub name: String,
+    /// The primitive.
+    pub op: Op,
+    /// Operand values.
+    pub inputs: Vec<ValueId>,
+    /// Result values.
+    pub outputs: Vec<ValueId>,
+}
+
+/// A typed graph: values, nodes in topological order, inputs and outputs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Graph {
+    /// Every value, indexed by [`ValueId`].
+    pub values: Vec<ValueInfo>,
+    /// Nodes in topological order.
+    pub nodes: Vec<Node>,
+    /// Graph inputs, in order.
+    pub inputs: Vec<ValueId>,
+    /// Graph outputs, in order.
+    pub outputs: Vec<ValueId>,
+}
+
+/// Errors raised while building or checking a graph.
+#[derive(Debug, Error)]
+pub enum IrError {
+    /// Operands whose shapes or types the op cannot take.
+    #[error("node '{node}' ({op}): {msg}")]
+    Shape {
+        /// Node name.
+        node: String,
+        /// Op name.
+        op: &'static str,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A name that is not in the graph.
+    #[error("no value named '{0}' in the graph")]
+    NoSuchValue(String),
+}
+
+impl Graph {
+    /// An empty graph.
+    pub fn new() -> Graph {
+        Graph::default()
+    }
+
+    /// The info of a value.
+    pub fn info(&self, v: ValueId) -> &ValueInfo {
+        &self.values[v]
+    }
+
+    /// The shape of a value.
+    pub fn shape(&self, v: ValueId) -> &[usize] {
+        &self.values[v].shape
+    }
+
+    /// The dtype of a value.
+    pub fn dtype(&self, v: ValueId) -> DType {
+        self.values[v].dtype
+    }
+
+    /// Finds a value by name.
+    pub fn find(&self, name: &str) -> Result<ValueId, IrError> {
+        self.values
+            .iter()
+            .position(|v| v.name == name)
+            .ok_or_else(|| IrError::NoSuchValue(name.to_string()))
+    }
+
+    /// A fresh value name with the given stem.
+    fn fresh_name(&self, stem: &str) -> String {
+        format!("{stem}_{}", self.values.len())
+    }
+
+    /// Declares a graph input.
+    pub fn input(&mut self, name: &str, dtype: DType, shape: Vec<usize>) -> ValueId {
+        let id = self.values.len();
+        self.values.push(ValueInfo { name: name.to_string(), dtype, shape });
+        self.inputs.push(id);
+        id
+    }
+
+    /// Appends a node, inferring its output types. Returns the output values.
+    pub fn push(&mut self, name: &str, op: Op, inputs: &[ValueId]) -> Result<Vec<ValueId>, IrError> {
+        let infos: Vec<&ValueInfo> = inputs.iter().map(|&i| &self.values[i]).collect();
+        let outs = crate::compiler::ops::infer(&op, &infos).map_err(|msg| IrError::Shape {
+            node: name.to_string(),
+            op: op.name(),
+            msg,
+        })?;
+        let stem = if name.is_empty() { op.name() } else { name };
+        let mut ids = Vec::with_capacity(outs.len());
+        for (dtype, shape) in outs {
+            let id = self.values.len();
+            let vname = self.fresh_name(stem);
+            self.values.push(ValueInfo { name: vname, dtype, shape });
+            ids.push(id);
+        }
+        let node_name = if name.is_empty() { format!("{}_{}", op.name(), self.nodes.len()) } else { name.to_string() };
+        self.nodes.push(Node { name: node_name, op, inputs: inputs.to_vec(), outputs: ids.clone() });
+        Ok(ids)
+    }
+
+    /// Appends a single-output node (panics in debug if the op has several outputs).
+    pub fn push1(&mut self, name: &str, op: Op, inputs: &[ValueId]) -> Result<ValueId, IrError> {
+        let outs = self.push(name, op, inputs)?;
+        debug_assert_eq!(outs.len(), 1);
+        Ok(outs[0])
+    }
+
+    /// Adds a constant.
+    pub fn constant(&mut self, t: Tensor) -> ValueId {
+        let id = self.values.len();
+        let name = self.fresh_name("const");
+        self.values.push(ValueInfo { name, dtype: t.dtype, shape: t.shape.clone() });
+        let node_name = format!("Constant_{}", self.nodes.len());
+        self.nodes.push(Node { name: node_name, op: Op::Constant(t), inputs: vec![], outputs: vec![id] });
+        id
+    }
+
+    /// A scalar constant of the given float type.
+    pub fn scalar(&mut self, dtype: DType, v: f64) -> ValueId {
+        self.constant(Tensor::scalar(dtype, v))
+    }
+
+    /// Renames a value (graph inputs and outputs keep their names on export).
+    pub fn rename(&mut self, v: ValueId, name: &str) {
+        self.values[v].name = name.to_string();
+    }
+
+    /// The constant behind a value, if its producer is a [`Op::Constant`].
+    pub fn constant_of(&self, v: ValueId) -> Option<&Tensor> {
+        self.nodes.iter().find_map(|n| match &n.op {
+            Op::Constant(t) if n.outputs[0] == v => Some(t),
+            _ => None,
+        })
+    }
+}

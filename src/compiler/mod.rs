@@ -1,0 +1,5 @@
+//! The compiler: IR, primitive ops with shape and derivative rules, automatic differentiation,
+//! graph passes and training artifacts.
+pub mod emit;
+pub mod ir;
+pub mod ops;

@@ -1,0 +1,1 @@
+//! Datasets, augmentation (DSA with exact adjoints), ZCA whitening, selection and image grids.

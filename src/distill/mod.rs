@@ -1,0 +1,1 @@
+//! TESLA distillation: the two-pass constant-memory loop, the exact reverse sweep and the unrolled baseline.

@@ -1,0 +1,12 @@
+//! tesla-distill: dataset distillation by matching training trajectories with constant memory
+//! (TESLA), on ONNX graphs.
+#![warn(missing_docs)]
+pub mod cli;
+pub mod compiler;
+pub mod data;
+pub mod distill;
+pub mod eval;
+pub mod experts;
+pub mod onnx;
+pub mod runtime;
+pub mod zoo;

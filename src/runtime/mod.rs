@@ -1,0 +1,1 @@
+//! Backends that run ONNX artifacts: tract (pure Rust) and ONNX Runtime.

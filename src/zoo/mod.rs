@@ -1,0 +1,1 @@
+//! Built-in architectures, generated as forward graphs whose parameters are graph inputs.

@@ -2,4 +2,5 @@
 //! graph passes and training artifacts.
 pub mod emit;
 pub mod ir;
+pub mod model;
 pub mod ops;

@@ -1,0 +1,87 @@
+//! Graph passes: functions from a graph to a graph.
+
+use super::eval;
+use super::ir::{Graph, Node, Op, Tensor, ValueId};
+use std::collections::HashMap;
+
+/// Removes the nodes no output needs and renumbers values. Graph inputs are kept even when unused
+/// (the artifact contract fixes them).
+pub fn prune(g: &Graph) -> Graph {
+    let mut live = vec![false; g.values.len()];
+    for &o in &g.outputs {
+        live[o] = true;
+    }
+    let mut keep = vec![false; g.nodes.len()];
+    for (i, n) in g.nodes.iter().enumerate().rev() {
+        if n.outputs.iter().any(|&o| live[o]) {
+            keep[i] = true;
+            for &x in &n.inputs {
+                live[x] = true;
+            }
+        }
+    }
+    for &i in &g.inputs {
+        live[i] = true;
+    }
+    let mut map: HashMap<ValueId, ValueId> = HashMap::new();
+    let mut out = Graph::new();
+    for (old, info) in g.values.iter().enumerate() {
+        if live[old] {
+            map.insert(old, out.values.len());
+            out.values.push(info.clone());
+        }
+    }
+    // Node outputs that are not needed are still produced (multi-output nodes): keep their values.
+    for (i, n) in g.nodes.iter().enumerate() {
+        if !keep[i] {
+            continue;
+        }
+        for &o in &n.outputs {
+            map.entry(o).or_insert_with(|| {
+                out.values.push(g.values[o].clone());
+                out.values.len() - 1
+            });
+        }
+        out.nodes.push(Node {
+            name: n.name.clone(),
+            op: n.op.clone(),
+            inputs: n.inputs.iter().map(|x| map[x]).collect(),
+            outputs: n.outputs.iter().map(|x| map[x]).collect(),
+        });
+    }
+    out.inputs = g.inputs.iter().map(|x| map[x]).collect();
+    out.outputs = g.outputs.iter().map(|x| map[x]).collect();
+    out
+}
+
+/// Replaces every node whose operands are all constants by constants (except cheap broadcasts
+/// of scalars, which would only make files larger), then prunes.
+pub fn fold_constants(g: &Graph) -> Graph {
+    let mut out = g.clone();
+    let mut consts: HashMap<ValueId, Tensor> = HashMap::new();
+    for n in &g.nodes {
+        if let Op::Constant(t) = &n.op {
+            consts.insert(n.outputs[0], t.clone());
+        }
+    }
+    for (i, n) in g.nodes.iter().enumerate() {
+        if matches!(n.op, Op::Constant(_) | Op::Expand { .. }) || n.inputs.is_empty() {
+            continue;
+        }
+        if !n.inputs.iter().all(|x| consts.contains_key(x)) {
+            continue;
+        }
+        let mut sub = Graph::new();
+        let ins: Vec<ValueId> = n.inputs.iter().map(|&x| sub.constant(consts[&x].clone())).collect();
+        let Ok(outs) = sub.push(&n.name, n.op.clone(), &ins) else { continue };
+        sub.outputs = outs;
+        let Ok(vals) = eval::eval(&sub, &[]) else { continue };
+        if n.outputs.len() != 1 {
+            continue;
+        }
+        let t = vals.into_iter().next().expect("one output");
+        consts.insert(n.outputs[0], t.clone());
+        out.nodes[i] = Node { name: n.name.clone(), op: Op::Constant(t), inputs: vec![], outputs: n.outputs.clone() };
+    }
+    prune(&out)
+}

@@ -8,7 +8,12 @@ use std::collections::HashMap;
 
 /// Emits into `g` the gradient of the scalar `y` with respect to each of `wrt`, seeded with
 /// `seed` (a scalar value; 1 when `None`). Values that `y` does not depend on get zeros.
-pub fn grad(g: &mut Graph, y: ValueId, wrt: &[ValueId], seed: Option<ValueId>) -> Result<Vec<ValueId>, IrError> {
+pub fn grad(
+    g: &mut Graph,
+    y: ValueId,
+    wrt: &[ValueId],
+    seed: Option<ValueId>,
+) -> Result<Vec<ValueId>, IrError> {
     let n_nodes = g.nodes.len();
     // Forward: which values depend on a `wrt` value through float data.
     let mut depends = vec![false; g.values.len()];
@@ -27,11 +32,14 @@ pub fn grad(g: &mut Graph, y: ValueId, wrt: &[ValueId], seed: Option<ValueId>) -
         Some(s) => s,
         None => g.scalar_like(y, 1.0),
     };
-    let seed = g.reshape(seed, &g.shape(y).to_vec())?;
+    let ys = g.shape(y).to_vec();
+    let seed = g.reshape(seed, &ys)?;
     cot.insert(y, seed);
     for idx in (0..n_nodes).rev() {
         let node = &g.nodes[idx];
-        if !node.outputs.iter().any(|o| cot.contains_key(o)) || !node.inputs.iter().any(|&i| depends[i]) {
+        if !node.outputs.iter().any(|o| cot.contains_key(o))
+            || !node.inputs.iter().any(|&i| depends[i])
+        {
             continue;
         }
         let node = node.clone();

@@ -52,13 +52,19 @@ fn to_tensor(dtype: DType, a: ArrayD<f64>) -> Tensor {
 /// Runs `g` on the given inputs (in graph-input order) and returns its outputs.
 pub fn eval(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Tensor>, EvalError> {
     let all = eval_values(g, inputs)?;
-    Ok(g.outputs.iter().map(|&o| to_tensor(g.dtype(o), all[o].clone().expect("outputs are computed"))).collect())
+    Ok(g.outputs
+        .iter()
+        .map(|&o| to_tensor(g.dtype(o), all[o].clone().expect("outputs are computed")))
+        .collect())
 }
 
 /// Runs `g` and returns every value it computes (`None` for values no node produced).
 pub fn eval_values(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Option<ArrayD<f64>>>, EvalError> {
     if inputs.len() != g.inputs.len() {
-        return Err(EvalError::Arity { want: g.inputs.len(), got: inputs.len() });
+        return Err(EvalError::Arity {
+            want: g.inputs.len(),
+            got: inputs.len(),
+        });
     }
     let mut vals: Vec<Option<ArrayD<f64>>> = vec![None; g.values.len()];
     for (&id, t) in g.inputs.iter().zip(inputs) {
@@ -72,13 +78,17 @@ pub fn eval_values(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Option<ArrayD<f64
         vals[id] = Some(to_array(t));
     }
     for node in &g.nodes {
-        let args: Vec<&ArrayD<f64>> =
-            node.inputs.iter().map(|&i| vals[i].as_ref().expect("topological order")).collect();
-        let outs = eval_op(g, &node.op, &args, &node.outputs).map_err(|msg| EvalError::Unsupported {
-            node: node.name.clone(),
-            op: node.op.name(),
-            msg,
-        })?;
+        let args: Vec<&ArrayD<f64>> = node
+            .inputs
+            .iter()
+            .map(|&i| vals[i].as_ref().expect("topological order"))
+            .collect();
+        let outs =
+            eval_op(g, &node.op, &args, &node.outputs).map_err(|msg| EvalError::Unsupported {
+                node: node.name.clone(),
+                op: node.op.name(),
+                msg,
+            })?;
         for (&o, v) in node.outputs.iter().zip(outs) {
             debug_assert_eq!(v.shape(), g.shape(o), "node {} output shape", node.name);
             vals[o] = Some(v);
@@ -87,7 +97,11 @@ pub fn eval_values(g: &Graph, inputs: &[Tensor]) -> Result<Vec<Option<ArrayD<f64
     Ok(vals)
 }
 
-fn broadcast2(a: &ArrayD<f64>, b: &ArrayD<f64>, f: impl Fn(f64, f64) -> f64) -> Result<ArrayD<f64>, String> {
+fn broadcast2(
+    a: &ArrayD<f64>,
+    b: &ArrayD<f64>,
+    f: impl Fn(f64, f64) -> f64,
+) -> Result<ArrayD<f64>, String> {
     let shape = super::ops::broadcast_shapes(a.shape(), b.shape())?;
     let av = a.broadcast(IxDyn(&shape)).ok_or("broadcast")?;
     let bv = b.broadcast(IxDyn(&shape)).ok_or("broadcast")?;
@@ -109,7 +123,12 @@ fn round_to(dtype: DType, v: f64) -> f64 {
     }
 }
 
-fn eval_op(g: &Graph, op: &Op, a: &[&ArrayD<f64>], outs: &[ValueId]) -> Result<Vec<ArrayD<f64>>, String> {
+fn eval_op(
+    g: &Graph,
+    op: &Op,
+    a: &[&ArrayD<f64>],
+    outs: &[ValueId],
+) -> Result<Vec<ArrayD<f64>>, String> {
     let un = |f: fn(f64) -> f64| a[0].mapv(f);
     let one = |x: ArrayD<f64>| Ok(vec![x]);
     match op {
@@ -126,7 +145,10 @@ fn eval_op(g: &Graph, op: &Op, a: &[&ArrayD<f64>], outs: &[ValueId]) -> Result<V
             let c = a[0].broadcast(IxDyn(&shape)).ok_or("broadcast")?;
             let x = a[1].broadcast(IxDyn(&shape)).ok_or("broadcast")?;
             let y = a[2].broadcast(IxDyn(&shape)).ok_or("broadcast")?;
-            one(Zip::from(&c).and(&x).and(&y).map_collect(|&c, &x, &y| if c != 0.0 { x } else { y }))
+            one(Zip::from(&c)
+                .and(&x)
+                .and(&y)
+                .map_collect(|&c, &x, &y| if c != 0.0 { x } else { y }))
         }
         Op::Neg => one(un(|x| -x)),
         Op::Exp => one(un(f64::exp)),
@@ -145,14 +167,20 @@ fn eval_op(g: &Graph, op: &Op, a: &[&ArrayD<f64>], outs: &[ValueId]) -> Result<V
             one(a[0].mapv(|x| round_to(to, x)))
         }
         Op::MatMul => one(matmul(a[0], a[1], g.shape(outs[0]))?),
-        Op::Transpose { perm } => one(a[0].clone().permuted_axes(IxDyn(perm)).as_standard_layout().into_owned()),
+        Op::Transpose { perm } => one(a[0]
+            .clone()
+            .permuted_axes(IxDyn(perm))
+            .as_standard_layout()
+            .into_owned()),
         Op::Reshape { shape } => {
             let flat: Vec<f64> = a[0].as_standard_layout().iter().copied().collect();
             one(ArrayD::from_shape_vec(IxDyn(shape), flat).map_err(|e| e.to_string())?)
         }
         Op::Expand { shape } => one(a[0].broadcast(IxDyn(shape)).ok_or("broadcast")?.to_owned()),
         Op::ReduceSum { axes, keepdims } => one(reduce(a[0], axes, *keepdims, 0.0, |s, x| s + x)),
-        Op::ReduceMax { axes, keepdims } => one(reduce(a[0], axes, *keepdims, f64::NEG_INFINITY, f64::max)),
+        Op::ReduceMax { axes, keepdims } => {
+            one(reduce(a[0], axes, *keepdims, f64::NEG_INFINITY, f64::max))
+        }
         Op::Concat { axis } => {
             let views: Vec<_> = a.iter().map(|x| x.view()).collect();
             one(ndarray::concatenate(Axis(*axis), &views).map_err(|e| e.to_string())?)
@@ -161,17 +189,30 @@ fn eval_op(g: &Graph, op: &Op, a: &[&ArrayD<f64>], outs: &[ValueId]) -> Result<V
             let mut start = 0;
             let mut v = Vec::with_capacity(sizes.len());
             for &n in sizes {
-                v.push(a[0].slice_axis(Axis(*axis), Slice::from(start..start + n)).to_owned());
+                v.push(
+                    a[0].slice_axis(Axis(*axis), Slice::from(start..start + n))
+                        .to_owned(),
+                );
                 start += n;
             }
             Ok(v)
         }
         Op::Slice { starts, ends } => {
-            let s = a[0].slice_each_axis(|ax| Slice::from(starts[ax.axis.index()]..ends[ax.axis.index()]));
+            let s = a[0]
+                .slice_each_axis(|ax| Slice::from(starts[ax.axis.index()]..ends[ax.axis.index()]));
             one(s.to_owned())
         }
-        Op::Pad { begins, ends, value } => {
-            let shape: Vec<usize> = a[0].shape().iter().enumerate().map(|(i, &d)| d + begins[i] + ends[i]).collect();
+        Op::Pad {
+            begins,
+            ends,
+            value,
+        } => {
+            let shape: Vec<usize> = a[0]
+                .shape()
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| d + begins[i] + ends[i])
+                .collect();
             let mut out = ArrayD::from_elem(IxDyn(&shape), *value);
             out.slice_each_axis_mut(|ax| {
                 let i = ax.axis.index();
@@ -197,16 +238,32 @@ fn matmul(a: &ArrayD<f64>, b: &ArrayD<f64>, out_shape: &[usize]) -> Result<Array
     let av = a.broadcast(IxDyn(&sa)).ok_or("broadcast")?;
     let bv = b.broadcast(IxDyn(&sb)).ok_or("broadcast")?;
     let nb: usize = batch.iter().product();
-    let av = av.as_standard_layout().into_shape_with_order((nb, m, k)).map_err(|e| e.to_string())?.to_owned();
-    let bv = bv.as_standard_layout().into_shape_with_order((nb, k, n)).map_err(|e| e.to_string())?.to_owned();
+    let av = av
+        .as_standard_layout()
+        .into_shape_with_order((nb, m, k))
+        .map_err(|e| e.to_string())?
+        .to_owned();
+    let bv = bv
+        .as_standard_layout()
+        .into_shape_with_order((nb, k, n))
+        .map_err(|e| e.to_string())?
+        .to_owned();
     let mut out = ndarray::Array3::<f64>::zeros((nb, m, n));
     for i in 0..nb {
-        out.index_axis_mut(Axis(0), i).assign(&av.index_axis(Axis(0), i).dot(&bv.index_axis(Axis(0), i)));
+        out.index_axis_mut(Axis(0), i)
+            .assign(&av.index_axis(Axis(0), i).dot(&bv.index_axis(Axis(0), i)));
     }
-    out.into_shape_with_order(IxDyn(out_shape)).map_err(|e| e.to_string())
+    out.into_shape_with_order(IxDyn(out_shape))
+        .map_err(|e| e.to_string())
 }
 
-fn reduce(x: &ArrayD<f64>, axes: &[usize], keepdims: bool, init: f64, f: impl Fn(f64, f64) -> f64 + Copy) -> ArrayD<f64> {
+fn reduce(
+    x: &ArrayD<f64>,
+    axes: &[usize],
+    keepdims: bool,
+    init: f64,
+    f: impl Fn(f64, f64) -> f64 + Copy,
+) -> ArrayD<f64> {
     let mut out = x.clone();
     for &ax in axes.iter().rev() {
         out = out.fold_axis(Axis(ax), init, |&s, &v| f(s, v));
@@ -226,23 +283,41 @@ struct Geo {
 
 fn geo(c: &ConvAttrs) -> Result<Geo, String> {
     match c.strides.len() {
-        1 => Ok(Geo { s: [1, c.strides[0]], d: [1, c.dilations[0]], p: [0, c.pads_begin[0]] }),
+        1 => Ok(Geo {
+            s: [1, c.strides[0]],
+            d: [1, c.dilations[0]],
+            p: [0, c.pads_begin[0]],
+        }),
         2 => Ok(Geo {
             s: [c.strides[0], c.strides[1]],
             d: [c.dilations[0], c.dilations[1]],
             p: [c.pads_begin[0], c.pads_begin[1]],
         }),
-        r => Err(format!("the reference evaluator handles 1-d and 2-d convolutions, not {r}-d")),
+        r => Err(format!(
+            "the reference evaluator handles 1-d and 2-d convolutions, not {r}-d"
+        )),
     }
 }
 
 fn as4(x: &ArrayD<f64>) -> ndarray::Array4<f64> {
     let s = x.shape();
-    let s4 = if s.len() == 3 { [s[0], s[1], 1, s[2]] } else { [s[0], s[1], s[2], s[3]] };
-    x.as_standard_layout().into_owned().into_shape_with_order(s4).expect("rank checked")
+    let s4 = if s.len() == 3 {
+        [s[0], s[1], 1, s[2]]
+    } else {
+        [s[0], s[1], s[2], s[3]]
+    };
+    x.as_standard_layout()
+        .into_owned()
+        .into_shape_with_order(s4)
+        .expect("rank checked")
 }
 
-fn conv(x: &ArrayD<f64>, w: &ArrayD<f64>, c: &ConvAttrs, out_shape: &[usize]) -> Result<ArrayD<f64>, String> {
+fn conv(
+    x: &ArrayD<f64>,
+    w: &ArrayD<f64>,
+    c: &ConvAttrs,
+    out_shape: &[usize],
+) -> Result<ArrayD<f64>, String> {
     let gm = geo(c)?;
     let (x, w) = (as4(x), as4(w));
     let (n, cin, h, wd) = x.dim();
@@ -279,10 +354,16 @@ fn conv(x: &ArrayD<f64>, w: &ArrayD<f64>, c: &ConvAttrs, out_shape: &[usize]) ->
             }
         }
     }
-    out.into_shape_with_order(IxDyn(out_shape)).map_err(|e| e.to_string())
+    out.into_shape_with_order(IxDyn(out_shape))
+        .map_err(|e| e.to_string())
 }
 
-fn conv_transpose(y: &ArrayD<f64>, w: &ArrayD<f64>, c: &ConvAttrs, out_shape: &[usize]) -> Result<ArrayD<f64>, String> {
+fn conv_transpose(
+    y: &ArrayD<f64>,
+    w: &ArrayD<f64>,
+    c: &ConvAttrs,
+    out_shape: &[usize],
+) -> Result<ArrayD<f64>, String> {
     let gm = geo(c)?;
     let (y, w) = (as4(y), as4(w));
     let (n, o, ih, iw) = y.dim();
@@ -317,7 +398,8 @@ fn conv_transpose(y: &ArrayD<f64>, w: &ArrayD<f64>, c: &ConvAttrs, out_shape: &[
             }
         }
     }
-    out.into_shape_with_order(IxDyn(out_shape)).map_err(|e| e.to_string())
+    out.into_shape_with_order(IxDyn(out_shape))
+        .map_err(|e| e.to_string())
 }
 
 /// The error function (Abramowitz–Stegun 7.1.26 is too coarse for f64 checks, so this uses the

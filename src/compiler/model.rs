@@ -65,6 +65,9 @@ pub struct ForwardModel {
 impl ForwardModel {
     /// Total number of scalar parameters.
     pub fn num_params(&self) -> usize {
-        self.params.iter().map(|p| p.shape.iter().product::<usize>()).sum()
+        self.params
+            .iter()
+            .map(|p| p.shape.iter().product::<usize>())
+            .sum()
     }
 }

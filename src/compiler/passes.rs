@@ -72,16 +72,69 @@ pub fn fold_constants(g: &Graph) -> Graph {
             continue;
         }
         let mut sub = Graph::new();
-        let ins: Vec<ValueId> = n.inputs.iter().map(|&x| sub.constant(consts[&x].clone())).collect();
-        let Ok(outs) = sub.push(&n.name, n.op.clone(), &ins) else { continue };
+        let ins: Vec<ValueId> = n
+            .inputs
+            .iter()
+            .map(|&x| sub.constant(consts[&x].clone()))
+            .collect();
+        let Ok(outs) = sub.push(&n.name, n.op.clone(), &ins) else {
+            continue;
+        };
         sub.outputs = outs;
-        let Ok(vals) = eval::eval(&sub, &[]) else { continue };
+        let Ok(vals) = eval::eval(&sub, &[]) else {
+            continue;
+        };
         if n.outputs.len() != 1 {
             continue;
         }
         let t = vals.into_iter().next().expect("one output");
         consts.insert(n.outputs[0], t.clone());
-        out.nodes[i] = Node { name: n.name.clone(), op: Op::Constant(t), inputs: vec![], outputs: n.outputs.clone() };
+        out.nodes[i] = Node {
+            name: n.name.clone(),
+            op: Op::Constant(t),
+            inputs: vec![],
+            outputs: n.outputs.clone(),
+        };
     }
     prune(&out)
+}
+
+/// Copies `src`'s nodes into `dst` with `src`'s inputs bound to `args` (in order); returns the
+/// `dst` values of `src`'s outputs. Shapes are re-inferred, so a mismatch is reported here.
+pub fn inline(
+    dst: &mut Graph,
+    src: &Graph,
+    args: &[ValueId],
+) -> Result<Vec<ValueId>, super::ir::IrError> {
+    let mut map: HashMap<ValueId, ValueId> = src
+        .inputs
+        .iter()
+        .copied()
+        .zip(args.iter().copied())
+        .collect();
+    for n in &src.nodes {
+        let ins: Vec<ValueId> = n.inputs.iter().map(|x| map[x]).collect();
+        let outs = dst.push(&n.name, n.op.clone(), &ins)?;
+        for (o, d) in n.outputs.iter().zip(outs) {
+            map.insert(*o, d);
+        }
+    }
+    Ok(src.outputs.iter().map(|o| map[o]).collect())
+}
+
+/// Makes `named` the graph outputs under the given names, adding an `Identity` where a value is a
+/// graph input or is named twice (ONNX needs distinct input and output names).
+pub fn set_outputs(g: &mut Graph, named: &[(ValueId, &str)]) -> Result<(), super::ir::IrError> {
+    let mut outs = Vec::with_capacity(named.len());
+    for &(v, name) in named {
+        let v = if g.inputs.contains(&v) || outs.contains(&v) {
+            g.push1("", Op::Identity, &[v])?
+        } else {
+            v
+        };
+        g.rename(v, name);
+        outs.push(v);
+    }
+    g.outputs = outs;
+    Ok(())
 }

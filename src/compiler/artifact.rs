@@ -1,0 +1,223 @@
+//! Training artifacts: the graphs the scheduler composes, built from a forward model.
+//!
+//! - `step`: `theta` \[P\], `x` \[B,C,H,W\], `y` \[B,K\] → `loss` \[\], `grad` \[P\].
+//! - `pass2`: `theta`, `x`, `y`, `v` \[P\] → `dx` = ∂⟨v,grad⟩/∂x, `dtheta` = ∂⟨v,grad⟩/∂theta,
+//!   `dy` = ∂⟨v,grad⟩/∂y, and `grad` (free: pass 2 computes it on the way).
+//! - `pass2_dx`: the same, pruned to `dx`.
+//! - `logits`: `theta`, `x` → `logits` \[B,K\].
+//! - `unrolled`: T student steps in one graph, the MTT baseline.
+
+use super::autodiff::grad;
+use super::ir::{numel, DType, Graph, IrError, Op, ValueId};
+use super::lower::soft_cross_entropy;
+use super::model::ForwardModel;
+use super::passes::{inline, prune, set_outputs};
+
+/// Binds the forward model into `g` with its parameters carved out of one flat vector `theta`.
+/// Returns the logits.
+pub fn forward_from_theta(
+    g: &mut Graph,
+    m: &ForwardModel,
+    theta: ValueId,
+    x: ValueId,
+) -> Result<ValueId, IrError> {
+    let sizes: Vec<usize> = m.params.iter().map(|p| numel(&p.shape)).collect();
+    let parts = if sizes.len() == 1 {
+        vec![theta]
+    } else {
+        g.push("split_theta", Op::Split { axis: 0, sizes }, &[theta])?
+    };
+    let mut args = Vec::with_capacity(m.graph.inputs.len());
+    for &inp in &m.graph.inputs {
+        if inp == m.x {
+            args.push(x);
+        } else {
+            let k = m
+                .params
+                .iter()
+                .position(|p| p.value == inp)
+                .ok_or_else(|| IrError::Shape {
+                    node: m.graph.info(inp).name.clone(),
+                    op: "Input",
+                    msg: "graph input is neither the image nor a parameter".into(),
+                })?;
+            args.push(g.reshape(parts[k], &m.params[k].shape)?);
+        }
+    }
+    let outs = inline(g, &m.graph, &args)?;
+    let pos = m
+        .graph
+        .outputs
+        .iter()
+        .position(|&o| o == m.logits)
+        .unwrap_or(0);
+    Ok(outs[pos])
+}
+
+struct StepParts {
+    g: Graph,
+    theta: ValueId,
+    x: ValueId,
+    y: ValueId,
+    loss: ValueId,
+    grad: ValueId,
+}
+
+fn step_parts(m: &ForwardModel) -> Result<StepParts, IrError> {
+    let mut g = Graph::new();
+    let p = m.num_params();
+    let xs = m.graph.shape(m.x).to_vec();
+    let ls = m.graph.shape(m.logits).to_vec();
+    let theta = g.input("theta", DType::F32, vec![p]);
+    let x = g.input("x", DType::F32, xs);
+    let y = g.input("y", DType::F32, ls);
+    let logits = forward_from_theta(&mut g, m, theta, x)?;
+    let loss = soft_cross_entropy(&mut g, logits, y)?;
+    let gr = grad(&mut g, loss, &[theta], None)?[0];
+    Ok(StepParts {
+        g,
+        theta,
+        x,
+        y,
+        loss,
+        grad: gr,
+    })
+}
+
+/// The per-step gradient graph.
+pub fn step_graph(m: &ForwardModel) -> Result<Graph, IrError> {
+    let mut s = step_parts(m)?;
+    set_outputs(&mut s.g, &[(s.loss, "loss"), (s.grad, "grad")])?;
+    Ok(prune(&s.g))
+}
+
+/// The pass-2 graph (reverse-over-reverse through the step graph). With `dx_only` it is pruned to
+/// the image gradient, which is all the TESLA mode needs.
+pub fn pass2_graph(m: &ForwardModel, dx_only: bool) -> Result<Graph, IrError> {
+    let mut s = step_parts(m)?;
+    let g = &mut s.g;
+    let p = m.num_params();
+    let v = g.input("v", DType::F32, vec![p]);
+    let prod = g.mul(s.grad, v)?;
+    let dot = g.sum_all(prod)?;
+    let d = grad(g, dot, &[s.x, s.theta, s.y], None)?;
+    if dx_only {
+        set_outputs(g, &[(d[0], "dx")])?;
+    } else {
+        set_outputs(
+            g,
+            &[
+                (d[0], "dx"),
+                (d[1], "dtheta"),
+                (d[2], "dy"),
+                (s.grad, "grad"),
+            ],
+        )?;
+    }
+    Ok(prune(g))
+}
+
+/// The logits graph.
+pub fn logits_graph(m: &ForwardModel) -> Result<Graph, IrError> {
+    let mut g = Graph::new();
+    let theta = g.input("theta", DType::F32, vec![m.num_params()]);
+    let x = g.input("x", DType::F32, m.graph.shape(m.x).to_vec());
+    let z = forward_from_theta(&mut g, m, theta, x)?;
+    set_outputs(&mut g, &[(z, "logits")])?;
+    Ok(prune(&g))
+}
+
+/// The unrolled MTT baseline: `T` student steps in one graph and the normalised matching loss,
+/// differentiated end to end. Inputs: `theta0` \[P\], `target` \[P\], `beta` \[1\], `xs` \[T,B,C,H,W\],
+/// `ys` \[T,B,K\]. Outputs: `loss` \[\], `dxs`, `dys`, `dbeta` \[1\]. Its memory grows with T: every
+/// step's activations stay alive for the backward sweep.
+pub fn unrolled_graph(m: &ForwardModel, steps: usize) -> Result<Graph, IrError> {
+    let mut g = Graph::new();
+    let p = m.num_params();
+    let xs_shape = m.graph.shape(m.x).to_vec();
+    let ls = m.graph.shape(m.logits).to_vec();
+    let step = {
+        let s = step_parts(m)?;
+        let mut sg = s.g;
+        sg.outputs = vec![s.grad];
+        prune(&sg)
+    };
+    let theta0 = g.input("theta0", DType::F32, vec![p]);
+    let target = g.input("target", DType::F32, vec![p]);
+    let beta = g.input("beta", DType::F32, vec![1]);
+    let mut tx = vec![steps];
+    tx.extend(&xs_shape);
+    let mut ty = vec![steps];
+    ty.extend(&ls);
+    let xs = g.input("xs", DType::F32, tx);
+    let ys = g.input("ys", DType::F32, ty);
+    let xparts = g.push(
+        "split_xs",
+        Op::Split {
+            axis: 0,
+            sizes: vec![1; steps],
+        },
+        &[xs],
+    )?;
+    let yparts = g.push(
+        "split_ys",
+        Op::Split {
+            axis: 0,
+            sizes: vec![1; steps],
+        },
+        &[ys],
+    )?;
+    let mut theta = theta0;
+    for i in 0..steps {
+        let xi = g.reshape(xparts[i], &xs_shape)?;
+        let yi = g.reshape(yparts[i], &ls)?;
+        let gi = inline(&mut g, &step, &[theta, xi, yi])?[0];
+        let bg = g.mul(beta, gi)?;
+        theta = g.sub(theta, bg)?;
+    }
+    let d0 = g.sub(theta0, target)?;
+    let dd = g.mul(d0, d0)?;
+    let denom = g.sum_all(dd)?;
+    let r = g.sub(theta, target)?;
+    let rr = g.mul(r, r)?;
+    let num = g.sum_all(rr)?;
+    let loss = g.div(num, denom)?;
+    let d = grad(&mut g, loss, &[xs, ys, beta], None)?;
+    set_outputs(
+        &mut g,
+        &[
+            (loss, "loss"),
+            (d[0], "dxs"),
+            (d[1], "dys"),
+            (d[2], "dbeta"),
+        ],
+    )?;
+    Ok(prune(&g))
+}
+
+/// Multiply-accumulate count (×2 = FLOPs) of the heavy ops, per sample of a batch-`batch` graph.
+pub fn flops_per_sample(g: &Graph, batch: usize) -> f64 {
+    let mut f = 0.0;
+    for n in &g.nodes {
+        let out = |k: usize| numel(g.shape(n.outputs[k])) as f64;
+        f += match &n.op {
+            Op::MatMul => {
+                let a = g.shape(n.inputs[0]);
+                2.0 * out(0) * a[a.len() - 1] as f64
+            }
+            Op::Conv(c) => {
+                let w = g.shape(n.inputs[1]);
+                let per = numel(&w[1..]) as f64;
+                let _ = c;
+                2.0 * out(0) * per
+            }
+            Op::ConvTranspose { .. } => {
+                let w = g.shape(n.inputs[1]);
+                2.0 * numel(g.shape(n.inputs[0])) as f64 * numel(&w[1..]) as f64
+            }
+            Op::Constant(_) | Op::Reshape { .. } | Op::Identity | Op::StopGradient => 0.0,
+            _ => n.outputs.iter().enumerate().map(|(k, _)| out(k)).sum(),
+        };
+    }
+    f / batch.max(1) as f64
+}

@@ -1,0 +1,141 @@
+//! Composite operations written as primitives: normalisations, pooling, softmax and the loss.
+//! Builders and the ONNX importer both lower through these, so derivative rules exist only for
+//! the primitive set.
+
+use super::emit::R;
+use super::ir::{Graph, Op, ValueId};
+
+/// `(x − mean) / √(var + eps)` over `axes` (biased variance, as PyTorch's norms).
+pub fn normalize(g: &mut Graph, x: ValueId, axes: &[usize], eps: f64) -> R {
+    let mean = g.reduce_mean(x, axes, true)?;
+    let xc = g.sub(x, mean)?;
+    let sq = g.mul(xc, xc)?;
+    let var = g.reduce_mean(sq, axes, true)?;
+    let e = g.scalar_like(x, eps);
+    let ve = g.add(var, e)?;
+    let sd = g.unary(Op::Sqrt, ve)?;
+    g.div(xc, sd)
+}
+
+/// Instance normalisation of `x` \[N,C,…\] with per-channel affine `scale`, `bias` \[C\]
+/// (PyTorch `GroupNorm(C, C)` and ONNX `InstanceNormalization`).
+pub fn instance_norm(
+    g: &mut Graph,
+    x: ValueId,
+    scale: Option<ValueId>,
+    bias: Option<ValueId>,
+    eps: f64,
+) -> R {
+    let r = g.shape(x).len();
+    let axes: Vec<usize> = (2..r).collect();
+    let y = normalize(g, x, &axes, eps)?;
+    let c = g.shape(x)[1];
+    let mut s = vec![1; r];
+    s[1] = c;
+    affine(g, y, scale, bias, &s)
+}
+
+/// Layer normalisation over the trailing axes from `axis` on, affine parameters shaped like those
+/// axes (PyTorch `LayerNorm(shape)`).
+pub fn layer_norm(
+    g: &mut Graph,
+    x: ValueId,
+    axis: usize,
+    scale: Option<ValueId>,
+    bias: Option<ValueId>,
+    eps: f64,
+) -> R {
+    let r = g.shape(x).len();
+    let axes: Vec<usize> = (axis..r).collect();
+    let y = normalize(g, x, &axes, eps)?;
+    let s = g.shape(x)[axis..].to_vec();
+    affine(g, y, scale, bias, &s)
+}
+
+fn affine(
+    g: &mut Graph,
+    y: ValueId,
+    scale: Option<ValueId>,
+    bias: Option<ValueId>,
+    shape: &[usize],
+) -> R {
+    let mut y = y;
+    if let Some(s) = scale {
+        let s = g.reshape(s, shape)?;
+        y = g.mul(y, s)?;
+    }
+    if let Some(b) = bias {
+        let b = g.reshape(b, shape)?;
+        y = g.add(y, b)?;
+    }
+    Ok(y)
+}
+
+/// Non-overlapping k×k pooling with stride k and no padding on \[N,C,H,W\] (H, W divisible by k):
+/// a reshape exposes each window as two axes, then a mean or max reduces them.
+pub fn pool_2d(g: &mut Graph, x: ValueId, k: usize, max: bool) -> R {
+    let s = g.shape(x).to_vec();
+    let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
+    let (ho, wo) = (h / k, w / k);
+    let x = if ho * k != h || wo * k != w {
+        // PyTorch floors: the trailing rows and columns that do not fill a window are dropped.
+        g.push1(
+            "",
+            Op::Slice {
+                starts: vec![0; 4],
+                ends: vec![n, c, ho * k, wo * k],
+            },
+            &[x],
+        )?
+    } else {
+        x
+    };
+    let r = g.reshape(x, &[n, c, ho, k, wo, k])?;
+    let y = if max {
+        g.push1(
+            "",
+            Op::ReduceMax {
+                axes: vec![3, 5],
+                keepdims: false,
+            },
+            &[r],
+        )?
+    } else {
+        g.reduce_mean(r, &[3, 5], false)?
+    };
+    Ok(y)
+}
+
+/// Numerically stable log-softmax along `axis`; the shift by the maximum carries no gradient.
+pub fn log_softmax(g: &mut Graph, z: ValueId, axis: usize) -> R {
+    let m = g.push1(
+        "",
+        Op::ReduceMax {
+            axes: vec![axis],
+            keepdims: true,
+        },
+        &[z],
+    )?;
+    let m = g.push1("", Op::StopGradient, &[m])?;
+    let zc = g.sub(z, m)?;
+    let e = g.unary(Op::Exp, zc)?;
+    let s = g.reduce_sum(e, &[axis], true)?;
+    let ls = g.unary(Op::Log, s)?;
+    g.sub(zc, ls)
+}
+
+/// Softmax along `axis`.
+pub fn softmax(g: &mut Graph, z: ValueId, axis: usize) -> R {
+    let l = log_softmax(g, z, axis)?;
+    g.unary(Op::Exp, l)
+}
+
+/// The loss of method.md: `mean_b −Σ_k Y[b,k] log_softmax(z_b)[k]` (PyTorch's
+/// `CrossEntropyLoss` with probability targets), as a scalar.
+pub fn soft_cross_entropy(g: &mut Graph, logits: ValueId, y: ValueId) -> R {
+    let b = g.shape(logits)[0];
+    let l = log_softmax(g, logits, 1)?;
+    let p = g.mul(y, l)?;
+    let s = g.sum_all(p)?;
+    g.scale(s, -1.0 / b as f64)
+}

@@ -1,0 +1,173 @@
+//! The whole ConvNet-D3 `step` and `pass2` graphs against central finite differences in f64 on the
+//! reference evaluator.
+
+mod common;
+use common::*;
+use tesla_distill::compiler::artifact::{logits_graph, pass2_graph, step_graph};
+use tesla_distill::compiler::eval::eval;
+use tesla_distill::compiler::ir::{DType, Graph, Tensor};
+use tesla_distill::compiler::model::ForwardModel;
+use tesla_distill::zoo::convnet::{Act, ConvNet, Norm, Pool};
+
+fn tiny(c: usize, norm: Norm, act: Act, pool: Pool) -> ForwardModel {
+    ConvNet {
+        width: 3,
+        depth: 3,
+        norm,
+        act,
+        pool,
+    }
+    .build(2, [c, 8, 8], 3)
+    .unwrap()
+}
+
+fn softmax_rows(t: &mut Tensor) {
+    for row in t.data.chunks_mut(t.shape[1]) {
+        let s: f64 = row.iter().map(|v| v.exp()).sum();
+        row.iter_mut().for_each(|v| *v = v.exp() / s);
+    }
+}
+
+fn inputs(m: &ForwardModel, seed: u64) -> (Tensor, Tensor, Tensor, Tensor) {
+    let mut r = rng(seed);
+    let p = m.num_params();
+    let theta = uniform(&mut r, &[p], -0.5, 0.5);
+    let x = uniform(&mut r, m.graph.shape(m.x), -1.0, 1.0);
+    let mut y = uniform(&mut r, m.graph.shape(m.logits), -1.0, 1.0);
+    softmax_rows(&mut y);
+    let v = uniform(&mut r, &[p], -1.0, 1.0);
+    (theta, x, y, v)
+}
+
+fn run(g: &Graph, ins: &[Tensor]) -> Vec<Tensor> {
+    eval(g, ins).unwrap()
+}
+
+fn rel_err(ad: &[f64], fd: &[f64]) -> f64 {
+    let norm = fd.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-6);
+    ad.iter()
+        .zip(fd)
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()))
+        / norm
+}
+
+/// Central differences of `f` with respect to input `k` of `ins`.
+fn fd(f: &dyn Fn(&[Tensor]) -> f64, ins: &[Tensor], k: usize) -> Vec<f64> {
+    let h = 1e-5;
+    (0..ins[k].numel())
+        .map(|j| {
+            let mut p = ins.to_vec();
+            p[k].data[j] += h;
+            let mut m = ins.to_vec();
+            m[k].data[j] -= h;
+            (f(&p) - f(&m)) / (2.0 * h)
+        })
+        .collect()
+}
+
+fn check_model(m: &ForwardModel, seed: u64) {
+    let (theta, x, y, v) = inputs(m, seed);
+    let step = step_graph(m).unwrap();
+    let names: Vec<&str> = step
+        .inputs
+        .iter()
+        .map(|&i| step.info(i).name.as_str())
+        .collect();
+    assert_eq!(names, ["theta", "x", "y"]);
+    let out = run(&step, &[theta.clone(), x.clone(), y.clone()]);
+    let loss_of = |ins: &[Tensor]| run(&step, ins)[0].data[0];
+    let base = [theta.clone(), x.clone(), y.clone()];
+    let e = rel_err(&out[1].data, &fd(&loss_of, &base, 0));
+    assert!(e <= 1e-6, "step grad vs finite differences: {e:e}");
+
+    // The loss must match an independent evaluation through the logits graph.
+    let lg = logits_graph(m).unwrap();
+    let z = run(&lg, &[theta.clone(), x.clone()])[0].clone();
+    let k = z.shape[1];
+    let mut ce = 0.0;
+    for (zr, yr) in z.data.chunks(k).zip(y.data.chunks(k)) {
+        let mx = zr.iter().cloned().fold(f64::MIN, f64::max);
+        let lse = mx + zr.iter().map(|a| (a - mx).exp()).sum::<f64>().ln();
+        ce -= zr.iter().zip(yr).map(|(a, b)| b * (a - lse)).sum::<f64>();
+    }
+    ce /= z.shape[0] as f64;
+    assert!(
+        (ce - out[0].data[0]).abs() < 1e-12 * ce.abs().max(1.0),
+        "loss {} vs {}",
+        out[0].data[0],
+        ce
+    );
+
+    let p2 = pass2_graph(m, false).unwrap();
+    let outs = run(&p2, &[theta.clone(), x.clone(), y.clone(), v.clone()]);
+    let dot = |ins: &[Tensor]| {
+        let g = &run(&step, ins)[1];
+        g.data.iter().zip(&v.data).map(|(a, b)| a * b).sum::<f64>()
+    };
+    let ex = rel_err(&outs[0].data, &fd(&dot, &base, 1));
+    let et = rel_err(&outs[1].data, &fd(&dot, &base, 0));
+    let ey = rel_err(&outs[2].data, &fd(&dot, &base, 2));
+    assert!(
+        ex <= 1e-6 && et <= 1e-6 && ey <= 1e-6,
+        "pass2 dx {ex:e} dtheta {et:e} dy {ey:e}"
+    );
+    assert!(
+        rel_err(&outs[3].data, &out[1].data) < 1e-12,
+        "pass2's grad equals step's"
+    );
+
+    let p2dx = pass2_graph(m, true).unwrap();
+    let dx = run(&p2dx, &[theta, x, y, v]);
+    assert_eq!(dx.len(), 1);
+    assert!(rel_err(&dx[0].data, &outs[0].data) < 1e-12);
+    assert!(
+        p2dx.nodes.len() < p2.nodes.len(),
+        "pruning removed the dtheta/dy part"
+    );
+}
+
+#[test]
+fn convnet_d3_instance_relu_avg() {
+    check_model(&tiny(1, Norm::Instance, Act::Relu, Pool::Avg), 1);
+    check_model(&tiny(3, Norm::Instance, Act::Relu, Pool::Avg), 2);
+}
+
+#[test]
+fn convnet_variants() {
+    check_model(&tiny(3, Norm::Layer, Act::LeakyRelu, Pool::Max), 3);
+    check_model(&tiny(3, Norm::None, Act::Sigmoid, Pool::None), 4);
+}
+
+#[test]
+fn parameter_layout_matches_pytorch() {
+    let m = ConvNet::standard(3).build(1, [3, 32, 32], 10).unwrap();
+    let names: Vec<&str> = m.params.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "features.0.weight",
+            "features.0.bias",
+            "features.1.weight",
+            "features.1.bias",
+            "features.4.weight",
+            "features.4.bias",
+            "features.5.weight",
+            "features.5.bias",
+            "features.8.weight",
+            "features.8.bias",
+            "features.9.weight",
+            "features.9.bias",
+            "classifier.weight",
+            "classifier.bias"
+        ]
+    );
+    // PyTorch's ConvNet(3, 10, 128, 3, 'relu', 'instancenorm', 'avgpooling') has 320,010 parameters.
+    assert_eq!(m.num_params(), 320_010);
+    assert_eq!(m.graph.dtype(m.logits), DType::F32);
+    let fm = ConvNet::standard(3).build(1, [1, 28, 28], 10).unwrap();
+    assert_eq!(fm.graph.shape(fm.logits), &[1, 10]);
+    assert_eq!(
+        fm.num_params(),
+        1152 + 128 + 256 + 2 * (147456 + 128 + 256) + 2048 * 10 + 10
+    );
+}

@@ -1,0 +1,308 @@
+//! The ONNX Runtime backend, through `ort` with `load-dynamic`: the shared library is found at run
+//! time (never downloaded at build time), on the CPU or the CUDA execution provider.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ndarray::{ArrayD, ArrayViewD};
+use ort::environment::{Environment, GlobalThreadPoolOptions};
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use ort::session::IoBinding;
+use ort::value::Tensor;
+
+use super::{
+    catch_panic, check_bind, one_line, unbound_error, Backend, IoSpec, ModelInfo, Session,
+};
+
+/// The onnxruntime release whose C API the pinned `ort` crate expects.
+const ORT_PIP_PIN: &str = "onnxruntime==1.32.0";
+
+/// Where the ONNX Runtime shared library is: `ORT_DYLIB_PATH` if set, else the `capi/`
+/// directory of the `onnxruntime` package that `python3` imports.
+pub fn ort_library_path() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(p);
+        if !path.is_file() {
+            bail!(
+                "ORT_DYLIB_PATH={} does not name a file; point it at libonnxruntime.so, or unset it and `pip install {ORT_PIP_PIN}`",
+                path.display()
+            );
+        }
+        return Ok(path);
+    }
+    let pkg_dir = python_onnxruntime_dir().map_err(|why| {
+        anyhow!(
+            "ONNX Runtime library not found ({why}); install it with `pip install {ORT_PIP_PIN}` or set ORT_DYLIB_PATH to libonnxruntime.so"
+        )
+    })?;
+    let capi = pkg_dir.join("capi");
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir(&capi)
+        .with_context(|| format!("cannot list {}", capi.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(is_ort_library_name)
+        })
+        .collect();
+    // Prefer the fully versioned file (what the unversioned symlink, if any, points to).
+    candidates.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    candidates.into_iter().next().ok_or_else(|| {
+        anyhow!(
+            "no libonnxruntime shared library in {}; reinstall with `pip install {ORT_PIP_PIN}` or set ORT_DYLIB_PATH",
+            capi.display()
+        )
+    })
+}
+
+fn is_ort_library_name(name: &str) -> bool {
+    name.starts_with("libonnxruntime.so")
+        || (name.starts_with("libonnxruntime.") && name.ends_with(".dylib"))
+        || name == "onnxruntime.dll"
+}
+
+fn python_onnxruntime_dir() -> std::result::Result<PathBuf, String> {
+    let script = "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))";
+    let mut last = String::from("no python3 on PATH");
+    for python in ["python3", "python"] {
+        match Command::new(python).args(["-c", script]).output() {
+            Ok(out) if out.status.success() => {
+                let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                if !dir.is_empty() {
+                    return Ok(PathBuf::from(dir));
+                }
+                last = format!("{python} printed no onnxruntime directory");
+            }
+            Ok(_) => last = format!("`{python} -c 'import onnxruntime'` failed"),
+            Err(_) => {}
+        }
+    }
+    Err(last)
+}
+
+/// One environment per process (ort refuses a second); the error is kept so every caller sees it.
+static ENVIRONMENT: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
+
+fn environment() -> Result<&'static Environment> {
+    ENVIRONMENT
+        .get_or_init(|| init_environment().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow!("{e}"))
+}
+
+fn init_environment() -> Result<Environment> {
+    let lib = ort_library_path()?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    catch_panic("cannot initialize ONNX Runtime", || {
+        // Loads the library; nothing in `ort` may touch the C API before this.
+        let builder = ort::init_from(&lib)
+            .map_err(|e| anyhow!("cannot load ONNX Runtime from {}: {e}", lib.display()))?;
+        // One global pool shared by all sessions: a training loop alternates step/pass2/logits
+        // sessions, and per-session pools would each spin their own threads on the same cores.
+        let pool = GlobalThreadPoolOptions::default()
+            .with_intra_threads(threads)
+            .and_then(|p| p.with_inter_threads(1))
+            .map_err(|e| anyhow!("cannot configure ONNX Runtime threads: {e}"))?;
+        builder
+            .with_name("tesla")
+            .with_telemetry(false)
+            .with_global_thread_pool(pool)
+            .build()
+            .map_err(|e| anyhow!("cannot initialize ONNX Runtime from {}: {e}", lib.display()))
+    })
+}
+
+/// Appends the CUDA execution provider through the C API directly: the `ort` crate's own CUDA
+/// wrapper needs its `cuda` feature, and its dispatch path falls back to the CPU silently by
+/// default. A failure here is returned as is, so there is no fallback.
+fn append_cuda(builder: &mut SessionBuilder) -> Result<()> {
+    use ort::AsPointer;
+    let api = ort::api();
+    let mut options: *mut ort::sys::OrtCUDAProviderOptionsV2 = std::ptr::null_mut();
+    // SAFETY: plain C API calls; `options` is released below on every path once created.
+    unsafe { ort::Error::result_from_status((api.CreateCUDAProviderOptions)(&mut options)) }
+        .map_err(|e| anyhow!("CUDA execution provider not available: {e}"))?;
+    if options.is_null() {
+        bail!("CUDA execution provider not available: ONNX Runtime returned no provider options");
+    }
+    // SAFETY: `options` is a valid pointer created above; the session options copy what they need.
+    let appended = unsafe {
+        ort::Error::result_from_status((api.SessionOptionsAppendExecutionProvider_CUDA_V2)(
+            builder.ptr_mut(),
+            options,
+        ))
+    };
+    // SAFETY: created by CreateCUDAProviderOptions and not used after this.
+    unsafe { (api.ReleaseCUDAProviderOptions)(options) };
+    appended.map_err(|e| {
+        anyhow!(
+            "CUDA execution provider not available: {}",
+            one_line(&e.to_string())
+        )
+    })
+}
+
+/// Loads graphs into ONNX Runtime sessions.
+pub(crate) struct OrtBackend {
+    cuda: bool,
+}
+
+impl OrtBackend {
+    pub(crate) fn new(cuda: bool) -> Result<Self> {
+        let backend = OrtBackend { cuda };
+        // Fail at selection time, not at the first load deep inside a run.
+        backend.session_builder()?;
+        Ok(backend)
+    }
+
+    fn session_builder(&self) -> Result<SessionBuilder> {
+        let env = environment()?;
+        let builder = ort::session::Session::builder(env)
+            .map_err(|e| anyhow!("cannot create an ONNX Runtime session: {e}"))?;
+        let mut builder = builder
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| anyhow!("cannot set ONNX Runtime optimization level: {e}"))?;
+        if self.cuda {
+            catch_panic("CUDA execution provider not available", || {
+                append_cuda(&mut builder)
+            })?;
+        }
+        Ok(builder)
+    }
+}
+
+impl Backend for OrtBackend {
+    fn name(&self) -> &'static str {
+        if self.cuda {
+            "ort-cuda"
+        } else {
+            "ort"
+        }
+    }
+
+    fn load(&self, path: &Path) -> Result<Box<dyn Session>> {
+        let info = ModelInfo::from_path(path)?;
+        let mut builder = self.session_builder()?;
+        let what = format!("cannot load {} with ONNX Runtime", path.display());
+        let session = catch_panic(&what, || {
+            builder
+                .commit_from_file(path)
+                .map_err(|e| anyhow!("{what}: {}", one_line(&e.to_string())))
+        })?;
+        check_names(
+            "input",
+            session.inputs().iter().map(|o| o.name()),
+            &info.inputs,
+            &what,
+        )?;
+        check_names(
+            "output",
+            session.outputs().iter().map(|o| o.name()),
+            &info.outputs,
+            &what,
+        )?;
+        let mut binding = session
+            .create_binding()
+            .map_err(|e| anyhow!("{what}: cannot create I/O binding: {e}"))?;
+        // Outputs always land in host memory, so run() can hand back plain arrays whatever the EP.
+        let host = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::CPUOutput,
+        )
+        .map_err(|e| anyhow!("{what}: {e}"))?;
+        for out in &info.outputs {
+            binding
+                .bind_output_to_device(out.name.as_str(), &host)
+                .map_err(|e| anyhow!("{what}: cannot bind output '{}': {e}", out.name))?;
+        }
+        let bound = vec![false; info.inputs.len()];
+        Ok(Box::new(OrtSession {
+            info,
+            session,
+            binding,
+            bound,
+        }))
+    }
+}
+
+fn check_names<'a>(
+    role: &str,
+    engine: impl Iterator<Item = &'a str>,
+    declared: &[IoSpec],
+    what: &str,
+) -> Result<()> {
+    let engine: Vec<&str> = engine.collect();
+    let declared_names: Vec<&str> = declared.iter().map(|s| s.name.as_str()).collect();
+    if engine != declared_names {
+        bail!("{what}: ONNX Runtime sees {role}s {engine:?}, the ONNX file declares {declared_names:?}");
+    }
+    Ok(())
+}
+
+struct OrtSession {
+    info: ModelInfo,
+    session: ort::session::Session,
+    /// Holds the bound input values: ONNX Runtime copies a host value to the device once, when it
+    /// is bound, so θ stays resident on the GPU between runs.
+    binding: IoBinding,
+    bound: Vec<bool>,
+}
+
+impl Session for OrtSession {
+    fn inputs(&self) -> &[IoSpec] {
+        &self.info.inputs
+    }
+
+    fn outputs(&self) -> &[IoSpec] {
+        &self.info.outputs
+    }
+
+    fn bind(&mut self, name: &str, value: ArrayViewD<'_, f32>) -> Result<()> {
+        let ix = check_bind(&self.info.inputs, name, value.shape())?;
+        let shape: Vec<i64> = value.shape().iter().map(|&d| d as i64).collect();
+        let data: Vec<f32> = match value.as_slice() {
+            Some(s) => s.to_vec(),
+            None => value.iter().copied().collect(),
+        };
+        let tensor =
+            Tensor::from_array((shape, data)).map_err(|e| anyhow!("input '{name}': {e}"))?;
+        catch_panic(&format!("input '{name}'"), || {
+            self.binding
+                .bind_input(name, &tensor)
+                .map_err(|e| anyhow!("input '{name}': cannot bind: {}", one_line(&e.to_string())))
+        })?;
+        self.bound[ix] = true;
+        Ok(())
+    }
+
+    fn run(&mut self) -> Result<Vec<ArrayD<f32>>> {
+        if let Some(e) = unbound_error(&self.info.inputs, |ix| self.bound[ix]) {
+            return Err(e);
+        }
+        let session = &mut self.session;
+        let binding = &self.binding;
+        let specs = &self.info.outputs;
+        catch_panic("ONNX Runtime run failed", || {
+            let outputs = session
+                .run_binding(binding)
+                .map_err(|e| anyhow!("ONNX Runtime run failed: {}", one_line(&e.to_string())))?;
+            specs
+                .iter()
+                .map(|spec| {
+                    let value = outputs.get(spec.name.as_str()).ok_or_else(|| {
+                        anyhow!("ONNX Runtime returned no output '{}'", spec.name)
+                    })?;
+                    let view = value
+                        .try_extract_array::<f32>()
+                        .map_err(|e| anyhow!("output '{}': {e}", spec.name))?;
+                    Ok(view.to_owned())
+                })
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,143 @@
+//! The tract backend: pure Rust, optimized typed plan, one reusable execution state per session.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Result};
+use ndarray::{ArrayD, ArrayViewD};
+use tract_onnx::prelude::*;
+
+use super::{
+    catch_panic, check_bind, one_line, unbound_error, Backend, IoSpec, ModelInfo, Session,
+};
+
+/// Loads graphs with `tract-onnx` and runs their optimized plans.
+pub(crate) struct TractBackend;
+
+impl TractBackend {
+    pub(crate) fn new() -> Self {
+        TractBackend
+    }
+}
+
+impl Backend for TractBackend {
+    fn name(&self) -> &'static str {
+        "tract"
+    }
+
+    fn load(&self, path: &Path) -> Result<Box<dyn Session>> {
+        let info = ModelInfo::from_path(path)?;
+        let plan = catch_panic(&format!("cannot load {}", path.display()), || {
+            build_plan(path, &info).map_err(|e| {
+                anyhow!(
+                    "cannot load {} with tract: {}",
+                    path.display(),
+                    one_line(&format!("{e:#}"))
+                )
+            })
+        })?;
+        let state = TypedSimpleState::new(&plan)
+            .map_err(|e| anyhow!("cannot load {} with tract: {e:#}", path.display()))?;
+        let bound = vec![None; info.inputs.len()];
+        Ok(Box::new(TractSession { info, state, bound }))
+    }
+}
+
+fn build_plan(path: &Path, info: &ModelInfo) -> TractResult<Arc<TypedSimplePlan>> {
+    let mut model = tract_onnx::onnx().model_for_path(path)?;
+    // Pin every input to its declared f32 static shape: tract then optimizes for exactly these
+    // shapes and never has to resolve symbols at run time.
+    let outlets = model.input_outlets()?.to_vec();
+    if outlets.len() != info.inputs.len() {
+        bail!(
+            "tract sees {} graph inputs, the ONNX file declares {}",
+            outlets.len(),
+            info.inputs.len()
+        );
+    }
+    for (ix, (outlet, spec)) in outlets.iter().zip(&info.inputs).enumerate() {
+        let tract_name = &model.node(outlet.node).name;
+        if tract_name != &spec.name {
+            bail!(
+                "input {ix}: tract names it '{tract_name}', the ONNX file '{}'",
+                spec.name
+            );
+        }
+        model.set_input_fact(ix, InferenceFact::dt_shape(f32::datum_type(), &spec.shape))?;
+    }
+    let typed = model.into_optimized()?;
+    for (ix, spec) in info.outputs.iter().enumerate() {
+        let fact = typed.output_fact(ix)?;
+        let shape = fact.shape.as_concrete();
+        if fact.datum_type != f32::datum_type() || shape != Some(spec.shape.as_slice()) {
+            bail!(
+                "output '{}': tract infers {:?}, the ONNX file declares f32 {:?}",
+                spec.name,
+                fact,
+                spec.shape
+            );
+        }
+    }
+    typed.into_runnable()
+}
+
+struct TractSession {
+    info: ModelInfo,
+    /// Reused across runs so tract does not rebuild per-node state each step.
+    state: TypedSimpleState,
+    /// Converted at bind time and shared (not copied) into each run.
+    bound: Vec<Option<TValue>>,
+}
+
+impl Session for TractSession {
+    fn inputs(&self) -> &[IoSpec] {
+        &self.info.inputs
+    }
+
+    fn outputs(&self) -> &[IoSpec] {
+        &self.info.outputs
+    }
+
+    fn bind(&mut self, name: &str, value: ArrayViewD<'_, f32>) -> Result<()> {
+        let ix = check_bind(&self.info.inputs, name, value.shape())?;
+        let contiguous = value.as_standard_layout();
+        let data = contiguous
+            .as_slice()
+            .ok_or_else(|| anyhow!("input '{name}': array is not contiguous"))?;
+        let tensor = Tensor::from_shape::<f32>(value.shape(), data)
+            .map_err(|e| anyhow!("input '{name}': {e:#}"))?;
+        self.bound[ix] = Some(tensor.into_tvalue());
+        Ok(())
+    }
+
+    fn run(&mut self) -> Result<Vec<ArrayD<f32>>> {
+        if let Some(e) = unbound_error(&self.info.inputs, |ix| self.bound[ix].is_some()) {
+            return Err(e);
+        }
+        // Cloning a TValue bumps an Arc; the tensor data stays where bind() put it.
+        let inputs: TVec<TValue> = self.bound.iter().flatten().cloned().collect();
+        let state = &mut self.state;
+        let outputs = catch_panic("tract run failed", || {
+            state
+                .run(inputs)
+                .map_err(|e| anyhow!("tract run failed: {}", one_line(&format!("{e:#}"))))
+        })?;
+        if outputs.len() != self.info.outputs.len() {
+            bail!(
+                "tract returned {} outputs, the graph declares {}",
+                outputs.len(),
+                self.info.outputs.len()
+            );
+        }
+        outputs
+            .iter()
+            .zip(&self.info.outputs)
+            .map(|(t, spec)| {
+                // tract 0.23 shares ndarray 0.17 with this crate, so the view converts directly.
+                t.to_plain_array_view::<f32>()
+                    .map(|v| v.to_owned())
+                    .map_err(|e| anyhow!("output '{}': {e:#}", spec.name))
+            })
+            .collect()
+    }
+}

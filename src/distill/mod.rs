@@ -1,1 +1,2 @@
 //! TESLA distillation: the two-pass constant-memory loop, the exact reverse sweep and the unrolled baseline.
+pub mod gradient;

@@ -14,6 +14,7 @@ use ndarray::{ArrayD, ArrayViewD};
 
 mod model_info;
 mod ort_backend;
+pub mod programs;
 pub mod run_file;
 mod tract_backend;
 

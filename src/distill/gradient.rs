@@ -1,0 +1,219 @@
+//! The gradient of the matching loss `L = ‖θ_T − θ*_{t+M}‖² / ‖θ*_t − θ*_{t+M}‖²` with respect to
+//! the student batches and the learning rate β, in the three modes of method.md.
+//!
+//! Pass 1 keeps only the T parameter vectors; the batches are rebuilt on demand (from the stored
+//! index set and augmentation draw), so graph and batch memory stay constant in T for the `tesla`
+//! and `exact` modes. The `unrolled` mode runs the compiled T-step graph and holds everything.
+
+use crate::runtime::programs::{Artifact, Exec};
+use anyhow::{bail, Result};
+use ndarray::{Array1, ArrayD, Axis};
+use serde::{Deserialize, Serialize};
+
+/// How ∂L/∂X̃ is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The paper's two passes: one fixed `v` for every step (drops the Hessian terms).
+    Tesla,
+    /// The reverse sweep with Hessian-vector products: the exact gradient, constant graph memory.
+    Exact,
+    /// The MTT baseline: the whole T-step graph, memory linear in T.
+    Unrolled,
+}
+
+/// One iteration's segment of an expert trajectory and the student's learning rate.
+pub struct Segment<'a> {
+    /// θ*_t.
+    pub start: &'a [f64],
+    /// θ*_{t+M}.
+    pub target: &'a [f64],
+    /// β.
+    pub beta: f64,
+    /// T.
+    pub steps: usize,
+}
+
+/// What one iteration's backward produces.
+#[derive(Debug, Clone)]
+pub struct IterGrad {
+    /// L.
+    pub loss: f64,
+    /// ∂L/∂β.
+    pub dbeta: f64,
+    /// Start-to-target distance ‖θ*_t − θ*_{t+M}‖² (the normaliser).
+    pub denom: f64,
+}
+
+/// Student batch `i` (augmented images \[B,C,H,W\] and label rows \[B,K\]), rebuilt on demand.
+pub type BatchFn<'a> = dyn FnMut(usize) -> Result<(ArrayD<f64>, ArrayD<f64>)> + 'a;
+/// Receives step `i`'s gradient with respect to its (augmented) batch, and to its labels when
+/// they are asked for.
+pub type SinkFn<'a> = dyn FnMut(usize, ArrayD<f64>, Option<ArrayD<f64>>) -> Result<()> + 'a;
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn check_finite(what: &str, v: &[f64]) -> Result<()> {
+    if v.iter().any(|x| !x.is_finite()) {
+        bail!("the run diverged: {what} is not finite (NaN or Inf); lower --lr-img or --lr-lr, or resume from the last checkpoint");
+    }
+    Ok(())
+}
+
+/// Runs the student steps of pass 1: returns θ_0 … θ_T and `G = Σ g_i`.
+fn pass1(
+    exec: &mut dyn Exec,
+    seg: &Segment,
+    batch: &mut BatchFn,
+) -> Result<(Vec<Array1<f64>>, Array1<f64>)> {
+    let mut theta = Array1::from(seg.start.to_vec());
+    let mut sum = Array1::<f64>::zeros(theta.len());
+    let mut thetas = Vec::with_capacity(seg.steps + 1);
+    for i in 0..seg.steps {
+        let (x, y) = batch(i)?;
+        let out = exec.run(
+            Artifact::Step,
+            &[theta.view().into_dyn(), x.view(), y.view()],
+        )?;
+        let g = out[1].view().into_shape_with_order(theta.len())?.to_owned();
+        check_finite("a student gradient", g.as_slice().unwrap_or(&[]))?;
+        sum += &g;
+        let next = &theta - &(&g * seg.beta);
+        thetas.push(std::mem::replace(&mut theta, next));
+    }
+    thetas.push(theta);
+    Ok((thetas, sum))
+}
+
+/// Computes L, ∂L/∂β and (through `sink`) ∂L/∂batch_i for every step, in the given mode.
+/// `need_dy` asks for label gradients too (learned labels).
+pub fn backward(
+    mode: Mode,
+    exec: &mut dyn Exec,
+    seg: &Segment,
+    batch: &mut BatchFn,
+    sink: &mut SinkFn,
+    need_dy: bool,
+) -> Result<IterGrad> {
+    if seg.steps == 0 {
+        bail!("syn-steps must be at least 1");
+    }
+    let start = ndarray::ArrayView1::from(seg.start);
+    let target = ndarray::ArrayView1::from(seg.target);
+    let d0 = &start - &target;
+    let denom = d0.dot(&d0);
+    if denom <= 0.0 || !denom.is_finite() {
+        bail!("the expert did not move between the start and target epochs (‖θ*_t − θ*_t+M‖² = {denom}); check the expert files");
+    }
+    if mode == Mode::Unrolled {
+        return unrolled(exec, seg, batch, sink, denom);
+    }
+    let (thetas, sum) = pass1(exec, seg, batch)?;
+    let resid = &thetas[seg.steps] - &target;
+    let loss = resid.dot(&resid) / denom;
+    check_finite("the matching loss", &[loss])?;
+    let lambda_t = &resid * (2.0 / denom);
+    let p2 = if need_dy || mode == Mode::Exact {
+        Artifact::Pass2
+    } else {
+        Artifact::Pass2Dx
+    };
+    match mode {
+        Mode::Tesla => {
+            // v = −β λ_T = (2/D)(β(θ*_{t+M} − θ*_t) + β² G), the same for every step.
+            let v = &lambda_t * (-seg.beta);
+            for i in 0..seg.steps {
+                let (x, y) = batch(i)?;
+                let out = exec.run(
+                    p2,
+                    &[
+                        thetas[i].view().into_dyn(),
+                        x.view(),
+                        y.view(),
+                        v.view().into_dyn(),
+                    ],
+                )?;
+                let mut it = out.into_iter();
+                let dx = it.next().expect("pass 2 returns dx");
+                let dy = if need_dy { it.nth(1) } else { None };
+                sink(i, dx, dy)?;
+            }
+            // The official update of β holds G constant: ∂L/∂β = 2⟨θ_T − θ*, −G⟩ / D.
+            let dbeta = -dot(
+                lambda_t.as_slice().unwrap_or(&[]),
+                sum.as_slice().unwrap_or(&[]),
+            );
+            Ok(IterGrad { loss, dbeta, denom })
+        }
+        Mode::Exact => {
+            let mut lambda = lambda_t;
+            let mut dbeta = 0.0;
+            for i in (0..seg.steps).rev() {
+                let u = &lambda * (-seg.beta);
+                let (x, y) = batch(i)?;
+                let out = exec.run(
+                    p2,
+                    &[
+                        thetas[i].view().into_dyn(),
+                        x.view(),
+                        y.view(),
+                        u.view().into_dyn(),
+                    ],
+                )?;
+                let mut it = out.into_iter();
+                let (dx, dth, dy, g) = (it.next(), it.next(), it.next(), it.next());
+                let (Some(dx), Some(dth), Some(dy), Some(g)) = (dx, dth, dy, g) else {
+                    bail!("pass2 artifact must return dx, dtheta, dy and grad");
+                };
+                // λ here is λ_{i+1}.
+                dbeta -= dot(
+                    lambda.as_slice().unwrap_or(&[]),
+                    g.as_slice().unwrap_or(&[]),
+                );
+                lambda += &dth.into_shape_with_order(lambda.len())?;
+                check_finite("the adjoint", lambda.as_slice().unwrap_or(&[]))?;
+                sink(i, dx, need_dy.then_some(dy))?;
+            }
+            Ok(IterGrad { loss, dbeta, denom })
+        }
+        Mode::Unrolled => unreachable!("handled above"),
+    }
+}
+
+fn unrolled(
+    exec: &mut dyn Exec,
+    seg: &Segment,
+    batch: &mut BatchFn,
+    sink: &mut SinkFn,
+    denom: f64,
+) -> Result<IterGrad> {
+    let mut xs = Vec::with_capacity(seg.steps);
+    let mut ys = Vec::with_capacity(seg.steps);
+    for i in 0..seg.steps {
+        let (x, y) = batch(i)?;
+        xs.push(x.insert_axis(Axis(0)));
+        ys.push(y.insert_axis(Axis(0)));
+    }
+    let xv: Vec<_> = xs.iter().map(|a| a.view()).collect();
+    let yv: Vec<_> = ys.iter().map(|a| a.view()).collect();
+    let xs = ndarray::concatenate(Axis(0), &xv)?;
+    let ys = ndarray::concatenate(Axis(0), &yv)?;
+    let start = ndarray::ArrayView1::from(seg.start).into_dyn();
+    let target = ndarray::ArrayView1::from(seg.target).into_dyn();
+    let beta = ndarray::arr1(&[seg.beta]).into_dyn();
+    let out = exec.run(
+        Artifact::Unrolled,
+        &[start, target, beta.view(), xs.view(), ys.view()],
+    )?;
+    let loss = out[0].iter().next().copied().unwrap_or(f64::NAN);
+    check_finite("the matching loss", &[loss])?;
+    for i in 0..seg.steps {
+        let dx = out[1].index_axis(Axis(0), i).to_owned();
+        let dy = out[2].index_axis(Axis(0), i).to_owned();
+        sink(i, dx, Some(dy))?;
+    }
+    let dbeta = out[3].iter().next().copied().unwrap_or(f64::NAN);
+    Ok(IterGrad { loss, dbeta, denom })
+}

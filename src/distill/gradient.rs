@@ -124,12 +124,12 @@ pub fn backward(
         Mode::Tesla => {
             // v = −β λ_T = (2/D)(β(θ*_{t+M} − θ*_t) + β² G), the same for every step.
             let v = &lambda_t * (-seg.beta);
-            for i in 0..seg.steps {
+            for (i, theta) in thetas.iter().take(seg.steps).enumerate() {
                 let (x, y) = batch(i)?;
                 let out = exec.run(
                     p2,
                     &[
-                        thetas[i].view().into_dyn(),
+                        theta.view().into_dyn(),
                         x.view(),
                         y.view(),
                         v.view().into_dyn(),

@@ -2,6 +2,8 @@
 //! `exact` = `unrolled` = central finite differences of L (images and β); `tesla` = the method.md
 //! formula computed independently; with T = 1 all three agree.
 
+#![allow(clippy::needless_range_loop)]
+
 mod common;
 use common::*;
 use ndarray::{s, Array1, Array4, ArrayD, Axis, IxDyn};

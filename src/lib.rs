@@ -9,4 +9,5 @@ pub mod eval;
 pub mod experts;
 pub mod onnx;
 pub mod runtime;
+pub mod train;
 pub mod zoo;

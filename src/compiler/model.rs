@@ -71,3 +71,32 @@ impl ForwardModel {
             .sum()
     }
 }
+
+impl InitRule {
+    /// Draws `n` initial values (PyTorch's default initialisers). `FromFile` has no rule to draw
+    /// from: the caller takes the stored values instead.
+    pub fn sample(&self, n: usize, rng: &mut impl rand::Rng) -> Vec<f32> {
+        let uniform = |rng: &mut dyn rand::RngCore, b: f64| -> Vec<f32> {
+            (0..n).map(|_| rand::Rng::random_range(rng, -b..b) as f32).collect()
+        };
+        match self {
+            // kaiming_uniform_(a=√5): gain √(2/(1+5)) · √(3/fan_in) = 1/√fan_in.
+            InitRule::KaimingUniform { fan_in } | InitRule::UniformBias { fan_in } => {
+                uniform(rng, 1.0 / (*fan_in.max(&1) as f64).sqrt())
+            }
+            InitRule::Ones => vec![1.0; n],
+            InitRule::Zeros | InitRule::FromFile => vec![0.0; n],
+            InitRule::TruncNormal { std } => (0..n)
+                .map(|_| loop {
+                    // Box–Muller, rejecting beyond ±2 std as timm's trunc_normal_ does.
+                    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+                    let u2: f64 = rng.random_range(0.0..1.0);
+                    let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                    if z.abs() <= 2.0 {
+                        break (z * std) as f32;
+                    }
+                })
+                .collect(),
+        }
+    }
+}

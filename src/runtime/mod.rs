@@ -16,6 +16,7 @@ mod model_info;
 mod ort_backend;
 pub mod programs;
 pub mod run_file;
+pub mod store;
 mod tract_backend;
 
 pub use model_info::ModelInfo;

@@ -1,2 +1,94 @@
-//! Built-in architectures, generated as forward graphs whose parameters are graph inputs.
+//! Built-in architectures, generated as forward graphs whose parameters are graph inputs, and the
+//! `--model` argument that selects one of them or an ONNX file.
 pub mod convnet;
+
+use crate::compiler::model::ForwardModel;
+use anyhow::{bail, Context, Result};
+use convnet::{Act, ConvNet, Norm, Pool};
+use std::path::PathBuf;
+
+/// What `--model` names: a built-in builder or a forward ONNX file.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelSpec {
+    /// A ConvNet (`convnet-d3`, `convnet-d4`, with options such as `convnet-d3-w32-ln-max-leaky`).
+    ConvNet(ConvNet),
+    /// A forward graph exported from PyTorch.
+    Onnx(PathBuf),
+}
+
+impl ModelSpec {
+    /// Parses `convnet-dN[-wW][-in|-ln|-nonorm][-relu|-leaky|-sigmoid][-avg|-max|-nopool]` or a
+    /// path ending in `.onnx`.
+    pub fn parse(s: &str) -> Result<ModelSpec> {
+        if s.ends_with(".onnx") {
+            return Ok(ModelSpec::Onnx(PathBuf::from(s)));
+        }
+        let mut parts = s.split('-');
+        if parts.next() != Some("convnet") {
+            bail!("unknown model '{s}': expected convnet-d3, convnet-d4 (options -wN, -ln, -nonorm, -leaky, -sigmoid, -max, -nopool) or a path to a .onnx file");
+        }
+        let mut net = ConvNet::standard(3);
+        for p in parts {
+            match p {
+                "in" => net.norm = Norm::Instance,
+                "ln" => net.norm = Norm::Layer,
+                "nonorm" => net.norm = Norm::None,
+                "relu" => net.act = Act::Relu,
+                "leaky" => net.act = Act::LeakyRelu,
+                "sigmoid" => net.act = Act::Sigmoid,
+                "avg" => net.pool = Pool::Avg,
+                "max" => net.pool = Pool::Max,
+                "nopool" => net.pool = Pool::None,
+                _ if p.starts_with('d') => net.depth = p[1..].parse().with_context(|| format!("bad depth in model '{s}'"))?,
+                _ if p.starts_with('w') => net.width = p[1..].parse().with_context(|| format!("bad width in model '{s}'"))?,
+                _ => bail!("unknown option '{p}' in model '{s}'"),
+            }
+        }
+        Ok(ModelSpec::ConvNet(net))
+    }
+
+    /// The forward model for a batch of `batch` images of shape `input` and `classes` outputs.
+    pub fn build(&self, batch: usize, input: [usize; 3], classes: usize) -> Result<ForwardModel> {
+        match self {
+            ModelSpec::ConvNet(n) => n.build(batch, input, classes),
+            ModelSpec::Onnx(p) => {
+                let shape = [batch, input[0], input[1], input[2]];
+                let m = crate::onnx::import::import_onnx(p, &shape, &Default::default())?;
+                let k = m.graph.shape(m.logits).get(1).copied().unwrap_or(0);
+                if k != classes {
+                    bail!("{}: the model has {k} outputs, the data has {classes} classes", p.display());
+                }
+                Ok(m)
+            }
+        }
+    }
+
+    /// A short stable name (for manifests, run metadata and cache keys).
+    pub fn name(&self) -> String {
+        match self {
+            ModelSpec::ConvNet(n) => {
+                let mut s = format!("convnet-d{}", n.depth);
+                if n.width != 128 {
+                    s += &format!("-w{}", n.width);
+                }
+                s += match n.norm {
+                    Norm::Instance => "",
+                    Norm::Layer => "-ln",
+                    Norm::None => "-nonorm",
+                };
+                s += match n.act {
+                    Act::Relu => "",
+                    Act::LeakyRelu => "-leaky",
+                    Act::Sigmoid => "-sigmoid",
+                };
+                s += match n.pool {
+                    Pool::Avg => "",
+                    Pool::Max => "-max",
+                    Pool::None => "-nopool",
+                };
+                s
+            }
+            ModelSpec::Onnx(p) => p.display().to_string(),
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Compiled artifacts for one model at several batch sizes, compiled on first use into a cache
+//! directory and reused while the model's source hash is unchanged.
+
+use super::programs::{Artifact, BackendExec};
+use super::{backend, BackendKind};
+use crate::compiler::manifest::{compile_dir, Manifest};
+use crate::zoo::ModelSpec;
+use anyhow::{Context, Result};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Programs for one model, keyed by batch size.
+pub struct ProgramStore {
+    model: ModelSpec,
+    input: [usize; 3],
+    classes: usize,
+    kind: BackendKind,
+    root: PathBuf,
+    which: Vec<Artifact>,
+    unrolled_steps: usize,
+    execs: HashMap<usize, (BackendExec, Manifest)>,
+}
+
+impl ProgramStore {
+    /// A store compiling `which` artifacts of `model` under `root/b{batch}`.
+    pub fn new(model: ModelSpec, input: [usize; 3], classes: usize, kind: BackendKind, root: &Path, which: &[Artifact]) -> ProgramStore {
+        ProgramStore {
+            model,
+            input,
+            classes,
+            kind,
+            root: root.to_path_buf(),
+            which: which.to_vec(),
+            unrolled_steps: 0,
+            execs: HashMap::new(),
+        }
+    }
+
+    /// Also compile the unrolled T-step graph (the MTT baseline).
+    pub fn with_unrolled(mut self, steps: usize) -> ProgramStore {
+        if !self.which.contains(&Artifact::Unrolled) {
+            self.which.push(Artifact::Unrolled);
+        }
+        self.unrolled_steps = steps;
+        self
+    }
+
+    /// The model this store compiles.
+    pub fn model(&self) -> &ModelSpec {
+        &self.model
+    }
+
+    /// The directory holding the artifacts for `batch`.
+    pub fn dir(&self, batch: usize) -> PathBuf {
+        self.root.join(format!("b{batch}"))
+    }
+
+    /// The programs (and manifest) for `batch`, compiling them if needed.
+    pub fn get(&mut self, batch: usize) -> Result<(&mut BackendExec, &Manifest)> {
+        if !self.execs.contains_key(&batch) {
+            let dir = self.dir(batch);
+            let m = self.model.build(batch, self.input, self.classes)?;
+            let fresh = crate::onnx::export::to_model_proto(&m.graph);
+            let hash = {
+                use sha2::Digest;
+                format!("{:x}", sha2::Sha256::digest(prost::Message::encode_to_vec(&fresh)))
+            };
+            let reuse = Manifest::load(&dir)
+                .ok()
+                .filter(|man| {
+                    man.source_hash == hash
+                        && self.which.iter().all(|a| dir.join(a.file()).exists())
+                        && (self.unrolled_steps == 0
+                            || man.graphs.get("unrolled").is_some_and(|g| g.inputs.iter().any(|i| i.name == "xs" && i.shape.first() == Some(&self.unrolled_steps))))
+                });
+            let manifest = match reuse {
+                Some(man) => man,
+                None => compile_dir(&m, &self.which, self.unrolled_steps, &dir)
+                    .with_context(|| format!("compiling {} for batch {batch}", self.model.name()))?,
+            };
+            let exec = BackendExec::new(backend(self.kind)?, &dir);
+            self.execs.insert(batch, (exec, manifest));
+        }
+        let (e, m) = self.execs.get_mut(&batch).expect("inserted above");
+        Ok((e, m))
+    }
+}

@@ -1,0 +1,180 @@
+//! Plain SGD training of a network on a set of images (real data for experts, a distilled set for
+//! evaluation) and test accuracy; shared by `experts`, `eval` and `distill --eval-every`.
+
+use crate::data::augment::{self, Strategy};
+use crate::data::Dataset;
+use crate::runtime::programs::{Artifact, Exec};
+use crate::runtime::store::ProgramStore;
+use anyhow::{bail, Result};
+use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Axis};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Images to train on, with their label rows.
+pub enum TrainSet<'a> {
+    /// A real dataset with hard labels.
+    Real(&'a Dataset),
+    /// Images in memory with label rows (one-hot or soft).
+    Memory {
+        /// Images \[N,C,H,W\], normalised.
+        images: ArrayView4<'a, f32>,
+        /// Label rows \[N,K\].
+        labels: ArrayView2<'a, f32>,
+    },
+}
+
+impl TrainSet<'_> {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        match self {
+            TrainSet::Real(d) => d.len(),
+            TrainSet::Memory { images, .. } => images.shape()[0],
+        }
+    }
+
+    /// True when there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn batch(&self, idx: &[usize], classes: usize) -> (Array4<f32>, Array2<f32>) {
+        match self {
+            TrainSet::Real(d) => (d.batch(idx), one_hot(&d.batch_labels(idx), classes)),
+            TrainSet::Memory { images, labels } => (images.select(Axis(0), idx), labels.select(Axis(0), idx)),
+        }
+    }
+}
+
+/// One-hot rows for hard labels.
+pub fn one_hot(labels: &[u32], classes: usize) -> Array2<f32> {
+    let mut y = Array2::zeros((labels.len(), classes));
+    for (i, &l) in labels.iter().enumerate() {
+        y[[i, l as usize]] = 1.0;
+    }
+    y
+}
+
+/// SGD settings (PyTorch semantics: weight decay added to the gradient, momentum buffer started
+/// at the first gradient).
+#[derive(Clone, Debug)]
+pub struct Sgd {
+    /// Learning rate.
+    pub lr: f64,
+    /// Momentum.
+    pub momentum: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Batch size.
+    pub batch: usize,
+    /// Epochs.
+    pub epochs: usize,
+    /// Multiply the learning rate by 0.1 after half the epochs (the evaluation protocol).
+    pub decay_at_half: bool,
+    /// Augmentation applied to every batch.
+    pub strategy: Strategy,
+    /// Seed of the shuffles and augmentation draws.
+    pub seed: u64,
+}
+
+/// Trains `theta` in place; `on_epoch(epoch, theta, mean_loss)` runs after every epoch (its
+/// error stops training). The last partial batch is kept, as PyTorch's DataLoader does.
+pub fn train(
+    store: &mut ProgramStore,
+    set: &TrainSet,
+    classes: usize,
+    theta: &mut Vec<f64>,
+    cfg: &Sgd,
+    start_epoch: usize,
+    on_epoch: &mut dyn FnMut(usize, &[f64], f64) -> Result<()>,
+) -> Result<()> {
+    let n = set.len();
+    if n == 0 {
+        bail!("nothing to train on: the training set is empty");
+    }
+    let b = cfg.batch.min(n).max(1);
+    let mut buf: Option<Vec<f64>> = None;
+    for epoch in start_epoch..cfg.epochs {
+        // Each epoch's randomness depends only on (seed, epoch), so a resumed run repeats it.
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let lr = if cfg.decay_at_half && epoch >= cfg.epochs / 2 { cfg.lr * 0.1 } else { cfg.lr };
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut rng);
+        let mut total = 0.0;
+        for chunk in order.chunks(b) {
+            let (x, y) = set.batch(chunk, classes);
+            let x = if cfg.strategy.is_none() {
+                x
+            } else {
+                let d = cfg.strategy.draw(&mut rng, [chunk.len(), x.shape()[1], x.shape()[2], x.shape()[3]]);
+                augment::apply(&d, x.view())?
+            };
+            let (exec, _) = store.get(chunk.len())?;
+            let th = ndarray::ArrayView1::from(theta.as_slice()).into_dyn();
+            let xf = x.mapv(f64::from).into_dyn();
+            let yf = y.mapv(f64::from).into_dyn();
+            let out = exec.run(Artifact::Step, &[th, xf.view(), yf.view()])?;
+            let loss = out[0].iter().next().copied().unwrap_or(f64::NAN);
+            if !loss.is_finite() {
+                bail!("training diverged at epoch {epoch} (loss is {loss}); lower the learning rate");
+            }
+            total += loss * chunk.len() as f64;
+            let g = &out[1];
+            let d: Vec<f64> = g.iter().zip(theta.iter()).map(|(g, t)| g + cfg.weight_decay * t).collect();
+            let step = match (&mut buf, cfg.momentum) {
+                (_, m) if m == 0.0 => d,
+                (Some(v), m) => {
+                    v.iter_mut().zip(&d).for_each(|(v, d)| *v = m * *v + d);
+                    v.clone()
+                }
+                (None, _) => {
+                    buf = Some(d.clone());
+                    d
+                }
+            };
+            theta.iter_mut().zip(&step).for_each(|(t, s)| *t -= lr * s);
+        }
+        on_epoch(epoch, theta, total / n as f64)?;
+    }
+    Ok(())
+}
+
+/// Top-1 accuracy of `theta` on a dataset, evaluated in batches of `batch` (the last batch is
+/// padded; logits of the padding are ignored, which is exact because no op mixes samples).
+pub fn accuracy(store: &mut ProgramStore, ds: &Dataset, theta: &[f64], batch: usize) -> Result<f64> {
+    let n = ds.len();
+    if n == 0 {
+        bail!("the test set is empty");
+    }
+    let b = batch.min(n);
+    let mut correct = 0usize;
+    let th = ndarray::ArrayView1::from(theta).into_dyn();
+    let idx: Vec<usize> = (0..n).collect();
+    for chunk in idx.chunks(b) {
+        let mut padded = chunk.to_vec();
+        padded.resize(b, chunk[0]);
+        let x = ds.batch(&padded).mapv(f64::from).into_dyn();
+        let (exec, _) = store.get(b)?;
+        let out = exec.run(Artifact::Logits, &[th.clone(), x.view()])?;
+        let z = out[0].view().into_dimensionality::<ndarray::Ix2>()?;
+        let labels = ds.batch_labels(chunk);
+        for (i, &l) in labels.iter().enumerate() {
+            let row = z.row(i);
+            let arg = row.iter().enumerate().fold((0, f64::MIN), |m, (k, &v)| if v > m.1 { (k, v) } else { m }).0;
+            correct += usize::from(arg == l as usize);
+        }
+    }
+    Ok(correct as f64 / n as f64)
+}
+
+/// Fresh initial parameters for a model, from the manifest's init rules.
+pub fn init_theta(store: &mut ProgramStore, batch: usize, seed: u64) -> Result<Vec<f64>> {
+    let dir = store.dir(batch);
+    let (_, m) = store.get(batch)?;
+    Ok(m.initial_theta(&dir, seed)?.into_iter().map(f64::from).collect())
+}
+
+/// A random seed from a generator (for per-run seeds derived from a base seed).
+pub fn derive_seed(base: u64, k: u64) -> u64 {
+    ChaCha8Rng::seed_from_u64(base.wrapping_add(k.wrapping_mul(0xD134_2543_DE82_EF95))).random()
+}

@@ -56,7 +56,13 @@ impl Graph {
         if perm.iter().enumerate().all(|(i, &p)| i == p) {
             return Ok(a);
         }
-        self.push1("", Op::Transpose { perm: perm.to_vec() }, &[a])
+        self.push1(
+            "",
+            Op::Transpose {
+                perm: perm.to_vec(),
+            },
+            &[a],
+        )
     }
     /// Swaps the last two axes.
     pub fn transpose_last2(&mut self, a: ValueId) -> R {
@@ -70,14 +76,26 @@ impl Graph {
         if self.shape(a) == shape {
             return Ok(a);
         }
-        self.push1("", Op::Reshape { shape: shape.to_vec() }, &[a])
+        self.push1(
+            "",
+            Op::Reshape {
+                shape: shape.to_vec(),
+            },
+            &[a],
+        )
     }
     /// Broadcast to a shape (no node when unchanged).
     pub fn expand(&mut self, a: ValueId, shape: &[usize]) -> R {
         if self.shape(a) == shape {
             return Ok(a);
         }
-        self.push1("", Op::Expand { shape: shape.to_vec() }, &[a])
+        self.push1(
+            "",
+            Op::Expand {
+                shape: shape.to_vec(),
+            },
+            &[a],
+        )
     }
     /// Sum over axes (no node for an empty axis list).
     pub fn reduce_sum(&mut self, a: ValueId, axes: &[usize], keepdims: bool) -> R {

@@ -48,7 +48,11 @@ impl Tensor {
     }
     /// A scalar (rank 0).
     pub fn scalar(dtype: DType, v: f64) -> Tensor {
-        Tensor { dtype, shape: vec![], data: vec![v] }
+        Tensor {
+            dtype,
+            shape: vec![],
+            data: vec![v],
+        }
     }
     /// Number of elements.
     pub fn numel(&self) -> usize {
@@ -328,13 +332,22 @@ impl Graph {
     /// Declares a graph input.
     pub fn input(&mut self, name: &str, dtype: DType, shape: Vec<usize>) -> ValueId {
         let id = self.values.len();
-        self.values.push(ValueInfo { name: name.to_string(), dtype, shape });
+        self.values.push(ValueInfo {
+            name: name.to_string(),
+            dtype,
+            shape,
+        });
         self.inputs.push(id);
         id
     }
 
     /// Appends a node, inferring its output types. Returns the output values.
-    pub fn push(&mut self, name: &str, op: Op, inputs: &[ValueId]) -> Result<Vec<ValueId>, IrError> {
+    pub fn push(
+        &mut self,
+        name: &str,
+        op: Op,
+        inputs: &[ValueId],
+    ) -> Result<Vec<ValueId>, IrError> {
         let infos: Vec<&ValueInfo> = inputs.iter().map(|&i| &self.values[i]).collect();
         let outs = crate::compiler::ops::infer(&op, &infos).map_err(|msg| IrError::Shape {
             node: name.to_string(),
@@ -346,11 +359,24 @@ impl Graph {
         for (dtype, shape) in outs {
             let id = self.values.len();
             let vname = self.fresh_name(stem);
-            self.values.push(ValueInfo { name: vname, dtype, shape });
+            self.values.push(ValueInfo {
+                name: vname,
+                dtype,
+                shape,
+            });
             ids.push(id);
         }
-        let node_name = if name.is_empty() { format!("{}_{}", op.name(), self.nodes.len()) } else { name.to_string() };
-        self.nodes.push(Node { name: node_name, op, inputs: inputs.to_vec(), outputs: ids.clone() });
+        let node_name = if name.is_empty() {
+            format!("{}_{}", op.name(), self.nodes.len())
+        } else {
+            name.to_string()
+        };
+        self.nodes.push(Node {
+            name: node_name,
+            op,
+            inputs: inputs.to_vec(),
+            outputs: ids.clone(),
+        });
         Ok(ids)
     }
 
@@ -365,9 +391,18 @@ impl Graph {
     pub fn constant(&mut self, t: Tensor) -> ValueId {
         let id = self.values.len();
         let name = self.fresh_name("const");
-        self.values.push(ValueInfo { name, dtype: t.dtype, shape: t.shape.clone() });
+        self.values.push(ValueInfo {
+            name,
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+        });
         let node_name = format!("Constant_{}", self.nodes.len());
-        self.nodes.push(Node { name: node_name, op: Op::Constant(t), inputs: vec![], outputs: vec![id] });
+        self.nodes.push(Node {
+            name: node_name,
+            op: Op::Constant(t),
+            inputs: vec![],
+            outputs: vec![id],
+        });
         id
     }
 

@@ -11,7 +11,9 @@ pub fn conv_out(a: &ConvAttrs, input: &[usize], kernel: &[usize]) -> Result<Vec<
         let span = a.dilations[i] * (kernel[i] - 1) + 1;
         let padded = input[i] + a.pads_begin[i] + a.pads_end[i];
         if padded < span || a.strides[i] == 0 {
-            return Err(format!("kernel {kernel:?} does not fit input {input:?} on axis {i}"));
+            return Err(format!(
+                "kernel {kernel:?} does not fit input {input:?} on axis {i}"
+            ));
         }
         out.push((padded - span) / a.strides[i] + 1);
     }
@@ -21,26 +23,46 @@ pub fn conv_out(a: &ConvAttrs, input: &[usize], kernel: &[usize]) -> Result<Vec<
 fn check_attrs(a: &ConvAttrs, x: &ValueInfo, w: &ValueInfo) -> Result<usize, String> {
     let r = x.shape.len();
     if r < 3 || w.shape.len() != r {
-        return Err(format!("input {:?} and weight {:?} ranks do not fit", x.shape, w.shape));
+        return Err(format!(
+            "input {:?} and weight {:?} ranks do not fit",
+            x.shape, w.shape
+        ));
     }
     let sp = r - 2;
-    if a.strides.len() != sp || a.dilations.len() != sp || a.pads_begin.len() != sp || a.pads_end.len() != sp {
+    if a.strides.len() != sp
+        || a.dilations.len() != sp
+        || a.pads_begin.len() != sp
+        || a.pads_end.len() != sp
+    {
         return Err(format!("attributes need {sp} spatial entries"));
     }
     if x.dtype != w.dtype || !x.dtype.is_float() {
         return Err("input and weight must be floats of one type".into());
     }
     if a.group == 0 || w.shape[0] % a.group != 0 {
-        return Err(format!("weight {:?} does not split into {} groups", w.shape, a.group));
+        return Err(format!(
+            "weight {:?} does not split into {} groups",
+            w.shape, a.group
+        ));
     }
     Ok(sp)
 }
 
 /// Shape rule of `Conv(x [N,C,…], w [O,C/g,k…]) → [N,O,…]`.
-pub fn infer_conv(a: &ConvAttrs, x: &ValueInfo, w: &ValueInfo) -> Result<Vec<(DType, Vec<usize>)>, String> {
+pub fn infer_conv(
+    a: &ConvAttrs,
+    x: &ValueInfo,
+    w: &ValueInfo,
+) -> Result<Vec<(DType, Vec<usize>)>, String> {
     check_attrs(a, x, w)?;
     if x.shape[1] != w.shape[1] * a.group {
-        return Err(format!("input has {} channels, weight {:?} with {} groups expects {}", x.shape[1], w.shape, a.group, w.shape[1] * a.group));
+        return Err(format!(
+            "input has {} channels, weight {:?} with {} groups expects {}",
+            x.shape[1],
+            w.shape,
+            a.group,
+            w.shape[1] * a.group
+        ));
     }
     let mut s = vec![x.shape[0], w.shape[0]];
     s.extend(conv_out(a, &x.shape[2..], &w.shape[2..])?);
@@ -48,13 +70,24 @@ pub fn infer_conv(a: &ConvAttrs, x: &ValueInfo, w: &ValueInfo) -> Result<Vec<(DT
 }
 
 /// Shape rule of `ConvTranspose(y [N,O,…], w [O,C/g,k…]) → [N,C,out…]`.
-pub fn infer_conv_transpose(a: &ConvAttrs, out: &[usize], y: &ValueInfo, w: &ValueInfo) -> Result<Vec<(DType, Vec<usize>)>, String> {
+pub fn infer_conv_transpose(
+    a: &ConvAttrs,
+    out: &[usize],
+    y: &ValueInfo,
+    w: &ValueInfo,
+) -> Result<Vec<(DType, Vec<usize>)>, String> {
     check_attrs(a, y, w)?;
     if y.shape[1] != w.shape[0] {
-        return Err(format!("input has {} channels, weight {:?} expects {}", y.shape[1], w.shape, w.shape[0]));
+        return Err(format!(
+            "input has {} channels, weight {:?} expects {}",
+            y.shape[1], w.shape, w.shape[0]
+        ));
     }
     if conv_out(a, out, &w.shape[2..])? != y.shape[2..] {
-        return Err(format!("output extent {out:?} is not the preimage of {:?}", &y.shape[2..]));
+        return Err(format!(
+            "output extent {out:?} is not the preimage of {:?}",
+            &y.shape[2..]
+        ));
     }
     let mut s = vec![y.shape[0], w.shape[1] * a.group];
     s.extend_from_slice(out);
@@ -63,7 +96,13 @@ pub fn infer_conv_transpose(a: &ConvAttrs, out: &[usize], y: &ValueInfo, w: &Val
 
 /// `∂⟨gy, Conv(x, w)⟩/∂w` as one grouped convolution of transposed operands: the roles of
 /// stride and dilation swap, and the result is cut to the kernel extent.
-pub fn weight_grad(g: &mut Graph, a: &ConvAttrs, x: ValueId, gy: ValueId, kernel: &[usize]) -> Result<ValueId, IrError> {
+pub fn weight_grad(
+    g: &mut Graph,
+    a: &ConvAttrs,
+    x: ValueId,
+    gy: ValueId,
+    kernel: &[usize],
+) -> Result<ValueId, IrError> {
     let sx = g.shape(x).to_vec();
     let sy = g.shape(gy).to_vec();
     let (n, grp) = (sx[0], a.group);
@@ -103,7 +142,14 @@ pub fn weight_grad(g: &mut Graph, a: &ConvAttrs, x: ValueId, gy: ValueId, kernel
     let cut = if g.shape(full) == ends.as_slice() {
         full
     } else {
-        g.push1("", Op::Slice { starts: vec![0; ends.len()], ends }, &[full])?
+        g.push1(
+            "",
+            Op::Slice {
+                starts: vec![0; ends.len()],
+                ends,
+            },
+            &[full],
+        )?
     };
     let mut perm = vec![1, 0];
     perm.extend(2..2 + sp);
@@ -117,7 +163,14 @@ pub fn vjp(g: &mut Graph, node: &Node, gy: ValueId) -> Result<Vec<Option<ValueId
     match &node.op {
         Op::Conv(a) => {
             let out_spatial = g.shape(x)[2..].to_vec();
-            let dx = g.push1("", Op::ConvTranspose { conv: a.clone(), out_spatial }, &[gy, w])?;
+            let dx = g.push1(
+                "",
+                Op::ConvTranspose {
+                    conv: a.clone(),
+                    out_spatial,
+                },
+                &[gy, w],
+            )?;
             let dw = weight_grad(g, a, x, gy, &kernel)?;
             Ok(vec![Some(dx), Some(dw)])
         }

@@ -4,9 +4,16 @@ use super::broadcast_shapes;
 use crate::compiler::ir::{DType, Graph, IrError, Node, Op, ValueId, ValueInfo};
 
 /// Shape rule for the broadcasting binaries and comparisons.
-pub fn infer_binary(op: &Op, a: &ValueInfo, b: &ValueInfo) -> Result<Vec<(DType, Vec<usize>)>, String> {
+pub fn infer_binary(
+    op: &Op,
+    a: &ValueInfo,
+    b: &ValueInfo,
+) -> Result<Vec<(DType, Vec<usize>)>, String> {
     if a.dtype != b.dtype {
-        return Err(format!("operand types differ ({:?} and {:?})", a.dtype, b.dtype));
+        return Err(format!(
+            "operand types differ ({:?} and {:?})",
+            a.dtype, b.dtype
+        ));
     }
     let shape = broadcast_shapes(&a.shape, &b.shape)?;
     let dtype = match op {
@@ -17,12 +24,19 @@ pub fn infer_binary(op: &Op, a: &ValueInfo, b: &ValueInfo) -> Result<Vec<(DType,
 }
 
 /// Shape rule for `Where(cond, a, b)`.
-pub fn infer_where(c: &ValueInfo, a: &ValueInfo, b: &ValueInfo) -> Result<Vec<(DType, Vec<usize>)>, String> {
+pub fn infer_where(
+    c: &ValueInfo,
+    a: &ValueInfo,
+    b: &ValueInfo,
+) -> Result<Vec<(DType, Vec<usize>)>, String> {
     if c.dtype != DType::Bool {
         return Err("condition must be bool".into());
     }
     if a.dtype != b.dtype {
-        return Err(format!("branch types differ ({:?} and {:?})", a.dtype, b.dtype));
+        return Err(format!(
+            "branch types differ ({:?} and {:?})",
+            a.dtype, b.dtype
+        ));
     }
     let s = broadcast_shapes(&broadcast_shapes(&c.shape, &a.shape)?, &b.shape)?;
     Ok(vec![(a.dtype, s)])

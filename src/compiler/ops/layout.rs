@@ -15,8 +15,15 @@ pub fn infer(op: &Op, inputs: &[&ValueInfo]) -> Result<Vec<(DType, Vec<usize>)>,
         Op::Transpose { perm } => {
             let a = one()?;
             let mut seen = vec![false; a.shape.len()];
-            if perm.len() != a.shape.len() || perm.iter().any(|&p| p >= seen.len() || std::mem::replace(&mut seen[p], true)) {
-                return Err(format!("perm {perm:?} is not a permutation of the axes of {:?}", a.shape));
+            if perm.len() != a.shape.len()
+                || perm
+                    .iter()
+                    .any(|&p| p >= seen.len() || std::mem::replace(&mut seen[p], true))
+            {
+                return Err(format!(
+                    "perm {perm:?} is not a permutation of the axes of {:?}",
+                    a.shape
+                ));
             }
             Ok(vec![(a.dtype, perm.iter().map(|&p| a.shape[p]).collect())])
         }
@@ -44,9 +51,16 @@ pub fn infer(op: &Op, inputs: &[&ValueInfo]) -> Result<Vec<(DType, Vec<usize>)>,
             s[*axis] = 0;
             for b in inputs {
                 let same = b.shape.len() == a.shape.len()
-                    && b.shape.iter().zip(&a.shape).enumerate().all(|(i, (x, y))| i == *axis || x == y);
+                    && b.shape
+                        .iter()
+                        .zip(&a.shape)
+                        .enumerate()
+                        .all(|(i, (x, y))| i == *axis || x == y);
                 if !same || b.dtype != a.dtype {
-                    return Err(format!("operands {:?} and {:?} do not concatenate on axis {axis}", a.shape, b.shape));
+                    return Err(format!(
+                        "operands {:?} and {:?} do not concatenate on axis {axis}",
+                        a.shape, b.shape
+                    ));
                 }
                 s[*axis] += b.shape[*axis];
             }
@@ -55,7 +69,10 @@ pub fn infer(op: &Op, inputs: &[&ValueInfo]) -> Result<Vec<(DType, Vec<usize>)>,
         Op::Split { axis, sizes } => {
             let a = one()?;
             if *axis >= a.shape.len() || sizes.iter().sum::<usize>() != a.shape[*axis] {
-                return Err(format!("sizes {sizes:?} do not split axis {axis} of {:?}", a.shape));
+                return Err(format!(
+                    "sizes {sizes:?} do not split axis {axis} of {:?}",
+                    a.shape
+                ));
             }
             Ok(sizes
                 .iter()
@@ -75,7 +92,10 @@ pub fn infer(op: &Op, inputs: &[&ValueInfo]) -> Result<Vec<(DType, Vec<usize>)>,
             let mut s = Vec::with_capacity(r);
             for i in 0..r {
                 if starts[i] > ends[i] || ends[i] > a.shape[i] {
-                    return Err(format!("bounds {}..{} out of range for axis {i} of {:?}", starts[i], ends[i], a.shape));
+                    return Err(format!(
+                        "bounds {}..{} out of range for axis {i} of {:?}",
+                        starts[i], ends[i], a.shape
+                    ));
                 }
                 s.push(ends[i] - starts[i]);
             }
@@ -86,14 +106,25 @@ pub fn infer(op: &Op, inputs: &[&ValueInfo]) -> Result<Vec<(DType, Vec<usize>)>,
             if begins.len() != a.shape.len() || ends.len() != a.shape.len() {
                 return Err(format!("needs pads for all {} axes", a.shape.len()));
             }
-            Ok(vec![(a.dtype, a.shape.iter().enumerate().map(|(i, &d)| d + begins[i] + ends[i]).collect())])
+            Ok(vec![(
+                a.dtype,
+                a.shape
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &d)| d + begins[i] + ends[i])
+                    .collect(),
+            )])
         }
         other => unreachable!("{} is not a layout op", other.name()),
     }
 }
 
 /// Derivative rules: each op's adjoint is another layout op.
-pub fn vjp(g: &mut Graph, node: &Node, cots: &[Option<ValueId>]) -> Result<Vec<Option<ValueId>>, IrError> {
+pub fn vjp(
+    g: &mut Graph,
+    node: &Node,
+    cots: &[Option<ValueId>],
+) -> Result<Vec<Option<ValueId>>, IrError> {
     let x = node.inputs[0];
     let sx = g.shape(x).to_vec();
     Ok(match &node.op {
@@ -107,7 +138,9 @@ pub fn vjp(g: &mut Graph, node: &Node, cots: &[Option<ValueId>]) -> Result<Vec<O
         Op::Reshape { .. } => vec![cots[0].map(|c| g.reshape(c, &sx)).transpose()?],
         Op::Expand { .. } => vec![cots[0].map(|c| g.sum_to(c, &sx)).transpose()?],
         Op::Concat { axis } => {
-            let Some(c) = cots[0] else { return Ok(vec![None; node.inputs.len()]) };
+            let Some(c) = cots[0] else {
+                return Ok(vec![None; node.inputs.len()]);
+            };
             let sizes: Vec<usize> = node.inputs.iter().map(|&i| g.shape(i)[*axis]).collect();
             let parts = g.push("", Op::Split { axis: *axis, sizes }, &[c])?;
             parts.into_iter().map(Some).collect()
@@ -129,14 +162,33 @@ pub fn vjp(g: &mut Graph, node: &Node, cots: &[Option<ValueId>]) -> Result<Vec<O
             vec![Some(g.push1("", Op::Concat { axis: *axis }, &parts)?)]
         }
         Op::Slice { starts, ends } => {
-            let Some(c) = cots[0] else { return Ok(vec![None]) };
+            let Some(c) = cots[0] else {
+                return Ok(vec![None]);
+            };
             let tail: Vec<usize> = ends.iter().zip(&sx).map(|(e, d)| d - e).collect();
-            vec![Some(g.push1("", Op::Pad { begins: starts.clone(), ends: tail, value: 0.0 }, &[c])?)]
+            vec![Some(g.push1(
+                "",
+                Op::Pad {
+                    begins: starts.clone(),
+                    ends: tail,
+                    value: 0.0,
+                },
+                &[c],
+            )?)]
         }
         Op::Pad { begins, .. } => {
-            let Some(c) = cots[0] else { return Ok(vec![None]) };
+            let Some(c) = cots[0] else {
+                return Ok(vec![None]);
+            };
             let ends: Vec<usize> = begins.iter().zip(&sx).map(|(b, d)| b + d).collect();
-            vec![Some(g.push1("", Op::Slice { starts: begins.clone(), ends }, &[c])?)]
+            vec![Some(g.push1(
+                "",
+                Op::Slice {
+                    starts: begins.clone(),
+                    ends,
+                },
+                &[c],
+            )?)]
         }
         other => unreachable!("{} is not a layout op", other.name()),
     })

@@ -6,16 +6,25 @@ use crate::compiler::ir::{DType, Graph, IrError, Node, ValueId, ValueInfo};
 /// Shape rule: `[..., m, k] @ [..., k, n] → [..., m, n]`, both ranks ≥ 2.
 pub fn infer(a: &ValueInfo, b: &ValueInfo) -> Result<Vec<(DType, Vec<usize>)>, String> {
     if a.dtype != b.dtype || !a.dtype.is_float() {
-        return Err(format!("needs two float operands of one type, got {:?} and {:?}", a.dtype, b.dtype));
+        return Err(format!(
+            "needs two float operands of one type, got {:?} and {:?}",
+            a.dtype, b.dtype
+        ));
     }
     let (ra, rb) = (a.shape.len(), b.shape.len());
     if ra < 2 || rb < 2 {
-        return Err(format!("operands must have rank ≥ 2, got {:?} and {:?}", a.shape, b.shape));
+        return Err(format!(
+            "operands must have rank ≥ 2, got {:?} and {:?}",
+            a.shape, b.shape
+        ));
     }
     let (m, k) = (a.shape[ra - 2], a.shape[ra - 1]);
     let (k2, n) = (b.shape[rb - 2], b.shape[rb - 1]);
     if k != k2 {
-        return Err(format!("inner dimensions differ: {:?} @ {:?}", a.shape, b.shape));
+        return Err(format!(
+            "inner dimensions differ: {:?} @ {:?}",
+            a.shape, b.shape
+        ));
     }
     let mut s = broadcast_shapes(&a.shape[..ra - 2], &b.shape[..rb - 2])?;
     s.push(m);

@@ -77,7 +77,11 @@ pub fn infer(op: &Op, inputs: &[&ValueInfo]) -> Result<Vec<(DType, Vec<usize>)>,
 
 /// Emits, into `g`, the cotangents of `node`'s inputs given the cotangents of its outputs
 /// (`None` = zero). Returns one entry per input; `None` where the input gets no gradient.
-pub fn vjp(g: &mut Graph, node: &Node, cots: &[Option<ValueId>]) -> Result<Vec<Option<ValueId>>, IrError> {
+pub fn vjp(
+    g: &mut Graph,
+    node: &Node,
+    cots: &[Option<ValueId>],
+) -> Result<Vec<Option<ValueId>>, IrError> {
     let n_in = node.inputs.len();
     // Ops with one output: a missing cotangent means nothing flows back.
     if node.outputs.len() == 1 && cots[0].is_none() {
@@ -102,7 +106,9 @@ pub fn vjp(g: &mut Graph, node: &Node, cots: &[Option<ValueId>]) -> Result<Vec<O
         | Op::LeakyRelu { .. }
         | Op::Cast { .. } => elementwise::vjp(g, node, cots[0].expect("checked above")),
         Op::MatMul => matmul::vjp(g, node, cots[0].expect("checked above")),
-        Op::ReduceSum { .. } | Op::ReduceMax { .. } => reduce::vjp(g, node, cots[0].expect("checked above")),
+        Op::ReduceSum { .. } | Op::ReduceMax { .. } => {
+            reduce::vjp(g, node, cots[0].expect("checked above"))
+        }
         Op::Transpose { .. }
         | Op::Reshape { .. }
         | Op::Expand { .. }
@@ -110,7 +116,9 @@ pub fn vjp(g: &mut Graph, node: &Node, cots: &[Option<ValueId>]) -> Result<Vec<O
         | Op::Split { .. }
         | Op::Slice { .. }
         | Op::Pad { .. } => layout::vjp(g, node, cots),
-        Op::Conv(_) | Op::ConvTranspose { .. } => conv::vjp(g, node, cots[0].expect("checked above")),
+        Op::Conv(_) | Op::ConvTranspose { .. } => {
+            conv::vjp(g, node, cots[0].expect("checked above"))
+        }
     }
 }
 
@@ -119,8 +127,16 @@ pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> 
     let r = a.len().max(b.len());
     let mut out = vec![0; r];
     for i in 0..r {
-        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        let da = if i + a.len() >= r {
+            a[i + a.len() - r]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= r {
+            b[i + b.len() - r]
+        } else {
+            1
+        };
         out[i] = if da == db || db == 1 {
             da
         } else if da == 1 {

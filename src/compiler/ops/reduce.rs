@@ -4,18 +4,31 @@ use crate::compiler::ir::{DType, Graph, IrError, Node, Op, ValueId, ValueInfo};
 
 /// The shape a reduction keeps (reduced axes set to 1).
 pub fn kept_shape(shape: &[usize], axes: &[usize]) -> Vec<usize> {
-    shape.iter().enumerate().map(|(i, &d)| if axes.contains(&i) { 1 } else { d }).collect()
+    shape
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| if axes.contains(&i) { 1 } else { d })
+        .collect()
 }
 
 /// Shape rule.
-pub fn infer(a: &ValueInfo, axes: &[usize], keepdims: bool) -> Result<Vec<(DType, Vec<usize>)>, String> {
+pub fn infer(
+    a: &ValueInfo,
+    axes: &[usize],
+    keepdims: bool,
+) -> Result<Vec<(DType, Vec<usize>)>, String> {
     if let Some(&bad) = axes.iter().find(|&&ax| ax >= a.shape.len()) {
         return Err(format!("axis {bad} out of range for shape {:?}", a.shape));
     }
     let shape = if keepdims {
         kept_shape(&a.shape, axes)
     } else {
-        a.shape.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect()
+        a.shape
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !axes.contains(i))
+            .map(|(_, &d)| d)
+            .collect()
     };
     Ok(vec![(a.dtype, shape)])
 }

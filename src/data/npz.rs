@@ -1,0 +1,224 @@
+//! NumPy `.npy` headers and `.npz` archives (a zip of `.npy` members), read by streaming so a
+//! large `uint8` array goes straight into its destination buffer.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+
+/// The header of a `.npy` array.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NpyHeader {
+    /// NumPy type string, e.g. `|u1` or `<i8`.
+    pub descr: String,
+    /// Column-major storage flag.
+    pub fortran_order: bool,
+    /// Shape, outermost first.
+    pub shape: Vec<usize>,
+}
+
+impl NpyHeader {
+    /// Number of elements.
+    pub fn count(&self) -> Result<usize> {
+        self.shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .context("npy shape overflows")
+    }
+}
+
+/// The value of `'key': …` in a Python dict literal, up to the next top-level comma.
+fn dict_value<'a>(header: &'a str, key: &str) -> Result<&'a str> {
+    let pat = format!("'{key}':");
+    let start = header
+        .find(&pat)
+        .with_context(|| format!("npy header has no '{key}': {header}"))?
+        + pat.len();
+    let rest = header[start..].trim_start();
+    let end = if rest.starts_with('(') {
+        rest.find(')').map(|p| p + 1)
+    } else {
+        rest.find([',', '}'])
+    }
+    .with_context(|| format!("unterminated '{key}' in npy header: {header}"))?;
+    Ok(rest[..end].trim())
+}
+
+/// Reads and parses the header of a `.npy` stream, leaving `r` at the first data byte.
+pub fn read_npy_header(r: &mut impl Read) -> Result<NpyHeader> {
+    let mut pre = [0u8; 8];
+    r.read_exact(&mut pre).context("truncated npy preamble")?;
+    ensure!(&pre[..6] == b"\x93NUMPY", "not an npy array (bad magic)");
+    let len = match pre[6] {
+        1 => {
+            let mut b = [0u8; 2];
+            r.read_exact(&mut b)
+                .context("truncated npy header length")?;
+            u16::from_le_bytes(b) as usize
+        }
+        2 | 3 => {
+            let mut b = [0u8; 4];
+            r.read_exact(&mut b)
+                .context("truncated npy header length")?;
+            u32::from_le_bytes(b) as usize
+        }
+        v => bail!("unsupported npy version {v}"),
+    };
+    ensure!(len <= 1 << 20, "npy header length {len} is implausible");
+    let mut h = vec![0u8; len];
+    r.read_exact(&mut h).context("truncated npy header")?;
+    let h = String::from_utf8_lossy(&h).into_owned();
+    let descr = dict_value(&h, "descr")?
+        .trim_matches(['\'', '"'])
+        .to_string();
+    let fortran_order = match dict_value(&h, "fortran_order")? {
+        "True" => true,
+        "False" => false,
+        v => bail!("bad fortran_order {v} in npy header"),
+    };
+    let shape_s = dict_value(&h, "shape")?;
+    let shape = shape_s
+        .trim_matches(['(', ')'])
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.trim_end_matches('L')
+                .parse::<usize>()
+                .with_context(|| format!("bad npy shape {shape_s}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(NpyHeader {
+        descr,
+        fortran_order,
+        shape,
+    })
+}
+
+/// Decodes integer elements of type `descr` from `bytes`.
+fn decode_ints(descr: &str, bytes: &[u8]) -> Result<Vec<i64>> {
+    let (order, ty) = descr.split_at(1.min(descr.len()));
+    let big = match order {
+        "<" | "|" | "=" => false,
+        ">" => true,
+        _ => bail!("unsupported npy dtype {descr}"),
+    };
+    macro_rules! conv {
+        ($t:ty) => {{
+            const S: usize = std::mem::size_of::<$t>();
+            bytes
+                .chunks_exact(S)
+                .map(|c| {
+                    let mut a = [0u8; S];
+                    a.copy_from_slice(c);
+                    (if big {
+                        <$t>::from_be_bytes(a)
+                    } else {
+                        <$t>::from_le_bytes(a)
+                    }) as i64
+                })
+                .collect()
+        }};
+    }
+    Ok(match ty {
+        "u1" => bytes.iter().map(|&b| i64::from(b)).collect(),
+        "i1" => bytes.iter().map(|&b| i64::from(b as i8)).collect(),
+        "u2" => conv!(u16),
+        "i2" => conv!(i16),
+        "u4" => conv!(u32),
+        "i4" => conv!(i32),
+        "i8" => conv!(i64),
+        "u8" => conv!(u64),
+        _ => bail!("unsupported npy integer dtype {descr}"),
+    })
+}
+
+fn elem_size(descr: &str) -> Option<usize> {
+    descr.get(2..).and_then(|s| s.parse().ok())
+}
+
+/// An open `.npz` archive.
+pub struct Npz {
+    path: PathBuf,
+    zip: zip::ZipArchive<BufReader<File>>,
+}
+
+impl Npz {
+    /// Opens `path` as a zip archive.
+    pub fn open(path: &Path) -> Result<Self> {
+        let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let zip = zip::ZipArchive::new(BufReader::new(f))
+            .with_context(|| format!("{} is not a valid npz (zip) archive", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            zip,
+        })
+    }
+
+    fn member(&mut self, name: &str) -> Result<zip::read::ZipFile<'_, BufReader<File>>> {
+        let file = format!("{name}.npy");
+        let real = if self.zip.index_for_name(&file).is_some() {
+            file
+        } else if self.zip.index_for_name(name).is_some() {
+            name.to_string()
+        } else {
+            bail!("{} has no array '{name}'", self.path.display());
+        };
+        self.zip
+            .by_name(&real)
+            .with_context(|| format!("{}: reading member {real}", self.path.display()))
+    }
+
+    /// The header of array `name`.
+    pub fn header(&mut self, name: &str) -> Result<NpyHeader> {
+        let path = self.path.clone();
+        let mut m = self.member(name)?;
+        read_npy_header(&mut m).with_context(|| format!("{}: array '{name}'", path.display()))
+    }
+
+    /// Streams the uint8 array `name` into `dst`, which must have exactly its element count.
+    pub fn read_u8_into(&mut self, name: &str, dst: &mut [u8]) -> Result<NpyHeader> {
+        let path = self.path.clone();
+        let mut m = self.member(name)?;
+        let ctx = || format!("{}: array '{name}'", path.display());
+        let h = read_npy_header(&mut m).with_context(ctx)?;
+        ensure!(
+            h.descr == "|u1" || h.descr == "<u1",
+            "{}: dtype {} is not uint8",
+            ctx(),
+            h.descr
+        );
+        ensure!(
+            !h.fortran_order || h.shape.len() <= 1,
+            "{}: Fortran order unsupported",
+            ctx()
+        );
+        let count = h.count().with_context(ctx)?;
+        ensure!(
+            count == dst.len(),
+            "{}: {count} elements, expected {}",
+            ctx(),
+            dst.len()
+        );
+        m.read_exact(dst)
+            .with_context(|| format!("{}: truncated data", ctx()))?;
+        Ok(h)
+    }
+
+    /// Reads integer array `name` (any integer dtype) as i64.
+    pub fn read_ints(&mut self, name: &str) -> Result<(NpyHeader, Vec<i64>)> {
+        let path = self.path.clone();
+        let mut m = self.member(name)?;
+        let ctx = || format!("{}: array '{name}'", path.display());
+        let h = read_npy_header(&mut m).with_context(ctx)?;
+        let size = elem_size(&h.descr)
+            .with_context(|| format!("{}: unsupported dtype {}", ctx(), h.descr))?;
+        let count = h.count().with_context(ctx)?;
+        let mut bytes = vec![0u8; count * size];
+        m.read_exact(&mut bytes)
+            .with_context(|| format!("{}: truncated data", ctx()))?;
+        let v = decode_ints(&h.descr, &bytes).with_context(ctx)?;
+        Ok((h, v))
+    }
+}

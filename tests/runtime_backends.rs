@@ -663,3 +663,35 @@ fn non_f32_safetensors_are_rejected_by_name() {
     assert_eq!(t[0].1.shape(), &[] as &[usize]);
     assert_eq!(m.get("k").map(String::as_str), Some("v"));
 }
+
+#[test]
+fn initializers_listed_as_inputs_are_not_inputs() {
+    // Older exporters (PyTorch's keep_initializers_as_inputs) list every weight in graph.input too.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = rand_array(&[4], 3);
+    let mut m = mlp_model();
+    if let Some(g) = m.graph.as_mut() {
+        g.initializer.push(pb::TensorProto {
+            name: Some("b".into()),
+            dims: vec![4],
+            data_type: Some(pb::tensor_proto::DataType::Float as i32),
+            float_data: b.iter().copied().collect(),
+            ..Default::default()
+        });
+    }
+    m.ir_version = Some(3);
+    let path = write_model(dir.path(), "init.onnx", &m);
+    let (x, w) = (rand_array(&[2, 3], 1), rand_array(&[3, 4], 2));
+    for be in backends() {
+        let mut s = be.load(&path).expect("load");
+        let names: Vec<&str> = s.inputs().iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["x", "w"], "{}", be.name());
+        bind_all(s.as_mut(), &[("x", &x), ("w", &w)]);
+        let y = s.run().expect("run");
+        assert!(
+            rel_err(&y[0], &mlp_reference(&x, &w, &b)) <= 1e-5,
+            "{}",
+            be.name()
+        );
+    }
+}

@@ -605,6 +605,38 @@ fn run_graph_file_round_trip() {
         "{e}"
     );
 
+    // A graph input of another dtype is named; other tensors of any dtype are ignored.
+    let mixed = dir.path().join("mixed.safetensors");
+    let f64_bytes: Vec<u8> = [1.0f64; 3].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let i64_bytes: Vec<u8> = [7i64].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let x_bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let w_bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = |dt, shape: &[usize], data| {
+        safetensors::tensor::TensorView::new(dt, shape.to_vec(), data).expect("view")
+    };
+    safetensors::serialize_to_file(
+        [
+            ("x", view(safetensors::Dtype::F32, x.shape(), &x_bytes[..])),
+            ("w", view(safetensors::Dtype::F32, w.shape(), &w_bytes[..])),
+            ("b", view(safetensors::Dtype::F64, &[3], &f64_bytes[..])),
+            ("step", view(safetensors::Dtype::I64, &[], &i64_bytes[..])),
+        ],
+        None,
+        &mixed,
+    )
+    .expect("write mixed");
+    let e = format!(
+        "{:#}",
+        run_graph_file(
+            &graph,
+            &mixed,
+            &dir.path().join("o.safetensors"),
+            BackendKind::Tract
+        )
+        .expect_err("f64 b")
+    );
+    assert!(e.contains("'b'") && e.contains("F64"), "{e}");
+
     // A wrong shape is named, with both shapes.
     let wrong = dir.path().join("wrong.safetensors");
     write_safetensors(

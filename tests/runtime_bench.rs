@@ -139,3 +139,80 @@ fn conv_latency() {
         }
     }
 }
+
+/// A chain of `len` elementwise ops on [n, 64, 16, 16]: many small parallel regions, the shape of
+/// a backward graph's tail, where thread wake-up costs show.
+fn elementwise_chain(n: usize, len: usize) -> pb::ModelProto {
+    let shape = [n, 64, 16, 16];
+    let mut nodes = Vec::new();
+    let mut prev = "x".to_string();
+    for i in 0..len {
+        let out = format!("t{i}");
+        let (op, inputs) = match i % 3 {
+            0 => ("Mul", vec![prev.clone(), "s".to_string()]),
+            1 => ("Add", vec![prev.clone(), "x".to_string()]),
+            _ => ("Relu", vec![prev.clone()]),
+        };
+        nodes.push(pb::NodeProto {
+            op_type: Some(op.into()),
+            input: inputs,
+            output: vec![out.clone()],
+            ..Default::default()
+        });
+        prev = out;
+    }
+    nodes.push(pb::NodeProto {
+        op_type: Some("Identity".into()),
+        input: vec![prev],
+        output: vec!["y".into()],
+        ..Default::default()
+    });
+    pb::ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(pb::GraphProto {
+            name: Some("chain".into()),
+            node: nodes,
+            input: vec![vi("x", &shape), vi("s", &shape)],
+            output: vec![vi("y", &shape)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+#[ignore]
+fn elementwise_chain_latency() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut kinds = vec![BackendKind::Tract];
+    if ort_library_path().is_ok() {
+        kinds.push(BackendKind::Ort);
+    }
+    for &(n, len) in &[(1, 300), (16, 300)] {
+        let path = dir.path().join(format!("chain_{n}_{len}.onnx"));
+        std::fs::write(&path, elementwise_chain(n, len).encode_to_vec()).expect("write");
+        let (x, s_) = (filled(&[n, 64, 16, 16]), filled(&[n, 64, 16, 16]));
+        for &kind in &kinds {
+            let be = backend(kind).expect("backend");
+            let mut s = be.load(&path).expect("load");
+            s.bind("x", x.view()).expect("bind");
+            s.bind("s", s_.view()).expect("bind");
+            s.run().expect("warm-up");
+            let times: Vec<Duration> = (0..20)
+                .map(|_| {
+                    let t = Instant::now();
+                    std::hint::black_box(s.run().expect("run"));
+                    t.elapsed()
+                })
+                .collect();
+            println!(
+                "{kind:>6} chain of {len} elementwise ops on [{n},64,16,16]: run median {:.3} ms",
+                median(times).as_secs_f64() * 1e3
+            );
+        }
+    }
+}

@@ -432,11 +432,12 @@ fn cases() -> Vec<Case> {
 fn convnet_forward() -> Case {
     let mut nodes = Vec::new();
     let mut inputs: Vec<(&'static str, &[usize], bool)> = vec![("x", &[4, 3, 8, 8], false)];
-    let layers: [(&str, &str, &str, &str, &str, &str, &str, &str); 2] = [
-        ("x", "w0", "b0", "s0", "t0", "c0", "n0", "p0"),
-        ("p0", "w1", "b1", "s1", "t1", "c1", "n1", "p1"),
+    // Per layer: input, weight, bias, norm scale, norm shift, conv out, norm out, pool out.
+    let layers = [
+        ["x", "w0", "b0", "s0", "t0", "c0", "n0", "p0"],
+        ["p0", "w1", "b1", "s1", "t1", "c1", "n1", "p1"],
     ];
-    for (i, (inp, w, b, s, t, c, n, p)) in layers.iter().enumerate() {
+    for (i, [inp, w, b, s, t, c, n, p]) in layers.iter().enumerate() {
         nodes.push(node(
             "Conv",
             &[inp, w, b],

@@ -216,3 +216,168 @@ fn elementwise_chain_latency() {
         }
     }
 }
+
+/// ConvNet-D3 forward (width 128, instance norm, ReLU, avg pool) on 3×32×32 with parameters as
+/// graph inputs: the shape of a `logits` artifact; the step/pass2 graphs cost ~3-5× this.
+fn convnet_d3(n: usize) -> pb::ModelProto {
+    let ints = |name: &str, v: &[i64]| pb::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(pb::attribute_proto::AttributeType::Ints as i32),
+        ints: v.to_vec(),
+        ..Default::default()
+    };
+    let mk = |op: &str, i: &[&str], o: &str, a: Vec<pb::AttributeProto>| pb::NodeProto {
+        op_type: Some(op.into()),
+        input: i.iter().map(|s| s.to_string()).collect(),
+        output: vec![o.into()],
+        attribute: a,
+        ..Default::default()
+    };
+    let (w, k) = (128usize, 10usize);
+    let mut nodes = Vec::new();
+    let mut inputs = vec![vi("x", &[n, 3, 32, 32])];
+    let mut prev = "x".to_string();
+    let mut c_in = 3;
+    let mut hw = 32;
+    for l in 0..3 {
+        let names: Vec<String> = ["w", "b", "s", "t", "c", "nrm", "r", "p"]
+            .iter()
+            .map(|p| format!("{p}{l}"))
+            .collect();
+        inputs.push(vi(&names[0], &[w, c_in, 3, 3]));
+        inputs.push(vi(&names[1], &[w]));
+        inputs.push(vi(&names[2], &[w]));
+        inputs.push(vi(&names[3], &[w]));
+        nodes.push(mk(
+            "Conv",
+            &[&prev, &names[0], &names[1]],
+            &names[4],
+            vec![ints("pads", &[1, 1, 1, 1])],
+        ));
+        nodes.push(mk(
+            "InstanceNormalization",
+            &[&names[4], &names[2], &names[3]],
+            &names[5],
+            vec![],
+        ));
+        nodes.push(mk("Relu", &[&names[5]], &names[6], vec![]));
+        nodes.push(mk(
+            "AveragePool",
+            &[&names[6]],
+            &names[7],
+            vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+        ));
+        prev = names[7].clone();
+        c_in = w;
+        hw /= 2;
+    }
+    let feat = w * hw * hw;
+    inputs.push(vi("fw", &[k, feat]));
+    inputs.push(vi("fb", &[k]));
+    nodes.push(mk(
+        "Flatten",
+        &[&prev],
+        "flat",
+        vec![pb::AttributeProto {
+            name: Some("axis".into()),
+            r#type: Some(pb::attribute_proto::AttributeType::Int as i32),
+            i: Some(1),
+            ..Default::default()
+        }],
+    ));
+    nodes.push(mk(
+        "Gemm",
+        &["flat", "fw", "fb"],
+        "logits",
+        vec![pb::AttributeProto {
+            name: Some("transB".into()),
+            r#type: Some(pb::attribute_proto::AttributeType::Int as i32),
+            i: Some(1),
+            ..Default::default()
+        }],
+    ));
+    pb::ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(pb::GraphProto {
+            name: Some("convnet_d3".into()),
+            node: nodes,
+            input: inputs,
+            output: vec![vi("logits", &[n, k])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+#[ignore]
+fn convnet_d3_forward_latency() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut kinds = vec![BackendKind::Tract];
+    if ort_library_path().is_ok() {
+        kinds.push(BackendKind::Ort);
+    }
+    for &n in &[1usize, 64] {
+        let path = dir.path().join(format!("convnet_d3_{n}.onnx"));
+        let m = convnet_d3(n);
+        std::fs::write(&path, m.encode_to_vec()).expect("write");
+        let specs: Vec<(String, Vec<usize>)> = m
+            .graph
+            .as_ref()
+            .map(|g| {
+                g.input
+                    .iter()
+                    .map(|v| {
+                        let shape = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+                            Some(pb::type_proto::Value::TensorType(t)) => t
+                                .shape
+                                .as_ref()
+                                .map(|s| {
+                                    s.dim
+                                        .iter()
+                                        .map(|d| match d.value {
+                                            Some(
+                                                pb::tensor_shape_proto::dimension::Value::DimValue(
+                                                    x,
+                                                ),
+                                            ) => x as usize,
+                                            _ => 0,
+                                        })
+                                        .collect()
+                                })
+                                .unwrap_or_default(),
+                            _ => vec![],
+                        };
+                        (v.name.clone().unwrap_or_default(), shape)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for &kind in &kinds {
+            let be = backend(kind).expect("backend");
+            let t0 = Instant::now();
+            let mut s = be.load(&path).expect("load");
+            let load = t0.elapsed();
+            for (name, shape) in &specs {
+                s.bind(name, filled(shape).view()).expect("bind");
+            }
+            s.run().expect("warm-up");
+            let times: Vec<Duration> = (0..10)
+                .map(|_| {
+                    let t = Instant::now();
+                    std::hint::black_box(s.run().expect("run"));
+                    t.elapsed()
+                })
+                .collect();
+            println!(
+                "{kind:>6} ConvNet-D3 forward, batch {n}, 3x32x32: load {:.1} ms, run median {:.2} ms",
+                load.as_secs_f64() * 1e3,
+                median(times).as_secs_f64() * 1e3
+            );
+        }
+    }
+}

@@ -605,6 +605,38 @@ fn run_graph_file_round_trip() {
         "{e}"
     );
 
+    // A graph input of another dtype is named; other tensors of any dtype are ignored.
+    let mixed = dir.path().join("mixed.safetensors");
+    let f64_bytes: Vec<u8> = [1.0f64; 3].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let i64_bytes: Vec<u8> = [7i64].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let x_bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let w_bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = |dt, shape: &[usize], data| {
+        safetensors::tensor::TensorView::new(dt, shape.to_vec(), data).expect("view")
+    };
+    safetensors::serialize_to_file(
+        [
+            ("x", view(safetensors::Dtype::F32, x.shape(), &x_bytes[..])),
+            ("w", view(safetensors::Dtype::F32, w.shape(), &w_bytes[..])),
+            ("b", view(safetensors::Dtype::F64, &[3], &f64_bytes[..])),
+            ("step", view(safetensors::Dtype::I64, &[], &i64_bytes[..])),
+        ],
+        None,
+        &mixed,
+    )
+    .expect("write mixed");
+    let e = format!(
+        "{:#}",
+        run_graph_file(
+            &graph,
+            &mixed,
+            &dir.path().join("o.safetensors"),
+            BackendKind::Tract
+        )
+        .expect_err("f64 b")
+    );
+    assert!(e.contains("'b'") && e.contains("F64"), "{e}");
+
     // A wrong shape is named, with both shapes.
     let wrong = dir.path().join("wrong.safetensors");
     write_safetensors(
@@ -662,4 +694,36 @@ fn non_f32_safetensors_are_rejected_by_name() {
         tesla_distill::runtime::run_file::read_safetensors_with_metadata(&ok).expect("read");
     assert_eq!(t[0].1.shape(), &[] as &[usize]);
     assert_eq!(m.get("k").map(String::as_str), Some("v"));
+}
+
+#[test]
+fn initializers_listed_as_inputs_are_not_inputs() {
+    // Older exporters (PyTorch's keep_initializers_as_inputs) list every weight in graph.input too.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = rand_array(&[4], 3);
+    let mut m = mlp_model();
+    if let Some(g) = m.graph.as_mut() {
+        g.initializer.push(pb::TensorProto {
+            name: Some("b".into()),
+            dims: vec![4],
+            data_type: Some(pb::tensor_proto::DataType::Float as i32),
+            float_data: b.iter().copied().collect(),
+            ..Default::default()
+        });
+    }
+    m.ir_version = Some(3);
+    let path = write_model(dir.path(), "init.onnx", &m);
+    let (x, w) = (rand_array(&[2, 3], 1), rand_array(&[3, 4], 2));
+    for be in backends() {
+        let mut s = be.load(&path).expect("load");
+        let names: Vec<&str> = s.inputs().iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["x", "w"], "{}", be.name());
+        bind_all(s.as_mut(), &[("x", &x), ("w", &w)]);
+        let y = s.run().expect("run");
+        assert!(
+            rel_err(&y[0], &mlp_reference(&x, &w, &b)) <= 1e-5,
+            "{}",
+            be.name()
+        );
+    }
 }

@@ -16,30 +16,31 @@ use super::{backend, fmt_shape, BackendKind};
 /// (one f32 tensor per graph input, named like it; extra tensors are ignored), and writes every
 /// output, named like the graph's outputs, to the safetensors file `out` atomically.
 pub fn run_graph_file(graph: &Path, inputs: &Path, out: &Path, kind: BackendKind) -> Result<()> {
-    let (tensors, _) = read_safetensors_with_metadata(inputs)?;
     let engine = backend(kind)?;
     let mut session = engine.load(graph)?;
+    let bytes = fs::read(inputs).with_context(|| format!("cannot read {}", inputs.display()))?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow!("{} is not a valid safetensors file: {e}", inputs.display()))?;
     let specs = session.inputs().to_vec();
     for spec in &specs {
-        let (_, value) = tensors
-            .iter()
-            .find(|(n, _)| n == &spec.name)
-            .ok_or_else(|| {
-                anyhow!(
-                    "{} has no tensor '{}' (graph input of shape {})",
-                    inputs.display(),
-                    spec.name,
-                    fmt_shape(&spec.shape)
-                )
-            })?;
+        let view = file.tensor(&spec.name).map_err(|_| {
+            anyhow!(
+                "{} has no tensor '{}' (graph input of shape {})",
+                inputs.display(),
+                spec.name,
+                fmt_shape(&spec.shape)
+            )
+        })?;
+        // Only the tensors the graph reads must be f32; other entries are ignored.
+        let value = view_to_f32(inputs, &spec.name, &view)?;
         session
             .bind(&spec.name, value.view())
-            .with_context(|| format!("binding {} from {}", spec.name, inputs.display()))?;
+            .with_context(|| format!("{}", inputs.display()))?;
     }
     let values = session
         .run()
         .with_context(|| format!("running {} on {kind}", graph.display()))?;
-    let named: Vec<(String, ArrayD<f32>)> = session
+    let named: NamedTensors = session
         .outputs()
         .iter()
         .map(|s| s.name.clone())
@@ -73,28 +74,33 @@ pub fn read_safetensors_with_metadata(
         .unwrap_or_default();
     let mut views: Vec<(String, TensorView<'_>)> = file.tensors();
     // The header is a JSON map; file (data offset) order is the stable, meaningful one.
-    views.sort_by_key(|(_, v)| v.data().as_ptr() as usize);
+    views.sort_by(|(an, av), (bn, bv)| {
+        (av.data().as_ptr() as usize, an).cmp(&(bv.data().as_ptr() as usize, bn))
+    });
     let tensors = views
         .into_iter()
-        .map(|(name, view)| {
-            if view.dtype() != Dtype::F32 {
-                bail!(
-                    "{}: tensor '{name}' has dtype {:?}; only F32 is supported",
-                    path.display(),
-                    view.dtype()
-                );
-            }
-            let data: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            let array = ArrayD::from_shape_vec(IxDyn(view.shape()), data)
-                .map_err(|e| anyhow!("{}: tensor '{name}': {e}", path.display()))?;
-            Ok((name, array))
-        })
+        .map(|(name, view)| view_to_f32(path, &name, &view).map(|a| (name, a)))
         .collect::<Result<Vec<_>>>()?;
     Ok((tensors, metadata))
+}
+
+/// Decodes one safetensors entry as an f32 array; another dtype is an error naming it.
+fn view_to_f32(path: &Path, name: &str, view: &TensorView<'_>) -> Result<ArrayD<f32>> {
+    if view.dtype() != Dtype::F32 {
+        bail!(
+            "{}: tensor '{name}' has dtype {:?}; only F32 is supported",
+            path.display(),
+            view.dtype()
+        );
+    }
+    // The data may not be 4-byte aligned inside the file buffer, so decode bytewise.
+    let data: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    ArrayD::from_shape_vec(IxDyn(view.shape()), data)
+        .map_err(|e| anyhow!("{}: tensor '{name}': {e}", path.display()))
 }
 
 /// Writes f32 tensors to a safetensors file atomically: a temporary file in the same directory

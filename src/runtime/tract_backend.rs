@@ -117,11 +117,22 @@ impl Session for TractSession {
         // Cloning a TValue bumps an Arc; the tensor data stays where bind() put it.
         let inputs: TVec<TValue> = self.bound.iter().flatten().cloned().collect();
         let state = &mut self.state;
-        let outputs = catch_panic("tract run failed", || {
+        let result = catch_panic("tract run failed", || {
             state
                 .run(inputs)
                 .map_err(|e| anyhow!("tract run failed: {}", one_line(&format!("{e:#}"))))
-        })?;
+        });
+        let outputs = match result {
+            Ok(outputs) => outputs,
+            Err(e) => {
+                // A failed or panicked run may leave per-node state half updated; start the next
+                // run from a fresh state rather than trust it.
+                if let Ok(fresh) = TypedSimpleState::new(self.state.plan()) {
+                    self.state = fresh;
+                }
+                return Err(e);
+            }
+        };
         if outputs.len() != self.info.outputs.len() {
             bail!(
                 "tract returned {} outputs, the graph declares {}",

@@ -1,0 +1,142 @@
+//! The PyTorch ConvNet fixtures (made by `tools/export_torch.py`): every export mode imports,
+//! parameters keep PyTorch's names and order, the forward logits match PyTorch's, and the
+//! folded/shared parameters of the default dynamo export are reported.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use tesla_distill::compiler::model::{ForwardModel, InitRule};
+use tesla_distill::onnx::{export, import};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+const X: [usize; 4] = [4, 1, 28, 28];
+
+fn torch_param_names() -> Vec<String> {
+    let (_, meta) = common::read_safetensors(&fixture("convnet_torch_ref.safetensors"));
+    serde_json::from_str(meta["params"].as_str().unwrap()).unwrap()
+}
+
+fn import(name: &str) -> ForwardModel {
+    import::import_onnx(&fixture(name), &X, &import::ImportOptions::default())
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"))
+}
+
+#[test]
+fn keep_mode_exports_import_with_pytorch_parameters() {
+    let names = torch_param_names();
+    for file in ["convnet_keep.onnx", "convnet_dynamo_keep.onnx"] {
+        let m = import(file);
+        let got: Vec<&str> = m.params.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(got, names, "{file}: parameters in PyTorch order");
+        assert!(
+            m.warnings.is_empty(),
+            "{file}: unexpected warnings {:?}",
+            m.warnings
+        );
+        assert!(m
+            .params
+            .iter()
+            .all(|p| p.init == InitRule::FromFile && p.initial.is_some()));
+        assert_eq!(
+            m.num_params(),
+            16 * 9 + 16 * 3 + 16 * 16 * 9 + 16 * 3 + 10 * 1024 + 10
+        );
+        assert_eq!(m.graph.shape(m.logits), &[4, 10]);
+        assert_eq!(m.graph.inputs[0], m.x);
+    }
+}
+
+#[test]
+fn default_dynamo_export_warns_about_folded_parameters() {
+    let m = import("convnet_dynamo_default.onnx");
+    let all = m.warnings.join("\n");
+    assert!(all.contains("'val_21' feeds 2 layers"), "warnings: {all}");
+    assert!(
+        all.contains("README.md"),
+        "warnings point to the export advice: {all}"
+    );
+}
+
+#[test]
+fn export_without_weights_gets_pytorch_default_init_rules() {
+    let m = import("convnet_noparams.onnx");
+    let rule = |n: &str| {
+        m.params
+            .iter()
+            .find(|p| p.name == n)
+            .map(|p| p.init.clone())
+            .unwrap()
+    };
+    assert_eq!(
+        rule("features.0.weight"),
+        InitRule::KaimingUniform { fan_in: 9 }
+    );
+    assert_eq!(rule("features.0.bias"), InitRule::UniformBias { fan_in: 9 });
+    assert_eq!(rule("features.1.weight"), InitRule::Ones);
+    assert_eq!(rule("features.1.bias"), InitRule::Zeros);
+    assert_eq!(
+        rule("features.4.weight"),
+        InitRule::KaimingUniform { fan_in: 144 }
+    );
+    assert_eq!(rule("features.5.bias"), InitRule::Zeros);
+    assert_eq!(
+        rule("classifier.weight"),
+        InitRule::KaimingUniform { fan_in: 1024 }
+    );
+    assert_eq!(
+        rule("classifier.bias"),
+        InitRule::UniformBias { fan_in: 1024 }
+    );
+    let names: Vec<&str> = m.params.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, torch_param_names());
+    assert!(m.params.iter().all(|p| p.initial.is_none()));
+}
+
+/// The imported graph, exported back to ONNX and run on ONNX Runtime, gives PyTorch's logits.
+#[test]
+fn imported_convnet_reproduces_pytorch_logits() {
+    if !common::python_ok() {
+        return;
+    }
+    let (refs, _) = common::read_safetensors(&fixture("convnet_torch_ref.safetensors"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases = Vec::new();
+    for (file, dtype) in [
+        ("convnet_keep.onnx", "f32"),
+        ("convnet_dynamo_keep.onnx", "f32"),
+        ("convnet_dynamo_default.onnx", "f32"),
+    ] {
+        let opts = import::ImportOptions {
+            dtype: if dtype == "f64" {
+                tesla_distill::compiler::ir::DType::F64
+            } else {
+                tesla_distill::compiler::ir::DType::F32
+            },
+        };
+        let m = import::import_onnx(&fixture(file), &X, &opts).unwrap();
+        let path = dir.path().join(format!("{file}.{dtype}.onnx"));
+        export::write(&m.graph, &path).unwrap();
+        let np = if dtype == "f64" { "float64" } else { "float32" };
+        let mut inputs = serde_json::Map::new();
+        let (xs, xv) = &refs["x"];
+        inputs.insert("x".into(), common::feed(np, xs, xv));
+        for p in &m.params {
+            let t = p.initial.as_ref().unwrap();
+            inputs.insert(p.name.clone(), common::feed(np, &t.shape, &t.data));
+        }
+        let (ls, lv) = &refs["logits"];
+        cases.push(serde_json::json!({
+            "case": format!("{file} ({dtype})"),
+            "model": path,
+            "inputs": inputs,
+            "expect": [{"shape": ls, "data": lv}],
+            "tol": 2e-5,
+        }));
+    }
+    common::run_cases(dir.path(), cases);
+}

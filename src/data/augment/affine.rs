@@ -5,52 +5,35 @@
 //! (x along the width) to normalised input coordinates. The map is linear in the image; the
 //! adjoint scatters each output value back onto the same four taps with the same weights.
 
-/// One bilinear tap: output pixel, input pixel (both `i·w + j`), weight.
-type Tap = (u32, u32, f32);
-
-/// `linspace(−1, 1, n)[k]`, as `affine_grid` builds its base grid (n = 1 gives −1).
-fn base(k: usize, n: usize) -> f64 {
-    if n > 1 {
-        -1.0 + 2.0 * k as f64 / (n - 1) as f64
-    } else {
-        -1.0
-    }
+/// `linspace(−1, 1, n)`, as `affine_grid` builds its base grid (n = 1 gives −1).
+fn base(n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|k| {
+            if n > 1 {
+                -1.0 + 2.0 * k as f64 / (n - 1) as f64
+            } else {
+                -1.0
+            }
+        })
+        .collect()
 }
 
-/// All in-bounds taps of the sampling grid of `theta` on an `h×w` image.
-fn taps(theta: &[f32; 6], h: usize, w: usize) -> Vec<Tap> {
-    let t: Vec<f64> = theta.iter().map(|&v| f64::from(v)).collect();
-    let mut out = Vec::with_capacity(4 * h * w);
-    for oi in 0..h {
-        let yn = base(oi, h);
-        for oj in 0..w {
-            let xn = base(oj, w);
-            let gx = t[0] * xn + t[1] * yn + t[2];
-            let gy = t[3] * xn + t[4] * yn + t[5];
-            let ix = (gx + 1.0) / 2.0 * (w as f64 - 1.0);
-            let iy = (gy + 1.0) / 2.0 * (h as f64 - 1.0);
-            let (x0, y0) = (ix.floor(), iy.floor());
-            let (fx, fy) = (ix - x0, iy - y0);
-            let o = (oi * w + oj) as u32;
-            for (dy, wy) in [(0.0, 1.0 - fy), (1.0, fy)] {
-                let y = y0 + dy;
-                if y < 0.0 || y > (h - 1) as f64 || wy == 0.0 {
-                    continue;
-                }
-                for (dx, wx) in [(0.0, 1.0 - fx), (1.0, fx)] {
-                    let x = x0 + dx;
-                    if x < 0.0 || x > (w - 1) as f64 || wx == 0.0 {
-                        continue;
-                    }
-                    out.push((o, (y as usize * w + x as usize) as u32, (wy * wx) as f32));
-                }
-            }
-        }
+/// `v.floor()` without the libm call the baseline x86-64 target makes (no SSE4.1 `roundsd`);
+/// exact for the pixel-range values it gets here.
+#[inline]
+fn floor(v: f64) -> f64 {
+    let t = v as i64 as f64;
+    if t > v {
+        t - 1.0
+    } else {
+        t
     }
-    out
 }
 
 /// Forward (`adjoint = false`) or adjoint sampling of one C×H×W image.
+///
+/// Taps and weights are computed once per output pixel (shared by channels and identical in
+/// both directions, which is what makes the adjoint exact).
 pub(super) fn sample(
     theta: &[f32; 6],
     adjoint: bool,
@@ -58,19 +41,52 @@ pub(super) fn sample(
     src: &[f32],
     dst: &mut [f32],
 ) {
-    let taps = taps(theta, h, w);
+    if h == 0 || w == 0 {
+        return;
+    }
+    let t: [f64; 6] = theta.map(f64::from);
+    let (xs, ys) = (base(w), base(h));
     let hw = h * w;
+    let (hm, wm) = ((h - 1) as f64, (w - 1) as f64);
     dst.fill(0.0);
-    for ch in 0..c {
-        let s = &src[ch * hw..(ch + 1) * hw];
-        let d = &mut dst[ch * hw..(ch + 1) * hw];
-        if adjoint {
-            for &(o, i, wt) in &taps {
-                d[i as usize] += wt * s[o as usize];
+    for (oi, &yn) in ys.iter().enumerate() {
+        for (oj, &xn) in xs.iter().enumerate() {
+            let gx = t[0] * xn + t[1] * yn + t[2];
+            let gy = t[3] * xn + t[4] * yn + t[5];
+            let ix = (gx + 1.0) / 2.0 * wm;
+            let iy = (gy + 1.0) / 2.0 * hm;
+            let (x0, y0) = (floor(ix), floor(iy));
+            let (fx, fy) = (ix - x0, iy - y0);
+            let mut taps = [(0usize, 0f32); 4];
+            let mut k = 0;
+            for (y, wy) in [(y0, 1.0 - fy), (y0 + 1.0, fy)] {
+                if y < 0.0 || y > hm || wy == 0.0 {
+                    continue;
+                }
+                for (x, wx) in [(x0, 1.0 - fx), (x0 + 1.0, fx)] {
+                    if x < 0.0 || x > wm || wx == 0.0 {
+                        continue;
+                    }
+                    taps[k] = (y as usize * w + x as usize, (wy * wx) as f32);
+                    k += 1;
+                }
             }
-        } else {
-            for &(o, i, wt) in &taps {
-                d[o as usize] += wt * s[i as usize];
+            let taps = &taps[..k];
+            let o = oi * w + oj;
+            for ch in 0..c {
+                let b = ch * hw;
+                if adjoint {
+                    let g = src[b + o];
+                    for &(i, wt) in taps {
+                        dst[b + i] += wt * g;
+                    }
+                } else {
+                    let mut acc = 0f32;
+                    for &(i, wt) in taps {
+                        acc += wt * src[b + i];
+                    }
+                    dst[b + o] = acc;
+                }
             }
         }
     }

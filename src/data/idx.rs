@@ -44,7 +44,11 @@ pub(crate) fn maybe_gunzip(bytes: Vec<u8>) -> std::io::Result<Vec<u8>> {
             .and_then(|at| bytes.get(at..))
             .map(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) as usize)
             .unwrap_or(0);
-        let cap = if isize >= bytes.len() { isize } else { bytes.len() * 4 };
+        let cap = if isize >= bytes.len() {
+            isize
+        } else {
+            bytes.len() * 4
+        };
         let mut out = Vec::with_capacity(cap);
         flate2::read::MultiGzDecoder::new(bytes.as_slice()).read_to_end(&mut out)?;
         Ok(out)

@@ -16,6 +16,20 @@ fn embedded_set_is_class_balanced() {
         assert_eq!(test.class_indices(c).len(), 100);
     }
     assert!(load("fmnist-small:/tmp", Split::Train, None).is_err());
+
+    // Any reader's output can be resized on load (bilinear); a flat image stays flat.
+    let big = load("fmnist-small", Split::Test, Some((32, 32))).unwrap();
+    assert_eq!(big.shape(), [1000, 1, 32, 32]);
+    assert_eq!(big.labels(), test.labels());
+    let mean = |p: &[u8]| p.iter().map(|&v| v as f64).sum::<f64>() / p.len() as f64;
+    let (a, b) = (
+        mean(test.pixels_u8(0).unwrap()),
+        mean(big.pixels_u8(0).unwrap()),
+    );
+    assert!(
+        (a - b).abs() < 3.0,
+        "mean intensity {a} vs {b} after resizing"
+    );
 }
 
 #[test]

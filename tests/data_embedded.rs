@@ -17,7 +17,7 @@ fn embedded_set_is_class_balanced() {
     }
     assert!(load("fmnist-small:/tmp", Split::Train, None).is_err());
 
-    // Any reader's output can be resized on load (bilinear); a flat image stays flat.
+    // Any reader's output can be resized on load (bilinear), keeping the mean intensity.
     let big = load("fmnist-small", Split::Test, Some((32, 32))).unwrap();
     assert_eq!(big.shape(), [1000, 1, 32, 32]);
     assert_eq!(big.labels(), test.labels());

@@ -32,8 +32,11 @@ fn floor(v: f64) -> f64 {
 
 /// Forward (`adjoint = false`) or adjoint sampling of one C×H×W image.
 ///
-/// Taps and weights are computed once per output pixel (shared by channels and identical in
-/// both directions, which is what makes the adjoint exact).
+/// Taps and weights are computed once per output pixel, shared by the channels and identical in
+/// both directions (which is what makes the adjoint exact). Sampling goes through a zero-padded
+/// copy of each plane (one pixel before, two after) with coordinates clamped into it, so every
+/// output pixel reads four taps without bounds branches; a clamped coordinate lands on the zero
+/// border or gets weight 0, exactly as `padding_mode="zeros"` gives.
 pub(super) fn sample(
     theta: &[f32; 6],
     adjoint: bool,
@@ -46,47 +49,55 @@ pub(super) fn sample(
     }
     let t: [f64; 6] = theta.map(f64::from);
     let (xs, ys) = (base(w), base(h));
-    let hw = h * w;
     let (hm, wm) = ((h - 1) as f64, (w - 1) as f64);
-    dst.fill(0.0);
-    for (oi, &yn) in ys.iter().enumerate() {
-        for (oj, &xn) in xs.iter().enumerate() {
+    let pw = w + 3;
+    let mut taps: Vec<(usize, [f32; 4])> = Vec::with_capacity(h * w);
+    for &yn in &ys {
+        for &xn in &xs {
             let gx = t[0] * xn + t[1] * yn + t[2];
             let gy = t[3] * xn + t[4] * yn + t[5];
-            let ix = (gx + 1.0) / 2.0 * wm;
-            let iy = (gy + 1.0) / 2.0 * hm;
+            let ix = ((gx + 1.0) / 2.0 * wm).clamp(-1.0, w as f64);
+            let iy = ((gy + 1.0) / 2.0 * hm).clamp(-1.0, h as f64);
             let (x0, y0) = (floor(ix), floor(iy));
             let (fx, fy) = (ix - x0, iy - y0);
-            let mut taps = [(0usize, 0f32); 4];
-            let mut k = 0;
-            for (y, wy) in [(y0, 1.0 - fy), (y0 + 1.0, fy)] {
-                if y < 0.0 || y > hm || wy == 0.0 {
-                    continue;
-                }
-                for (x, wx) in [(x0, 1.0 - fx), (x0 + 1.0, fx)] {
-                    if x < 0.0 || x > wm || wx == 0.0 {
-                        continue;
-                    }
-                    taps[k] = (y as usize * w + x as usize, (wy * wx) as f32);
-                    k += 1;
-                }
+            // Padded coordinates: x0 + 1 ∈ [0, w + 1], so x0 + 2 ≤ w + 2 < pw.
+            let at = (y0 + 1.0) as usize * pw + (x0 + 1.0) as usize;
+            let wts = [
+                ((1.0 - fy) * (1.0 - fx)) as f32,
+                ((1.0 - fy) * fx) as f32,
+                (fy * (1.0 - fx)) as f32,
+                (fy * fx) as f32,
+            ];
+            taps.push((at, wts));
+        }
+    }
+    let hw = h * w;
+    let mut pad = vec![0f32; (h + 3) * pw];
+    for ch in 0..c {
+        let s = &src[ch * hw..(ch + 1) * hw];
+        let d = &mut dst[ch * hw..(ch + 1) * hw];
+        if adjoint {
+            pad.fill(0.0);
+            for (&(at, k), &g) in taps.iter().zip(s) {
+                pad[at] += k[0] * g;
+                pad[at + 1] += k[1] * g;
+                pad[at + pw] += k[2] * g;
+                pad[at + pw + 1] += k[3] * g;
             }
-            let taps = &taps[..k];
-            let o = oi * w + oj;
-            for ch in 0..c {
-                let b = ch * hw;
-                if adjoint {
-                    let g = src[b + o];
-                    for &(i, wt) in taps {
-                        dst[b + i] += wt * g;
-                    }
-                } else {
-                    let mut acc = 0f32;
-                    for &(i, wt) in taps {
-                        acc += wt * src[b + i];
-                    }
-                    dst[b + o] = acc;
-                }
+            for (i, row) in d.chunks_exact_mut(w).enumerate() {
+                let from = (i + 1) * pw + 1;
+                row.copy_from_slice(&pad[from..from + w]);
+            }
+        } else {
+            for (i, row) in s.chunks_exact(w).enumerate() {
+                let from = (i + 1) * pw + 1;
+                pad[from..from + w].copy_from_slice(row);
+            }
+            for (o, &(at, k)) in d.iter_mut().zip(&taps) {
+                *o = k[0] * pad[at]
+                    + k[1] * pad[at + 1]
+                    + k[2] * pad[at + pw]
+                    + k[3] * pad[at + pw + 1];
             }
         }
     }

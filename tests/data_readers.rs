@@ -393,6 +393,27 @@ fn imagenet_npz_errors_name_the_file() {
     let e = err_text(load(&spec, Split::Test, None));
     assert!(e.contains("val_data.npz") && e.contains("truncated"), "{e}");
 
+    // A header announcing far more data than the file holds is an error, not a huge allocation.
+    let lab: Vec<u8> = [1i64].iter().flat_map(|l| l.to_le_bytes()).collect();
+    write_npz(
+        &p,
+        &[
+            ("data.npy", npy("|u1", &[1 << 40, 3072], &bytes(3072, 1))),
+            ("labels.npy", npy("<i8", &[1], &lab)),
+        ],
+        false,
+    );
+    let e = err_text(load(&spec, Split::Test, None));
+    assert!(e.contains("val_data.npz") && e.contains("corrupt"), "{e}");
+
+    // Not a zip at all.
+    std::fs::write(&p, b"plain text").unwrap();
+    let e = err_text(load(&spec, Split::Test, None));
+    assert!(
+        e.contains("val_data.npz") && e.contains("not a valid npz"),
+        "{e}"
+    );
+
     let e = err_text(load(&spec, Split::Train, None));
     assert!(e.contains("train_data_batch"), "{e}");
 }

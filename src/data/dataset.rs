@@ -60,7 +60,7 @@ enum Storage {
 ///
 /// Images come out normalised, `(pixel/255 − mean_c)/std_c`, through [`Dataset::batch`] or
 /// [`Dataset::images`]; u8-backed sets normalise lazily so memory stays at one byte per value.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Dataset {
     name: String,
     n: usize,
@@ -339,6 +339,20 @@ impl Dataset {
             self.mean.clone(),
             self.std.clone(),
         )
+    }
+}
+
+// Pixels and the per-class index can be gigabytes: Debug prints a summary.
+impl std::fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataset")
+            .field("name", &self.name)
+            .field("shape", &self.shape())
+            .field("storage", &if self.is_u8() { "u8" } else { "f32" })
+            .field("classes", &self.class_names.len())
+            .field("mean", &self.mean)
+            .field("std", &self.std)
+            .finish()
     }
 }
 

@@ -25,7 +25,7 @@ pub fn load(name: &str, split: Split) -> Result<Dataset> {
     let decode = |b: &[u8], kind: &str| {
         maybe_gunzip(b.to_vec())
             .map_err(anyhow::Error::from)
-            .and_then(|v| parse_idx(&v))
+            .and_then(parse_idx)
             .with_context(|| format!("embedded fmnist-small {what}-{kind}"))
     };
     to_dataset(

@@ -36,7 +36,20 @@ pub struct IdxArray {
 /// Decompresses `bytes` when they start with the gzip magic, else returns them as they are.
 pub(crate) fn maybe_gunzip(bytes: Vec<u8>) -> std::io::Result<Vec<u8>> {
     if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(bytes.len() * 4);
+        // The gzip trailer holds the uncompressed size mod 2³²: reserving it exactly avoids the
+        // doubling growth of the output buffer (peak memory during loading).
+        let isize = bytes
+            .len()
+            .checked_sub(4)
+            .and_then(|at| bytes.get(at..))
+            .map(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) as usize)
+            .unwrap_or(0);
+        let cap = if isize >= bytes.len() {
+            isize
+        } else {
+            bytes.len() * 4
+        };
+        let mut out = Vec::with_capacity(cap);
         flate2::read::MultiGzDecoder::new(bytes.as_slice()).read_to_end(&mut out)?;
         Ok(out)
     } else {
@@ -44,8 +57,9 @@ pub(crate) fn maybe_gunzip(bytes: Vec<u8>) -> std::io::Result<Vec<u8>> {
     }
 }
 
-/// Parses an IDX byte stream (already decompressed) holding unsigned bytes.
-pub fn parse_idx(bytes: &[u8]) -> Result<IdxArray> {
+/// Parses an IDX byte stream (already decompressed) holding unsigned bytes; the data bytes
+/// are moved out of `bytes`, not copied.
+pub fn parse_idx(mut bytes: Vec<u8>) -> Result<IdxArray> {
     ensure!(
         bytes.len() >= 4,
         "too short for an IDX header ({} bytes)",
@@ -91,17 +105,15 @@ pub fn parse_idx(bytes: &[u8]) -> Result<IdxArray> {
         "{} trailing bytes after {count} data bytes for dimensions {dims:?}",
         body.len() - count
     );
-    Ok(IdxArray {
-        dims,
-        data: body.to_vec(),
-    })
+    bytes.drain(..header);
+    Ok(IdxArray { dims, data: bytes })
 }
 
 /// Reads an IDX file, gzipped or raw; errors name the file.
 pub fn read_idx(path: &Path) -> Result<IdxArray> {
     let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let bytes = maybe_gunzip(raw).with_context(|| format!("decompressing {}", path.display()))?;
-    parse_idx(&bytes).with_context(|| format!("parsing IDX file {}", path.display()))
+    parse_idx(bytes).with_context(|| format!("parsing IDX file {}", path.display()))
 }
 
 /// Finds `stem` in `dir` as `stem.gz`, `stem`, or with the alternative `.idx` spelling.

@@ -34,6 +34,8 @@ pub const SPECS: &str = "fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, cifar100:D
 /// `imagenet32:DIR` (npz batches), `tiny:DIR` (Tiny-ImageNet), `folder:DIR` (one sub-folder per
 /// class) and `fmnist-small` (embedded). `size = Some((h, w))` resizes images (bilinear) to that
 /// size; `None` keeps the native size (64×64 for Tiny-ImageNet, the first image's for folders).
+/// Resizing an npz/IDX/CIFAR set briefly holds both copies; ImageNet should be loaded at its
+/// native size (pick `imagenet32` or `imagenet64`).
 pub fn load(spec: &str, split: Split, size: Option<(usize, usize)>) -> Result<Dataset> {
     let (kind, dir) = match spec.split_once(':') {
         Some((k, d)) => (k, Some(d)),
@@ -115,9 +117,8 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         Ok(())
     };
     write()
-        .map_err(|e| {
+        .inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
-            e
         })
         .with_context(|| format!("writing {}", path.display()))
 }

@@ -16,6 +16,8 @@ pub struct NpyHeader {
     pub fortran_order: bool,
     /// Shape, outermost first.
     pub shape: Vec<usize>,
+    /// Bytes before the first data byte (preamble and header).
+    pub data_offset: usize,
 }
 
 impl NpyHeader {
@@ -50,18 +52,18 @@ pub fn read_npy_header(r: &mut impl Read) -> Result<NpyHeader> {
     let mut pre = [0u8; 8];
     r.read_exact(&mut pre).context("truncated npy preamble")?;
     ensure!(&pre[..6] == b"\x93NUMPY", "not an npy array (bad magic)");
-    let len = match pre[6] {
+    let (len, len_bytes) = match pre[6] {
         1 => {
             let mut b = [0u8; 2];
             r.read_exact(&mut b)
                 .context("truncated npy header length")?;
-            u16::from_le_bytes(b) as usize
+            (u16::from_le_bytes(b) as usize, 2)
         }
         2 | 3 => {
             let mut b = [0u8; 4];
             r.read_exact(&mut b)
                 .context("truncated npy header length")?;
-            u32::from_le_bytes(b) as usize
+            (u32::from_le_bytes(b) as usize, 4)
         }
         v => bail!("unsupported npy version {v}"),
     };
@@ -93,12 +95,16 @@ pub fn read_npy_header(r: &mut impl Read) -> Result<NpyHeader> {
         descr,
         fortran_order,
         shape,
+        data_offset: 8 + len_bytes + len,
     })
 }
 
 /// Decodes integer elements of type `descr` from `bytes`.
 fn decode_ints(descr: &str, bytes: &[u8]) -> Result<Vec<i64>> {
-    let (order, ty) = descr.split_at(1.min(descr.len()));
+    let (order, ty) = match (descr.get(..1), descr.get(1..)) {
+        (Some(o), Some(t)) => (o, t),
+        _ => bail!("unsupported npy dtype {descr}"),
+    };
     let big = match order {
         "<" | "|" | "=" => false,
         ">" => true,
@@ -170,19 +176,43 @@ impl Npz {
             .with_context(|| format!("{}: reading member {real}", self.path.display()))
     }
 
-    /// The header of array `name`.
-    pub fn header(&mut self, name: &str) -> Result<NpyHeader> {
+    /// Opens array `name`: its header, checked against the member's size so that a corrupt
+    /// header cannot ask for more memory than the file holds, and the stream at its data.
+    fn open_array(
+        &mut self,
+        name: &str,
+    ) -> Result<(NpyHeader, zip::read::ZipFile<'_, BufReader<File>>)> {
         let path = self.path.clone();
         let mut m = self.member(name)?;
-        read_npy_header(&mut m).with_context(|| format!("{}: array '{name}'", path.display()))
+        let ctx = || format!("{}: array '{name}'", path.display());
+        let h = read_npy_header(&mut m).with_context(ctx)?;
+        let elem = elem_size(&h.descr)
+            .with_context(|| format!("{}: unsupported dtype {}", ctx(), h.descr))?;
+        let want = h
+            .count()
+            .ok()
+            .and_then(|c| c.checked_mul(elem))
+            .with_context(|| format!("{}: shape {:?} overflows", ctx(), h.shape))?;
+        let have = (m.size() as usize).saturating_sub(h.data_offset);
+        ensure!(
+            want == have,
+            "{}: header announces {want} data bytes but the member holds {have} (truncated or \
+             corrupt)",
+            ctx()
+        );
+        Ok((h, m))
+    }
+
+    /// The header of array `name`.
+    pub fn header(&mut self, name: &str) -> Result<NpyHeader> {
+        Ok(self.open_array(name)?.0)
     }
 
     /// Streams the uint8 array `name` into `dst`, which must have exactly its element count.
     pub fn read_u8_into(&mut self, name: &str, dst: &mut [u8]) -> Result<NpyHeader> {
         let path = self.path.clone();
-        let mut m = self.member(name)?;
         let ctx = || format!("{}: array '{name}'", path.display());
-        let h = read_npy_header(&mut m).with_context(ctx)?;
+        let (h, mut m) = self.open_array(name)?;
         ensure!(
             h.descr == "|u1" || h.descr == "<u1",
             "{}: dtype {} is not uint8",
@@ -209,13 +239,10 @@ impl Npz {
     /// Reads integer array `name` (any integer dtype) as i64.
     pub fn read_ints(&mut self, name: &str) -> Result<(NpyHeader, Vec<i64>)> {
         let path = self.path.clone();
-        let mut m = self.member(name)?;
         let ctx = || format!("{}: array '{name}'", path.display());
-        let h = read_npy_header(&mut m).with_context(ctx)?;
-        let size = elem_size(&h.descr)
-            .with_context(|| format!("{}: unsupported dtype {}", ctx(), h.descr))?;
-        let count = h.count().with_context(ctx)?;
-        let mut bytes = vec![0u8; count * size];
+        let (h, mut m) = self.open_array(name)?;
+        // open_array checked that this many bytes are in the member.
+        let mut bytes = vec![0u8; (m.size() as usize).saturating_sub(h.data_offset)];
         m.read_exact(&mut bytes)
             .with_context(|| format!("{}: truncated data", ctx()))?;
         let v = decode_ints(&h.descr, &bytes).with_context(ctx)?;

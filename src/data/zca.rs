@@ -3,14 +3,15 @@
 //! `W = U diag(1/√(λ+eps)) Uᵀ`, `transform(x) = (x − μ)·W`, `inverse(y) = y·W⁻¹ + μ`
 //! with `W⁻¹ = U diag(√(λ+eps)) Uᵀ`.
 //!
-//! The covariance is accumulated in f32 by faer matrix products over chunks of rows (so fitting
-//! streams a u8-backed dataset), the eigendecomposition runs in f64.
+//! The covariance is accumulated by faer matrix products over chunks of rows (so fitting streams
+//! a u8-backed dataset); everything runs in f32, as Kornia does on f32 tensors.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{anyhow, ensure, Context, Result};
 use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par, Side};
 use ndarray::{Array4, ArrayView4};
 
@@ -90,6 +91,8 @@ impl Zca {
         }
         let mean: Vec<f32> = sum.iter().map(|s| (s / n as f64) as f32).collect();
 
+        let scale = (1.0 / (n as f64 - 1.0)) as f32;
+        // Only the lower triangle is accumulated (half the flops); the eigensolver reads no more.
         let mut cov = Mat::<f32>::zeros(d, d);
         for (r0, r1) in chunks() {
             let mut v = rows(r0, r1)?;
@@ -99,25 +102,30 @@ impl Zca {
                 }
             }
             let xc = MatRef::from_row_major_slice(&v, r1 - r0, d);
-            matmul(cov.as_mut(), Accum::Add, xc.transpose(), xc, 1.0f32, par());
+            triangular::matmul(
+                cov.as_mut(),
+                BlockStructure::TriangularLower,
+                Accum::Add,
+                xc.transpose(),
+                BlockStructure::Rectangular,
+                xc,
+                BlockStructure::Rectangular,
+                scale,
+                par(),
+            );
         }
-        let scale = 1.0 / (n as f64 - 1.0);
-        // Symmetrise while converting: f32 products leave tiny asymmetries.
-        let cov64 = Mat::<f64>::from_fn(d, d, |i, j| {
-            0.5 * (f64::from(cov[(i, j)]) + f64::from(cov[(j, i)])) * scale
-        });
-        drop(cov);
-        let evd = cov64
+        // f32 like Kornia's SVD; eigenvalues below the 0.1 regularisation barely matter.
+        let evd = cov
             .self_adjoint_eigen(Side::Lower)
             .map_err(|e| anyhow!("ZCA eigendecomposition failed: {e:?}"))?;
+        drop(cov);
         let u = evd.U();
-        let lam: Vec<f64> = (0..d)
+        let lam: Vec<f32> = (0..d)
             .map(|k| evd.S().column_vector()[k].max(0.0))
             .collect();
-        let eps64 = f64::from(eps);
-        let scaled = |f: &dyn Fn(f64) -> f64| -> Mat<f32> {
-            let us = Mat::<f64>::from_fn(d, d, |i, k| u[(i, k)] * f(lam[k]));
-            let mut m = Mat::<f64>::zeros(d, d);
+        let scaled = |f: &dyn Fn(f32) -> f32| -> Mat<f32> {
+            let us = Mat::<f32>::from_fn(d, d, |i, k| u[(i, k)] * f(lam[k]));
+            let mut m = Mat::<f32>::zeros(d, d);
             matmul(
                 m.as_mut(),
                 Accum::Replace,
@@ -126,15 +134,15 @@ impl Zca {
                 1.0,
                 par(),
             );
-            Mat::<f32>::from_fn(d, d, |i, j| m[(i, j)] as f32)
+            m
         };
-        let w = scaled(&|l| 1.0 / (l + eps64).sqrt());
-        let w_inv = scaled(&|l| (l + eps64).sqrt());
+        let w = scaled(&|l| 1.0 / (l + eps).sqrt());
+        let w_inv = scaled(&|l| (l + eps).sqrt());
         Ok(Self {
             eps,
             chw,
             mean,
-            eigenvalues: lam.iter().map(|&l| l as f32).collect(),
+            eigenvalues: lam,
             w,
             w_inv,
         })

@@ -112,13 +112,11 @@ pub fn run_cases(dir: &Path, cases: Vec<Value>) {
     assert!(out.status.success(), "ONNX Runtime checks failed:\n{text}");
 }
 
+/// Tensors by name: (shape, values).
+pub type Tensors = std::collections::BTreeMap<String, (Vec<usize>, Vec<f64>)>;
+
 /// A minimal f32 safetensors reader (name → (shape, values)) plus the `__metadata__` map.
-pub fn read_safetensors(
-    path: &Path,
-) -> (
-    std::collections::BTreeMap<String, (Vec<usize>, Vec<f64>)>,
-    Value,
-) {
+pub fn read_safetensors(path: &Path) -> (Tensors, Value) {
     let bytes = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();

@@ -593,13 +593,16 @@ impl<'m> Ctx<'m> {
                 graph.output.len()
             ));
         }
-        let logits = match self.get(&out_name)? {
+        let mut logits = match self.get(&out_name)? {
             Val::Ir(v) => *v,
             _ => bail!("the model output '{out_name}' does not depend on the input"),
         };
         let x = self.x.ok_or_else(|| anyhow!("the model has no input"))?;
         if logits == x || self.cand_ir.values().any(|&v| v == logits) {
-            bail!("the model output '{out_name}' is a graph input");
+            // The output must be a value of its own, named "logits".
+            logits = self
+                .g
+                .push1("", crate::compiler::ir::Op::Identity, &[logits])?;
         }
         self.g.rename(logits, "logits");
         self.g.outputs = vec![logits];

@@ -413,9 +413,9 @@ pub fn max_pool(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
         }
         let mut starts = vec![0, 0];
         let mut ends = vec![nb, c];
-        for i in 0..sp {
-            starts.push(t[i] * p.d[i]);
-            ends.push(t[i] * p.d[i] + p.out[i] * p.s[i]);
+        for (i, &ti) in t.iter().enumerate() {
+            starts.push(ti * p.d[i]);
+            ends.push(ti * p.d[i] + p.out[i] * p.s[i]);
         }
         let xs = cx.g.shape(xp).to_vec();
         let mut v = if starts.iter().all(|&s| s == 0) && ends == xs {

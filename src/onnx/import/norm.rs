@@ -149,7 +149,7 @@ pub fn group_norm(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     }
     let (nb, c) = (s[0], s[1]);
     let groups = usize::try_from(n.int("num_groups", 0)).unwrap_or(0);
-    if groups == 0 || c % groups != 0 {
+    if groups == 0 || !c.is_multiple_of(groups) {
         bail!("num_groups {groups} does not divide {c} channels");
     }
     let rest: usize = s[1..].iter().product::<usize>() / groups;

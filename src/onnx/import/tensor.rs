@@ -30,7 +30,7 @@ pub fn reshape_target(input: &[usize], spec: &[i64], allowzero: bool) -> Result<
     let total = numel(input);
     if let Some(i) = infer {
         let rest = numel(&out);
-        if rest == 0 || total % rest != 0 {
+        if rest == 0 || !total.is_multiple_of(rest) {
             bail!("cannot reshape {input:?} to {spec:?}");
         }
         out[i] = total / rest;

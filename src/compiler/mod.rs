@@ -1,6 +1,7 @@
 //! The compiler: IR, primitive ops with shape and derivative rules, automatic differentiation,
 //! graph passes and training artifacts.
 pub mod emit;
+pub mod eval;
 pub mod ir;
 pub mod model;
 pub mod ops;

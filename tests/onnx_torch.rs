@@ -140,3 +140,67 @@ fn imported_convnet_reproduces_pytorch_logits() {
     }
     common::run_cases(dir.path(), cases);
 }
+
+/// The imported graph, evaluated by the f64 reference evaluator with the file's parameters,
+/// gives PyTorch's logits (f32 import rounds like PyTorch; f64 import is the finite-difference
+/// setting).
+#[test]
+fn evaluated_import_matches_pytorch_logits() {
+    use tesla_distill::compiler::eval::eval;
+    use tesla_distill::compiler::ir::{DType, Tensor};
+    let (refs, _) = common::read_safetensors(&fixture("convnet_torch_ref.safetensors"));
+    let (xs, xv) = &refs["x"];
+    let (_, lv) = &refs["logits"];
+    for file in ["convnet_keep.onnx", "convnet_dynamo_keep.onnx"] {
+        for dtype in [DType::F32, DType::F64] {
+            let m =
+                import::import_onnx(&fixture(file), &X, &import::ImportOptions { dtype }).unwrap();
+            let mut inputs = vec![Tensor::new(dtype, xs.clone(), xv.clone())];
+            inputs.extend(m.params.iter().map(|p| p.initial.clone().unwrap()));
+            let out = eval(&m.graph, &inputs).unwrap();
+            assert_eq!(out[0].shape, [4, 10]);
+            let err = out[0]
+                .data
+                .iter()
+                .zip(lv)
+                .map(|(a, b)| (a - b).abs() / (b.abs() + 1.0))
+                .fold(0.0, f64::max);
+            assert!(
+                err < 1e-5,
+                "{file} {dtype:?}: logits differ from PyTorch by {err}"
+            );
+        }
+    }
+}
+
+/// Corrupted files (random byte flips in a valid model) give errors or models, never panics.
+#[test]
+fn corrupted_files_never_panic() {
+    let bytes = std::fs::read(fixture("convnet_keep.onnx")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.onnx");
+    let r = common::rand_vec(4 * 400, 99, 0.0, 1.0);
+    for k in 0..400 {
+        let mut b = bytes.clone();
+        for j in 0..4 {
+            let pos = (r[4 * k + j] * b.len() as f64) as usize % b.len();
+            b[pos] = (r[(4 * k + j + 1) % r.len()] * 256.0) as u8;
+        }
+        std::fs::write(&p, &b).unwrap();
+        let res = std::panic::catch_unwind(|| {
+            import::import_onnx(&p, &X, &import::ImportOptions::default())
+        });
+        match res {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => assert!(!format!("{e:#}").contains('\n'), "one line: {e:#}"),
+            Err(_) => {
+                let keep = std::env::temp_dir().join("tesla_import_panic.onnx");
+                std::fs::write(&keep, &b).unwrap();
+                panic!(
+                    "mutation {k} panicked the importer (file kept at {})",
+                    keep.display()
+                );
+            }
+        }
+    }
+}

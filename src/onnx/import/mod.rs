@@ -179,6 +179,9 @@ pub(crate) struct Ctx<'m> {
     pub warnings: Vec<String>,
 }
 
+/// Largest tensor (elements) the importer accepts in a graph.
+const MAX_ELEMENTS: usize = 1 << 40;
+
 /// Ops that only change the view of their first input: a parameter seen through them is still
 /// the same parameter.
 const PASS_THROUGH: &[&str] = &[
@@ -471,6 +474,18 @@ impl<'m> Ctx<'m> {
             Err(e) => bail!("node '{name}' ({op}): {e:#}"),
         };
         self.track(&n);
+        // Static shapes from a file can be absurd; stop before anything sizes a buffer by them.
+        for v in &outs {
+            if let Val::Ir(id) = v {
+                let s = self.g.shape(*id);
+                if s.iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))
+                    .is_none_or(|n| n > MAX_ELEMENTS)
+                {
+                    bail!("node '{name}' ({op}): its output shape {s:?} is too large");
+                }
+            }
+        }
         for (k, o) in p.output.iter().enumerate() {
             if o.is_empty() {
                 continue;

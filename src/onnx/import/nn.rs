@@ -10,6 +10,10 @@ use crate::compiler::ir::{numel, ConvAttrs, Op, ValueId};
 use crate::compiler::model::InitRule;
 use anyhow::{anyhow, bail, Result};
 
+/// Bound on kernel sizes, strides, dilations and pads read from a file, so arithmetic on them
+/// cannot overflow.
+const LIMIT: usize = 1 << 24;
+
 fn attr_or(n: &NodeRef, name: &str, sp: usize, default: usize) -> Result<Vec<usize>> {
     match n.ints(name) {
         None => Ok(vec![default; sp]),
@@ -38,7 +42,7 @@ fn pads(
     match n.string("auto_pad", "NOTSET").as_str() {
         "NOTSET" => {
             let p = n.ints("pads").unwrap_or_else(|| vec![0; 2 * sp]);
-            if p.len() != 2 * sp || p.iter().any(|&x| x < 0) {
+            if p.len() != 2 * sp || p.iter().any(|&x| x < 0 || x as usize > LIMIT) {
                 bail!("pads {p:?} must be {} non-negative entries", 2 * sp);
             }
             Ok((
@@ -92,6 +96,9 @@ fn conv_in(cx: &Ctx, n: &NodeRef) -> Result<ConvIn> {
         bail!("input {sx:?} and weight {sw:?} do not fit a convolution");
     }
     let sp = sx.len() - 2;
+    if sw.contains(&0) {
+        bail!("weight {sw:?} has an empty dimension");
+    }
     let k = sw[2..].to_vec();
     if let Some(ks) = n.ints("kernel_shape") {
         if ks.iter().map(|&v| v as usize).collect::<Vec<_>>() != k {
@@ -154,7 +161,9 @@ pub fn conv_transpose(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
         .collect();
     let auto = n.string("auto_pad", "NOTSET");
     let explicit_out: Option<Vec<i64>> = match n.ints("output_shape") {
-        Some(o) if o.len() >= sp => Some(o[o.len() - sp..].to_vec()),
+        Some(o) if o.len() >= sp && o.iter().all(|&x| (0..=LIMIT as i64).contains(&x)) => {
+            Some(o[o.len() - sp..].to_vec())
+        }
         Some(o) => bail!("output_shape {o:?} needs {sp} spatial entries"),
         None if auto.starts_with("SAME") => {
             Some((0..sp).map(|i| (input[i] * c.s[i]) as i64).collect())

@@ -28,14 +28,15 @@ pub fn reshape_target(input: &[usize], spec: &[i64], allowzero: bool) -> Result<
         }
     }
     let total = numel(input);
+    let product = |v: &[usize]| v.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     if let Some(i) = infer {
-        let rest = numel(&out);
+        let rest = product(&out).ok_or_else(|| anyhow!("reshape target {spec:?} is too large"))?;
         if rest == 0 || !total.is_multiple_of(rest) {
             bail!("cannot reshape {input:?} to {spec:?}");
         }
         out[i] = total / rest;
     }
-    if numel(&out) != total {
+    if product(&out) != Some(total) {
         bail!("cannot reshape {input:?} to {spec:?}");
     }
     Ok(out)
@@ -348,7 +349,7 @@ pub fn pad(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
             .collect::<Result<_>>()?,
         None => (0..r).collect(),
     };
-    if pads.len() != 2 * ax.len() {
+    if pads.len() != 2 * ax.len() || pads.iter().any(|p| p.unsigned_abs() > 1 << 24) {
         bail!("pads {pads:?} do not fit {} axes", ax.len());
     }
     let (mut begins, mut ends) = (vec![0i64; r], vec![0i64; r]);

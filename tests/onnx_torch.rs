@@ -204,3 +204,53 @@ fn corrupted_files_never_panic() {
         }
     }
 }
+
+/// More architectures exported from PyTorch (attention + LayerNorm + GELU, BatchNorm +
+/// InstanceNorm + MaxPool, ConvTranspose): keep-mode files of both exporters import with
+/// PyTorch's parameters and compute what ONNX Runtime computes from the original file.
+#[test]
+fn zoo_exports_import_and_match_onnx_runtime() {
+    let names: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(fixture("zoo_params.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let xs = [2, 3, 16, 16];
+    let mut cases = Vec::new();
+    for (file, want) in &names {
+        let m = import::import_onnx(&fixture(file), &xs, &import::ImportOptions::default())
+            .unwrap_or_else(|e| panic!("{file}: {e:#}"));
+        let got: Vec<&str> = m.params.iter().map(|p| p.name.as_str()).collect();
+        let want: Vec<&str> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(got, want, "{file}");
+        assert!(m.warnings.is_empty(), "{file}: {:?}", m.warnings);
+        let low = dir.path().join(format!("{file}.ir.onnx"));
+        export::write(&m.graph, &low).unwrap();
+        let x = common::feed("float32", &xs, &common::rand_vec(2 * 3 * 256, 5, -1.0, 1.0));
+        let mut inputs = serde_json::Map::new();
+        inputs.insert("x".into(), x);
+        for p in &m.params {
+            let t = p.initial.as_ref().unwrap();
+            inputs.insert(p.name.clone(), common::feed("float32", &t.shape, &t.data));
+        }
+        cases.push(serde_json::json!({
+            "case": file, "model": low, "inputs": inputs,
+            "reference": {"model": fixture(file), "inputs": inputs}, "tol": 2e-5,
+        }));
+    }
+    let m = import::import_onnx(
+        &fixture("zoo_vit_ts_default.onnx"),
+        &xs,
+        &import::ImportOptions::default(),
+    )
+    .unwrap();
+    let all = m.warnings.join("\n");
+    assert!(all.contains("'blk.ln.weight' feeds 3 layers"), "{all}");
+    assert!(all.contains("exporter-generated name"), "{all}");
+    if common::python_ok() {
+        common::run_cases(dir.path(), cases);
+    }
+}

@@ -35,6 +35,37 @@ pub const OP_TABLE_REF: &str = "see README.md, 'Supported ONNX ops'";
 /// Where the README describes the recommended PyTorch export call.
 pub const EXPORT_REF: &str = "see README.md, 'Exporting from PyTorch'";
 
+/// The ONNX ops the importer lowers (default domain), with the limits of each lowering: the
+/// source of the README's "Supported ONNX ops" table. Any op whose operands are all constants is
+/// also folded when it appears in the folding list of the shape module.
+pub const SUPPORTED_OPS: &[(&str, &str)] = &[
+    ("Conv", "1-D to N-D; group, strides, dilations, pads, auto_pad (NOTSET, SAME_UPPER, SAME_LOWER, VALID); bias"),
+    ("ConvTranspose", "as Conv, plus output_padding and output_shape"),
+    ("Gemm", "transA, transB, alpha, beta"),
+    ("MatMul", "batched with broadcasting; 1-D operands"),
+    ("Add, Sub, Mul, Div", "numpy broadcasting"),
+    ("Pow", "constant scalar exponent"),
+    ("Neg, Abs, Reciprocal, Exp, Log, Sqrt, Erf", ""),
+    ("Relu, LeakyRelu, Sigmoid, Tanh, Softplus, Elu, HardSigmoid, HardSwish, Clip", "Clip with constant bounds"),
+    ("Gelu", "approximate = none or tanh"),
+    ("Softmax, LogSoftmax", "any axis; opset < 13 semantics too"),
+    ("ReduceSum, ReduceMean, ReduceMax, ReduceMin", "axes as attribute or constant input; keepdims; noop_with_empty_axes"),
+    ("Greater, Less, Equal, GreaterOrEqual, LessOrEqual, Where", ""),
+    ("Cast, CastLike", "all floats become the graph's float type"),
+    ("AveragePool", "pads, auto_pad, strides, dilations, ceil_mode, count_include_pad (exact divisors)"),
+    ("MaxPool", "pads, auto_pad, strides, dilations, ceil_mode; not the Indices output"),
+    ("GlobalAveragePool, GlobalMaxPool", ""),
+    ("BatchNormalization", "inference form (running statistics) or training_mode = 1 (batch statistics)"),
+    ("InstanceNormalization, LayerNormalization, GroupNormalization", "GroupNormalization scale per channel or per group"),
+    ("Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Expand", "constant shapes and axes; Reshape 0/−1 and allowzero"),
+    ("Concat, Split", "Split by sizes, num_outputs or equal parts"),
+    ("Slice", "constant bounds; step 1 only (other steps only on constants)"),
+    ("Gather", "constant indices"),
+    ("Pad", "constant mode; negative pads crop"),
+    ("Identity, Dropout, Constant", "Dropout as inference (identity)"),
+    ("Shape, Size, ConstantOfShape, Range", "folded (static shapes)"),
+];
+
 /// Options of the importer.
 #[derive(Clone, Debug)]
 pub struct ImportOptions {

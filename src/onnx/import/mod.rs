@@ -583,6 +583,22 @@ impl<'m> Ctx<'m> {
             "Identity" => Ok(Some(vec![self.get(n.req(0)?)?.clone()])),
             "Dropout" => {
                 // Inference semantics: identity (the mask output, if used, is all true).
+                let training = n
+                    .input(2)
+                    .and_then(|t| self.as_const(t))
+                    .is_some_and(|t| t.data.iter().any(|&v| v != 0.0));
+                let ratio = n
+                    .input(1)
+                    .and_then(|r| self.as_const(r))
+                    .and_then(|t| t.data.first().copied())
+                    .unwrap_or(0.5);
+                if training && ratio > 0.0 {
+                    self.warn(format!(
+                        "Dropout in node '{}' (training mode, ratio {ratio}) is imported as the identity: artifacts have \
+                         no random masks",
+                        n.name
+                    ));
+                }
                 let x = self.get(n.req(0)?)?.clone();
                 let s = self.shape(n.req(0)?)?;
                 let mask = Tensor::new(DType::Bool, s.clone(), vec![1.0; s.iter().product()]);

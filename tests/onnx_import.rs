@@ -219,8 +219,7 @@ fn check_cases(cases: Vec<Case>) {
     }
 }
 
-#[test]
-fn convolutions() {
+fn convolutions_cases() -> Vec<Case> {
     let w = |s: &[usize]| finit("w", s, 1);
     let b = |n: usize| finit("b", &[n], 2);
     let mut cases = vec![
@@ -338,11 +337,10 @@ fn convolutions() {
             &[1, 2, 4],
         ),
     ));
-    check_cases(cases);
+    cases
 }
 
-#[test]
-fn pooling() {
+fn pooling_cases() -> Vec<Case> {
     let x = [2, 3, 9, 8];
     let ap = |extra: Vec<pb::AttributeProto>| {
         let mut a = vec![
@@ -433,11 +431,10 @@ fn pooling() {
             one("GlobalMaxPool", &["x"], vec![], vec![], &x),
         ),
     ];
-    check_cases(cases);
+    cases
 }
 
-#[test]
-fn norms() {
+fn norms_cases() -> Vec<Case> {
     let x = [2, 4, 5, 3];
     let cases = vec![
         case(
@@ -514,11 +511,10 @@ fn norms() {
             ),
         ),
     ];
-    check_cases(cases);
+    cases
 }
 
-#[test]
-fn math_ops() {
+fn math_ops_cases() -> Vec<Case> {
     let x = [3, 4];
     let un = |op: &str, attrs| one(op, &["x"], attrs, vec![], &x);
     let mut cases = vec![];
@@ -716,11 +712,10 @@ fn math_ops() {
             17,
         ),
     ));
-    check_cases(cases);
+    cases
 }
 
-#[test]
-fn layout_ops() {
+fn layout_ops_cases() -> Vec<Case> {
     let x = [2, 3, 4, 5];
     let mut cases = vec![
         case(
@@ -882,7 +877,7 @@ fn layout_ops() {
             17,
         ),
     ));
-    check_cases(cases);
+    cases
 }
 
 /// The shape sub-graphs the exporters emit fold to constants: Shape → Gather → Unsqueeze →
@@ -1154,6 +1149,104 @@ fn every_listed_op_is_dispatched() {
                 let s = format!("{e:#}");
                 assert!(!s.starts_with("unsupported op"), "{op}: {s}");
             }
+        }
+    }
+}
+
+#[test]
+fn convolutions() {
+    check_cases(convolutions_cases());
+}
+
+#[test]
+fn pooling() {
+    check_cases(pooling_cases());
+}
+
+#[test]
+fn norms() {
+    check_cases(norms_cases());
+}
+
+#[test]
+fn math_ops() {
+    check_cases(math_ops_cases());
+}
+
+#[test]
+fn layout_ops() {
+    check_cases(layout_ops_cases());
+}
+
+/// Perturbed attributes and input shapes (random small ints and extremes) give errors or
+/// models, never panics.
+#[test]
+fn perturbed_models_never_panic() {
+    let mut all = Vec::new();
+    for f in [
+        convolutions_cases,
+        pooling_cases,
+        norms_cases,
+        math_ops_cases,
+        layout_ops_cases,
+    ] {
+        all.extend(f());
+    }
+    let r = common::rand_vec(1 << 16, 1234, 0.0, 1.0);
+    let mut k = 0;
+    let mut next = || {
+        k = (k + 1) % r.len();
+        r[k]
+    };
+    let extremes = [i64::MIN, -1, 0, 1, 2, 3, 7, 1 << 40, i64::MAX];
+    for c in &all {
+        for _ in 0..50 {
+            let mut m = c.m.clone();
+            for node in &mut m.graph.as_mut().unwrap().node {
+                for a in &mut node.attribute {
+                    if next() < 0.5 {
+                        a.i =
+                            a.i.map(|_| extremes[(next() * extremes.len() as f64) as usize]);
+                        for v in a.ints.iter_mut() {
+                            *v = if next() < 0.3 {
+                                extremes[(next() * extremes.len() as f64) as usize]
+                            } else {
+                                (next() * 6.0) as i64 - 1
+                            };
+                        }
+                        if next() < 0.2 {
+                            a.ints.pop();
+                        }
+                    }
+                }
+            }
+            for t in &mut m.graph.as_mut().unwrap().initializer {
+                if t.data_type == Some(7) && next() < 0.5 {
+                    let v: Vec<i64> = t
+                        .raw_data
+                        .as_ref()
+                        .unwrap()
+                        .chunks(8)
+                        .map(|_| (next() * 8.0) as i64 - 3)
+                        .collect();
+                    t.raw_data = Some(v.iter().flat_map(|x| x.to_le_bytes()).collect());
+                }
+            }
+            let mut xs = c.xs.clone();
+            if next() < 0.3 {
+                let i = (next() * xs.len() as f64) as usize;
+                xs[i] = (next() * 4.0) as usize;
+            }
+            let res = std::panic::catch_unwind(|| {
+                import::import_model(&m, None, &xs, &import::ImportOptions::default(), "t")
+                    .map(|_| ())
+            });
+            assert!(
+                res.is_ok(),
+                "case {} panicked with input {xs:?} on {:?}",
+                c.name,
+                m.graph.as_ref().unwrap().node
+            );
         }
     }
 }

@@ -22,8 +22,8 @@ fn attr_or(n: &NodeRef, name: &str, sp: usize, default: usize) -> Result<Vec<usi
             .map(|x| {
                 usize::try_from(x)
                     .ok()
-                    .filter(|&x| x > 0)
-                    .ok_or_else(|| anyhow!("{name} must be positive"))
+                    .filter(|&x| x > 0 && x <= LIMIT)
+                    .ok_or_else(|| anyhow!("{name} must be positive (and at most {LIMIT}), got {x}"))
             })
             .collect(),
         Some(v) => bail!("{name} {v:?} needs {sp} entries"),
@@ -96,8 +96,8 @@ fn conv_in(cx: &Ctx, n: &NodeRef) -> Result<ConvIn> {
         bail!("input {sx:?} and weight {sw:?} do not fit a convolution");
     }
     let sp = sx.len() - 2;
-    if sw.contains(&0) {
-        bail!("weight {sw:?} has an empty dimension");
+    if sw.contains(&0) || sx.contains(&0) {
+        bail!("input {sx:?} or weight {sw:?} has an empty dimension");
     }
     let k = sw[2..].to_vec();
     if let Some(ks) = n.ints("kernel_shape") {
@@ -150,7 +150,7 @@ pub fn conv_transpose(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     let input = &c.sx[2..];
     let op = match n.ints("output_padding") {
         None => vec![0; sp],
-        Some(v) if v.len() == sp && v.iter().all(|&x| x >= 0) => {
+        Some(v) if v.len() == sp && v.iter().all(|&x| x >= 0 && x as usize <= LIMIT) => {
             v.into_iter().map(|x| x as usize).collect()
         }
         Some(v) => bail!("output_padding {v:?} needs {sp} non-negative entries"),
@@ -262,8 +262,8 @@ struct Pool {
 
 fn pool_geom(cx: &Ctx, n: &NodeRef) -> Result<(Vec<usize>, Pool)> {
     let sx = cx.shape(n.req(0)?)?;
-    if sx.len() < 3 {
-        bail!("input {sx:?} must be [N, C, spatial…]");
+    if sx.len() < 3 || sx.contains(&0) {
+        bail!("input {sx:?} must be [N, C, spatial…] without empty dimensions");
     }
     let input = &sx[2..];
     let sp = input.len();

@@ -117,6 +117,10 @@ pub fn perm_of(n: &NodeRef, r: usize) -> Result<Vec<usize>> {
     match n.ints("perm") {
         Some(p) => {
             let perm: Vec<usize> = p.iter().map(|&i| axis(i, r)).collect::<Result<_>>()?;
+            let mut seen = vec![false; r];
+            if perm.len() != r || perm.iter().any(|&i| std::mem::replace(&mut seen[i], true)) {
+                bail!("perm {p:?} is not a permutation of {r} axes");
+            }
             Ok(perm)
         }
         None => Ok((0..r).rev().collect()),
@@ -223,7 +227,7 @@ pub fn slice_bounds(cx: &mut Ctx, n: &NodeRef, shape: &[usize]) -> Result<Vec<(i
             bail!("slice step 0");
         }
         let norm = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
-        let (s, e) = if step > 0 {
+        let (s, e) = if step > 0 || d == 0 {
             (norm(starts[i]).clamp(0, d), norm(ends[i]).clamp(0, d))
         } else {
             (

@@ -9,10 +9,15 @@
 //! first time an op consumes it as data; ops that need constant operands (reshape targets, pow
 //! exponents, batch-norm statistics) read the values instead.
 //!
-//! What the exporters really emit, and so what this module expects, is described in
-//! `docs/onnx-import.md` of the shared notes: in particular external weight files, and optimised
-//! exports whose parameters were folded or deduplicated (detected here and reported in
-//! [`ForwardModel::warnings`]).
+//! What PyTorch's exporters really emit shaped this module: the dynamo exporter writes weights to
+//! an external data file beside the model (read here); its optimizer (on by default), like the
+//! TorchScript exporter's constant folding, folds norm affine parameters into new constants and
+//! merges equal initializers, so that layers would train tied. Such files still import, and what
+//! can be detected (a parameter feeding several layers, exporter-generated parameter names, norm
+//! scales that are constants) is reported in [`ForwardModel::warnings`]. The keep-every-parameter
+//! export calls (`tools/export_torch.py`) give parameters under their `named_parameters()`
+//! names, in that order, with integer shape sub-graphs that are folded here. A BatchNorm folded
+//! into the preceding convolution keeps the convolution's names and cannot be detected.
 
 mod math;
 mod nn;
@@ -702,8 +707,8 @@ impl<'m> Ctx<'m> {
             if let Some(u) = self.uses.get(&k).filter(|u| u.len() > 1).cloned() {
                 let shown: Vec<String> = u.iter().take(4).map(|s| format!("'{s}'")).collect();
                 let msg = format!(
-                    "parameter '{}' feeds {} layers (nodes {}{}): the exporter probably merged equal initializers, so \
-                     these layers would be trained tied; re-export keeping every parameter ({EXPORT_REF})",
+                    "parameter '{}' feeds {} layers (nodes {}{}): unless the model ties them, the exporter merged equal \
+                     initializers and these layers would be trained tied; re-export keeping every parameter ({EXPORT_REF})",
                     name,
                     u.len(),
                     shown.join(", "),

@@ -23,7 +23,9 @@ fn attr_or(n: &NodeRef, name: &str, sp: usize, default: usize) -> Result<Vec<usi
                 usize::try_from(x)
                     .ok()
                     .filter(|&x| x > 0 && x <= LIMIT)
-                    .ok_or_else(|| anyhow!("{name} must be positive (and at most {LIMIT}), got {x}"))
+                    .ok_or_else(|| {
+                        anyhow!("{name} must be positive (and at most {LIMIT}), got {x}")
+                    })
             })
             .collect(),
         Some(v) => bail!("{name} {v:?} needs {sp} entries"),

@@ -1250,3 +1250,35 @@ fn perturbed_models_never_panic() {
         }
     }
 }
+
+/// Without weights in the file, a parameter whose layer is not recognised is an error naming it;
+/// a recognised one gets PyTorch's default rule.
+#[test]
+fn valueless_parameters_need_a_recognised_layer() {
+    let mut m = one("Mul", &["x", "w"], vec![], vec![], &[2, 3]);
+    m.graph
+        .as_mut()
+        .unwrap()
+        .input
+        .push(export::value_info("w", DType::F32, &[3]));
+    let e = err_of(&m, &[2, 3]);
+    assert!(
+        e.starts_with("parameter 'w' has no value in the file"),
+        "{e}"
+    );
+    let mut m = one(
+        "Gemm",
+        &["x", "w", "b"],
+        vec![attr_i("transB", 1)],
+        vec![],
+        &[2, 3],
+    );
+    let g = m.graph.as_mut().unwrap();
+    g.input.push(export::value_info("w", DType::F32, &[5, 3]));
+    g.input.push(export::value_info("b", DType::F32, &[5]));
+    let fm =
+        import::import_model(&m, None, &[2, 3], &import::ImportOptions::default(), "t").unwrap();
+    use tesla_distill::compiler::model::InitRule;
+    assert_eq!(fm.params[0].init, InitRule::KaimingUniform { fan_in: 3 });
+    assert_eq!(fm.params[1].init, InitRule::UniformBias { fan_in: 3 });
+}

@@ -1282,3 +1282,76 @@ fn valueless_parameters_need_a_recognised_layer() {
     assert_eq!(fm.params[0].init, InitRule::KaimingUniform { fan_in: 3 });
     assert_eq!(fm.params[1].init, InitRule::UniformBias { fan_in: 3 });
 }
+
+/// Model-local functions are inlined (nested calls, attribute references, per-call renaming).
+#[test]
+fn local_functions_are_inlined() {
+    let opsets = || {
+        vec![
+            pb::OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(17),
+            },
+            pb::OperatorSetIdProto {
+                domain: Some("local".into()),
+                version: Some(1),
+            },
+        ]
+    };
+    let mut leaky = node("LeakyRelu", &["X"], &["T"], vec![]);
+    leaky.attribute = vec![pb::AttributeProto {
+        name: Some("alpha".into()),
+        ref_attr_name: Some("a".into()),
+        r#type: Some(1),
+        ..Default::default()
+    }];
+    let inner = pb::FunctionProto {
+        name: Some("Inner".into()),
+        domain: Some("local".into()),
+        input: vec!["X".into()],
+        output: vec!["Y".into()],
+        attribute: vec!["a".into()],
+        node: vec![leaky, node("Mul", &["T", "X"], &["Y"], vec![])],
+        opset_import: opsets(),
+        ..Default::default()
+    };
+    let call = |i: &str, o: &str, a: f32| {
+        let mut n = node("Inner", &[i], &[o], vec![attr_f("a", a)]);
+        n.domain = Some("local".into());
+        n
+    };
+    let outer = pb::FunctionProto {
+        name: Some("Outer".into()),
+        domain: Some("local".into()),
+        input: vec!["X".into()],
+        output: vec!["Y".into()],
+        node: vec![call("X", "H", 0.1), call("H", "Y", 0.5)],
+        opset_import: opsets(),
+        ..Default::default()
+    };
+    let mut top = node("Outer", &["x"], &["h"], vec![]);
+    top.domain = Some("local".into());
+    let mut m = model(
+        vec![top, node("Add", &["h", "x"], &["y"], vec![])],
+        vec![],
+        &[2, 5],
+        17,
+    );
+    m.opset_import = opsets();
+    m.functions = vec![inner, outer];
+    let fm =
+        import::import_model(&m, None, &[2, 5], &import::ImportOptions::default(), "t").unwrap();
+    let leaky: Vec<f64> = fm
+        .graph
+        .nodes
+        .iter()
+        .filter_map(|n| match n.op {
+            tesla_distill::compiler::ir::Op::LeakyRelu { alpha } => {
+                Some((alpha * 10.0).round() / 10.0)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(leaky, [0.1, 0.5]);
+    check_cases(vec![case("local_functions", m)]);
+}

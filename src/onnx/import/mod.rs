@@ -19,6 +19,7 @@
 //! names, in that order, with integer shape sub-graphs that are folded here. A BatchNorm folded
 //! into the preceding convolution keeps the convolution's names and cannot be detected.
 
+mod function;
 mod math;
 mod nn;
 mod norm;
@@ -156,7 +157,8 @@ pub fn import_model(
         .unwrap_or(1);
     let mut cx = Ctx::new(opts.dtype, opset, base.map(Path::to_path_buf));
     cx.read_interface(graph, input)?;
-    for (i, node) in graph.node.iter().enumerate() {
+    let nodes = function::inline(m, &graph.node)?;
+    for (i, node) in nodes.iter().enumerate() {
         cx.node(node, i)?;
     }
     cx.finish(graph, source)
@@ -484,7 +486,7 @@ impl<'m> Ctx<'m> {
 
     // ----- the walk -----
 
-    fn node(&mut self, p: &'m pb::NodeProto, i: usize) -> Result<()> {
+    fn node(&mut self, p: &pb::NodeProto, i: usize) -> Result<()> {
         let op = p.op_type.as_deref().unwrap_or("");
         let name = p
             .name

@@ -226,7 +226,15 @@ fn zoo_exports_import_and_match_onnx_runtime() {
             .map(|v| v.as_str().unwrap())
             .collect();
         assert_eq!(got, want, "{file}");
-        assert!(m.warnings.is_empty(), "{file}: {:?}", m.warnings);
+        // The dynamo exporter writes BatchNorm in inference form even from a model in training
+        // mode: that, and only that, is reported.
+        let expected = usize::from(file == "zoo_bnnet_dynamo_keep.onnx");
+        assert_eq!(m.warnings.len(), expected, "{file}: {:?}", m.warnings);
+        assert!(
+            m.warnings.iter().all(|w| w.contains("running statistics")),
+            "{file}: {:?}",
+            m.warnings
+        );
         let low = dir.path().join(format!("{file}.ir.onnx"));
         export::write(&m.graph, &low).unwrap();
         let x = common::feed("float32", &xs, &common::rand_vec(2 * 3 * 256, 5, -1.0, 1.0));

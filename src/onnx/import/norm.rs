@@ -183,6 +183,11 @@ pub fn batch_norm(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
         ax.extend(2..s.len());
         normalise(cx, x, &ax, eps)?.0
     } else {
+        cx.warn(format!(
+            "BatchNormalization node '{}' normalises with fixed running statistics (inference form), while \
+             PyTorch trains with batch statistics; export in training mode to train it as PyTorch does ({EXPORT_REF})",
+            n.name
+        ));
         // Running statistics are buffers, not parameters: read them. Without values in the
         // file they are PyTorch's initial ones (mean 0, variance 1).
         let stat = |cx: &mut Ctx, i: usize, default: f64| -> Result<Vec<f64>> {

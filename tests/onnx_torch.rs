@@ -140,3 +140,125 @@ fn imported_convnet_reproduces_pytorch_logits() {
     }
     common::run_cases(dir.path(), cases);
 }
+
+/// The imported graph, evaluated by the f64 reference evaluator with the file's parameters,
+/// gives PyTorch's logits (f32 import rounds like PyTorch; f64 import is the finite-difference
+/// setting).
+#[test]
+fn evaluated_import_matches_pytorch_logits() {
+    use tesla_distill::compiler::eval::eval;
+    use tesla_distill::compiler::ir::{DType, Tensor};
+    let (refs, _) = common::read_safetensors(&fixture("convnet_torch_ref.safetensors"));
+    let (xs, xv) = &refs["x"];
+    let (_, lv) = &refs["logits"];
+    for file in ["convnet_keep.onnx", "convnet_dynamo_keep.onnx"] {
+        for dtype in [DType::F32, DType::F64] {
+            let m =
+                import::import_onnx(&fixture(file), &X, &import::ImportOptions { dtype }).unwrap();
+            let mut inputs = vec![Tensor::new(dtype, xs.clone(), xv.clone())];
+            inputs.extend(m.params.iter().map(|p| p.initial.clone().unwrap()));
+            let out = eval(&m.graph, &inputs).unwrap();
+            assert_eq!(out[0].shape, [4, 10]);
+            let err = out[0]
+                .data
+                .iter()
+                .zip(lv)
+                .map(|(a, b)| (a - b).abs() / (b.abs() + 1.0))
+                .fold(0.0, f64::max);
+            assert!(
+                err < 1e-5,
+                "{file} {dtype:?}: logits differ from PyTorch by {err}"
+            );
+        }
+    }
+}
+
+/// Corrupted files (random byte flips in a valid model) give errors or models, never panics.
+#[test]
+fn corrupted_files_never_panic() {
+    let bytes = std::fs::read(fixture("convnet_keep.onnx")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.onnx");
+    let r = common::rand_vec(4 * 400, 99, 0.0, 1.0);
+    for k in 0..400 {
+        let mut b = bytes.clone();
+        for j in 0..4 {
+            let pos = (r[4 * k + j] * b.len() as f64) as usize % b.len();
+            b[pos] = (r[(4 * k + j + 1) % r.len()] * 256.0) as u8;
+        }
+        std::fs::write(&p, &b).unwrap();
+        let res = std::panic::catch_unwind(|| {
+            import::import_onnx(&p, &X, &import::ImportOptions::default())
+        });
+        match res {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => assert!(!format!("{e:#}").contains('\n'), "one line: {e:#}"),
+            Err(_) => {
+                let keep = std::env::temp_dir().join("tesla_import_panic.onnx");
+                std::fs::write(&keep, &b).unwrap();
+                panic!(
+                    "mutation {k} panicked the importer (file kept at {})",
+                    keep.display()
+                );
+            }
+        }
+    }
+}
+
+/// More architectures exported from PyTorch (attention + LayerNorm + GELU, BatchNorm +
+/// InstanceNorm + MaxPool, ConvTranspose): keep-mode files of both exporters import with
+/// PyTorch's parameters and compute what ONNX Runtime computes from the original file.
+#[test]
+fn zoo_exports_import_and_match_onnx_runtime() {
+    let names: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(fixture("zoo_params.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let xs = [2, 3, 16, 16];
+    let mut cases = Vec::new();
+    for (file, want) in &names {
+        let m = import::import_onnx(&fixture(file), &xs, &import::ImportOptions::default())
+            .unwrap_or_else(|e| panic!("{file}: {e:#}"));
+        let got: Vec<&str> = m.params.iter().map(|p| p.name.as_str()).collect();
+        let want: Vec<&str> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(got, want, "{file}");
+        // The dynamo exporter writes BatchNorm in inference form even from a model in training
+        // mode: that, and only that, is reported.
+        let expected = usize::from(file == "zoo_bnnet_dynamo_keep.onnx");
+        assert_eq!(m.warnings.len(), expected, "{file}: {:?}", m.warnings);
+        assert!(
+            m.warnings.iter().all(|w| w.contains("running statistics")),
+            "{file}: {:?}",
+            m.warnings
+        );
+        let low = dir.path().join(format!("{file}.ir.onnx"));
+        export::write(&m.graph, &low).unwrap();
+        let x = common::feed("float32", &xs, &common::rand_vec(2 * 3 * 256, 5, -1.0, 1.0));
+        let mut inputs = serde_json::Map::new();
+        inputs.insert("x".into(), x);
+        for p in &m.params {
+            let t = p.initial.as_ref().unwrap();
+            inputs.insert(p.name.clone(), common::feed("float32", &t.shape, &t.data));
+        }
+        cases.push(serde_json::json!({
+            "case": file, "model": low, "inputs": inputs,
+            "reference": {"model": fixture(file), "inputs": inputs}, "tol": 2e-5,
+        }));
+    }
+    let m = import::import_onnx(
+        &fixture("zoo_vit_ts_default.onnx"),
+        &xs,
+        &import::ImportOptions::default(),
+    )
+    .unwrap();
+    let all = m.warnings.join("\n");
+    assert!(all.contains("'blk.ln.weight' feeds 3 layers"), "{all}");
+    assert!(all.contains("exporter-generated name"), "{all}");
+    if common::python_ok() {
+        common::run_cases(dir.path(), cases);
+    }
+}

@@ -18,6 +18,12 @@ Writes into tests/fixtures/ (or the directory given as the first argument):
                                gradient of the soft-label cross-entropy (mean over the batch)
                                with respect to that parameter.
 
+  zoo_*.onnx                   more architectures for the importer (a tiny ViT with attention,
+                               LayerNorm and GELU; a BatchNorm/InstanceNorm/MaxPool net; a
+                               ConvTranspose decoder), each in keep mode from both exporters, the
+                               ViT also with the default (optimised) call; zoo_params.json lists
+                               every file's PyTorch parameter names in `named_parameters()` order.
+
 Run: python3 tools/export_torch.py [OUT_DIR]   (needs torch, onnx, onnxscript, numpy)
 """
 import json
@@ -53,6 +59,85 @@ class ConvNet(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.features(x).flatten(1))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: attention and a GELU MLP, both residual."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.ln = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.ln2 = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, 32)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(32, d)
+
+    def forward(self, x):
+        h = self.ln(x)
+        a, _ = self.attn(h, h, h, need_weights=False)
+        x = x + a
+        return x + self.fc2(self.act(self.fc1(self.ln2(x))))
+
+
+class TinyViT(nn.Module):
+    """Patch embedding, class token, positional embedding, one block, head (3×16×16 input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, 4, 4)
+        self.cls = nn.Parameter(torch.zeros(1, 1, 16))
+        self.pos = nn.Parameter(torch.randn(1, 17, 16) * 0.02)
+        self.blk = Block()
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+        return self.head(self.norm(self.blk(x))[:, 0])
+
+
+def bn_net():
+    """BatchNorm, MaxPool, InstanceNorm(affine), LeakyReLU, adaptive average pooling (3×16×16)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False), nn.InstanceNorm2d(8, affine=True),
+        nn.LeakyReLU(0.1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+    )
+
+
+class Decoder(nn.Module):
+    """Strided Conv, then ConvTranspose with output_padding back to 16×16 (3×16×16 input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.t = nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1)
+        self.l = nn.Linear(3 * 16 * 16, 10)
+
+    def forward(self, x):
+        return self.l(torch.sigmoid(self.t(torch.tanh(self.c(x)))).flatten(1))
+
+
+def export_zoo(out, path):
+    """The extra architectures; returns {file: parameter names}."""
+    names = {}
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    for tag, m in [("vit", TinyViT()), ("bnnet", bn_net()), ("deconv", Decoder())]:
+        params = [n for n, _ in m.named_parameters()]
+        f = path(f"zoo_{tag}_ts_keep.onnx")
+        torch.onnx.export(m, (x,), f, dynamo=False, training=torch.onnx.TrainingMode.TRAINING,
+                          do_constant_folding=False, input_names=["x"], output_names=["logits"])
+        names[os.path.basename(f)] = params
+        f = path(f"zoo_{tag}_dynamo_keep.onnx")
+        torch.onnx.export(m, (x,), f, dynamo=True, optimize=False, external_data=True,
+                          input_names=["x"], output_names=["logits"])
+        names[os.path.basename(f)] = params
+    f = path("zoo_vit_ts_default.onnx")
+    torch.onnx.export(TinyViT(), (x,), f, dynamo=False, input_names=["x"], output_names=["logits"])
+    with open(os.path.join(out, "zoo_params.json"), "w") as fh:
+        json.dump(names, fh, indent=1)
 
 
 def write_safetensors(path, tensors, metadata):
@@ -127,6 +212,8 @@ def main():
     )
     # The default call: the optimizer folds and deduplicates the norm parameters.
     torch.onnx.export(model, (x,), path("convnet_dynamo_default.onnx"), input_names=["x"], output_names=["logits"])
+    torch.manual_seed(3)
+    export_zoo(out, path)
 
 
 if __name__ == "__main__":

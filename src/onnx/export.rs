@@ -3,8 +3,9 @@
 //! Every IR primitive maps to standard ONNX ops, so any runtime that implements opset 17 can run
 //! the artifacts unchanged: constants become initializers, static attributes that ONNX takes as
 //! inputs (reshape targets, reduction axes, slice bounds, pads) become int64 initializers, and
-//! `ConvTranspose` (the exact adjoint of `Conv` in the IR) becomes ONNX `ConvTranspose` followed,
-//! where needed, by a zero `Pad` at the spatial ends.
+//! `ConvTranspose` (the exact adjoint of `Conv` in the IR) becomes ONNX `ConvTranspose` with its
+//! end pads chosen to crop to the IR's output extent, followed by a zero `Pad` at the spatial
+//! ends where that extent exceeds what any window reaches.
 
 use super::onnx_dtype;
 use super::pb;
@@ -410,22 +411,25 @@ impl<'a> Exporter<'a> {
                 let (y, w) = (node.inputs[0], node.inputs[1]);
                 let kernel = g.shape(w)[2..].to_vec();
                 let sy = g.shape(y);
-                // ONNX's natural extent s·(in−1)+(k−1)·d+1−pb−pe never exceeds the IR extent
-                // (shape inference checked that out_spatial is a preimage); the remainder are
-                // positions no window reaches: zeros, added by a Pad.
-                let natural: Vec<usize> = (0..kernel.len())
-                    .map(|i| {
-                        let span = conv.dilations[i] * (kernel[i] - 1) + 1;
-                        (conv.strides[i] * (sy[2 + i] - 1) + span)
-                            .saturating_sub(conv.pads_begin[i] + conv.pads_end[i])
-                    })
-                    .collect();
-                let rest: Vec<usize> = out_spatial
-                    .iter()
-                    .zip(&natural)
-                    .map(|(o, n)| o.saturating_sub(*n))
-                    .collect();
-                let mut attrs = Self::conv_attrs(conv, &kernel);
+                // The adjoint writes input position j·s + t·d − pb for every output j and tap t:
+                // up to `reach` = s·(in−1) + (k−1)·d + 1 − pb positions. The IR conv's own
+                // pads_end only fixed the forward extent, so ONNX gets pads_end = reach − out
+                // (crop to exactly out_spatial), or 0 and a zero Pad for positions no window
+                // reaches.
+                let mut pads_end = Vec::with_capacity(kernel.len());
+                let mut rest = Vec::with_capacity(kernel.len());
+                for i in 0..kernel.len() {
+                    let span = conv.dilations[i] * (kernel[i] - 1) + 1;
+                    let reach = (conv.strides[i] * (sy[2 + i] - 1) + span)
+                        .saturating_sub(conv.pads_begin[i]);
+                    pads_end.push(reach.saturating_sub(out_spatial[i]));
+                    rest.push(out_spatial[i].saturating_sub(reach));
+                }
+                let onnx_conv = ConvAttrs {
+                    pads_end,
+                    ..conv.clone()
+                };
+                let mut attrs = Self::conv_attrs(&onnx_conv, &kernel);
                 attrs.push(attr_ints("output_padding", &vec![0; kernel.len()]));
                 if rest.iter().all(|&r| r == 0) {
                     self.emit(nm, "ConvTranspose", ins, outs, attrs);

@@ -9,11 +9,17 @@
 //! first time an op consumes it as data; ops that need constant operands (reshape targets, pow
 //! exponents, batch-norm statistics) read the values instead.
 //!
-//! What the exporters really emit, and so what this module expects, is described in
-//! `docs/onnx-import.md` of the shared notes: in particular external weight files, and optimised
-//! exports whose parameters were folded or deduplicated (detected here and reported in
-//! [`ForwardModel::warnings`]).
+//! What PyTorch's exporters really emit shaped this module: the dynamo exporter writes weights to
+//! an external data file beside the model (read here); its optimizer (on by default), like the
+//! TorchScript exporter's constant folding, folds norm affine parameters into new constants and
+//! merges equal initializers, so that layers would train tied. Such files still import, and what
+//! can be detected (a parameter feeding several layers, exporter-generated parameter names, norm
+//! scales that are constants) is reported in [`ForwardModel::warnings`]. The keep-every-parameter
+//! export calls (`tools/export_torch.py`) give parameters under their `named_parameters()`
+//! names, in that order, with integer shape sub-graphs that are folded here. A BatchNorm folded
+//! into the preceding convolution keeps the convolution's names and cannot be detected.
 
+mod function;
 mod math;
 mod nn;
 mod norm;
@@ -34,6 +40,37 @@ use std::path::{Path, PathBuf};
 pub const OP_TABLE_REF: &str = "see README.md, 'Supported ONNX ops'";
 /// Where the README describes the recommended PyTorch export call.
 pub const EXPORT_REF: &str = "see README.md, 'Exporting from PyTorch'";
+
+/// The ONNX ops the importer lowers (default domain), with the limits of each lowering: the
+/// source of the README's "Supported ONNX ops" table. Any op whose operands are all constants is
+/// also folded when it appears in the folding list of the shape module.
+pub const SUPPORTED_OPS: &[(&str, &str)] = &[
+    ("Conv", "1-D to N-D; group, strides, dilations, pads, auto_pad (NOTSET, SAME_UPPER, SAME_LOWER, VALID); bias"),
+    ("ConvTranspose", "as Conv, plus output_padding and output_shape"),
+    ("Gemm", "transA, transB, alpha, beta"),
+    ("MatMul", "batched with broadcasting; 1-D operands"),
+    ("Add, Sub, Mul, Div", "numpy broadcasting"),
+    ("Pow", "constant scalar exponent"),
+    ("Neg, Abs, Reciprocal, Exp, Log, Sqrt, Erf", ""),
+    ("Relu, LeakyRelu, Sigmoid, Tanh, Softplus, Elu, HardSigmoid, HardSwish, Clip", "Clip with constant bounds"),
+    ("Gelu", "approximate = none or tanh"),
+    ("Softmax, LogSoftmax", "any axis; opset < 13 semantics too"),
+    ("ReduceSum, ReduceMean, ReduceMax, ReduceMin", "axes as attribute or constant input; keepdims; noop_with_empty_axes"),
+    ("Greater, Less, Equal, GreaterOrEqual, LessOrEqual, Where", ""),
+    ("Cast, CastLike", "all floats become the graph's float type"),
+    ("AveragePool", "pads, auto_pad, strides, dilations, ceil_mode, count_include_pad (exact divisors)"),
+    ("MaxPool", "pads, auto_pad, strides, dilations, ceil_mode; not the Indices output"),
+    ("GlobalAveragePool, GlobalMaxPool", ""),
+    ("BatchNormalization", "inference form (running statistics) or training_mode = 1 (batch statistics)"),
+    ("InstanceNormalization, LayerNormalization, GroupNormalization", "GroupNormalization scale per channel or per group"),
+    ("Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Expand", "constant shapes and axes; Reshape 0/−1 and allowzero"),
+    ("Concat, Split", "Split by sizes, num_outputs or equal parts"),
+    ("Slice", "constant bounds; step 1 only (other steps only on constants)"),
+    ("Gather", "constant indices"),
+    ("Pad", "constant mode; negative pads crop"),
+    ("Identity, Dropout, Constant", "Dropout as inference (identity)"),
+    ("Shape, Size, ConstantOfShape, Range", "folded (static shapes)"),
+];
 
 /// Options of the importer.
 #[derive(Clone, Debug)]
@@ -120,7 +157,8 @@ pub fn import_model(
         .unwrap_or(1);
     let mut cx = Ctx::new(opts.dtype, opset, base.map(Path::to_path_buf));
     cx.read_interface(graph, input)?;
-    for (i, node) in graph.node.iter().enumerate() {
+    let nodes = function::inline(m, &graph.node)?;
+    for (i, node) in nodes.iter().enumerate() {
         cx.node(node, i)?;
     }
     cx.finish(graph, source)
@@ -178,6 +216,9 @@ pub(crate) struct Ctx<'m> {
     /// Messages for the user.
     pub warnings: Vec<String>,
 }
+
+/// Largest tensor (elements) the importer accepts in a graph.
+const MAX_ELEMENTS: usize = 1 << 40;
 
 /// Ops that only change the view of their first input: a parameter seen through them is still
 /// the same parameter.
@@ -445,7 +486,7 @@ impl<'m> Ctx<'m> {
 
     // ----- the walk -----
 
-    fn node(&mut self, p: &'m pb::NodeProto, i: usize) -> Result<()> {
+    fn node(&mut self, p: &pb::NodeProto, i: usize) -> Result<()> {
         let op = p.op_type.as_deref().unwrap_or("");
         let name = p
             .name
@@ -471,6 +512,18 @@ impl<'m> Ctx<'m> {
             Err(e) => bail!("node '{name}' ({op}): {e:#}"),
         };
         self.track(&n);
+        // Static shapes from a file can be absurd; stop before anything sizes a buffer by them.
+        for v in &outs {
+            if let Val::Ir(id) = v {
+                let s = self.g.shape(*id);
+                if s.iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))
+                    .is_none_or(|n| n > MAX_ELEMENTS)
+                {
+                    bail!("node '{name}' ({op}): its output shape {s:?} is too large");
+                }
+            }
+        }
         for (k, o) in p.output.iter().enumerate() {
             if o.is_empty() {
                 continue;
@@ -537,6 +590,22 @@ impl<'m> Ctx<'m> {
             "Identity" => Ok(Some(vec![self.get(n.req(0)?)?.clone()])),
             "Dropout" => {
                 // Inference semantics: identity (the mask output, if used, is all true).
+                let training = n
+                    .input(2)
+                    .and_then(|t| self.as_const(t))
+                    .is_some_and(|t| t.data.iter().any(|&v| v != 0.0));
+                let ratio = n
+                    .input(1)
+                    .and_then(|r| self.as_const(r))
+                    .and_then(|t| t.data.first().copied())
+                    .unwrap_or(0.5);
+                if training && ratio > 0.0 {
+                    self.warn(format!(
+                        "Dropout in node '{}' (training mode, ratio {ratio}) is imported as the identity: artifacts have \
+                         no random masks",
+                        n.name
+                    ));
+                }
                 let x = self.get(n.req(0)?)?.clone();
                 let s = self.shape(n.req(0)?)?;
                 let mask = Tensor::new(DType::Bool, s.clone(), vec![1.0; s.iter().product()]);
@@ -593,13 +662,16 @@ impl<'m> Ctx<'m> {
                 graph.output.len()
             ));
         }
-        let logits = match self.get(&out_name)? {
+        let mut logits = match self.get(&out_name)? {
             Val::Ir(v) => *v,
             _ => bail!("the model output '{out_name}' does not depend on the input"),
         };
         let x = self.x.ok_or_else(|| anyhow!("the model has no input"))?;
         if logits == x || self.cand_ir.values().any(|&v| v == logits) {
-            bail!("the model output '{out_name}' is a graph input");
+            // The output must be a value of its own, named "logits".
+            logits = self
+                .g
+                .push1("", crate::compiler::ir::Op::Identity, &[logits])?;
         }
         self.g.rename(logits, "logits");
         self.g.outputs = vec![logits];
@@ -637,8 +709,8 @@ impl<'m> Ctx<'m> {
             if let Some(u) = self.uses.get(&k).filter(|u| u.len() > 1).cloned() {
                 let shown: Vec<String> = u.iter().take(4).map(|s| format!("'{s}'")).collect();
                 let msg = format!(
-                    "parameter '{}' feeds {} layers (nodes {}{}): the exporter probably merged equal initializers, so \
-                     these layers would be trained tied; re-export keeping every parameter ({EXPORT_REF})",
+                    "parameter '{}' feeds {} layers (nodes {}{}): unless the model ties them, the exporter merged equal \
+                     initializers and these layers would be trained tied; re-export keeping every parameter ({EXPORT_REF})",
                     name,
                     u.len(),
                     shown.join(", "),

@@ -10,6 +10,10 @@ use crate::compiler::ir::{numel, ConvAttrs, Op, ValueId};
 use crate::compiler::model::InitRule;
 use anyhow::{anyhow, bail, Result};
 
+/// Bound on kernel sizes, strides, dilations and pads read from a file, so arithmetic on them
+/// cannot overflow.
+const LIMIT: usize = 1 << 24;
+
 fn attr_or(n: &NodeRef, name: &str, sp: usize, default: usize) -> Result<Vec<usize>> {
     match n.ints(name) {
         None => Ok(vec![default; sp]),
@@ -18,8 +22,10 @@ fn attr_or(n: &NodeRef, name: &str, sp: usize, default: usize) -> Result<Vec<usi
             .map(|x| {
                 usize::try_from(x)
                     .ok()
-                    .filter(|&x| x > 0)
-                    .ok_or_else(|| anyhow!("{name} must be positive"))
+                    .filter(|&x| x > 0 && x <= LIMIT)
+                    .ok_or_else(|| {
+                        anyhow!("{name} must be positive (and at most {LIMIT}), got {x}")
+                    })
             })
             .collect(),
         Some(v) => bail!("{name} {v:?} needs {sp} entries"),
@@ -38,7 +44,7 @@ fn pads(
     match n.string("auto_pad", "NOTSET").as_str() {
         "NOTSET" => {
             let p = n.ints("pads").unwrap_or_else(|| vec![0; 2 * sp]);
-            if p.len() != 2 * sp || p.iter().any(|&x| x < 0) {
+            if p.len() != 2 * sp || p.iter().any(|&x| x < 0 || x as usize > LIMIT) {
                 bail!("pads {p:?} must be {} non-negative entries", 2 * sp);
             }
             Ok((
@@ -92,6 +98,9 @@ fn conv_in(cx: &Ctx, n: &NodeRef) -> Result<ConvIn> {
         bail!("input {sx:?} and weight {sw:?} do not fit a convolution");
     }
     let sp = sx.len() - 2;
+    if sw.contains(&0) || sx.contains(&0) {
+        bail!("input {sx:?} or weight {sw:?} has an empty dimension");
+    }
     let k = sw[2..].to_vec();
     if let Some(ks) = n.ints("kernel_shape") {
         if ks.iter().map(|&v| v as usize).collect::<Vec<_>>() != k {
@@ -143,7 +152,7 @@ pub fn conv_transpose(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     let input = &c.sx[2..];
     let op = match n.ints("output_padding") {
         None => vec![0; sp],
-        Some(v) if v.len() == sp && v.iter().all(|&x| x >= 0) => {
+        Some(v) if v.len() == sp && v.iter().all(|&x| x >= 0 && x as usize <= LIMIT) => {
             v.into_iter().map(|x| x as usize).collect()
         }
         Some(v) => bail!("output_padding {v:?} needs {sp} non-negative entries"),
@@ -154,7 +163,9 @@ pub fn conv_transpose(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
         .collect();
     let auto = n.string("auto_pad", "NOTSET");
     let explicit_out: Option<Vec<i64>> = match n.ints("output_shape") {
-        Some(o) if o.len() >= sp => Some(o[o.len() - sp..].to_vec()),
+        Some(o) if o.len() >= sp && o.iter().all(|&x| (0..=LIMIT as i64).contains(&x)) => {
+            Some(o[o.len() - sp..].to_vec())
+        }
         Some(o) => bail!("output_shape {o:?} needs {sp} spatial entries"),
         None if auto.starts_with("SAME") => {
             Some((0..sp).map(|i| (input[i] * c.s[i]) as i64).collect())
@@ -253,8 +264,8 @@ struct Pool {
 
 fn pool_geom(cx: &Ctx, n: &NodeRef) -> Result<(Vec<usize>, Pool)> {
     let sx = cx.shape(n.req(0)?)?;
-    if sx.len() < 3 {
-        bail!("input {sx:?} must be [N, C, spatial…]");
+    if sx.len() < 3 || sx.contains(&0) {
+        bail!("input {sx:?} must be [N, C, spatial…] without empty dimensions");
     }
     let input = &sx[2..];
     let sp = input.len();
@@ -413,9 +424,9 @@ pub fn max_pool(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
         }
         let mut starts = vec![0, 0];
         let mut ends = vec![nb, c];
-        for i in 0..sp {
-            starts.push(t[i] * p.d[i]);
-            ends.push(t[i] * p.d[i] + p.out[i] * p.s[i]);
+        for (i, &ti) in t.iter().enumerate() {
+            starts.push(ti * p.d[i]);
+            ends.push(ti * p.d[i] + p.out[i] * p.s[i]);
         }
         let xs = cx.g.shape(xp).to_vec();
         let mut v = if starts.iter().all(|&s| s == 0) && ends == xs {

@@ -149,7 +149,7 @@ pub fn group_norm(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     }
     let (nb, c) = (s[0], s[1]);
     let groups = usize::try_from(n.int("num_groups", 0)).unwrap_or(0);
-    if groups == 0 || c % groups != 0 {
+    if groups == 0 || !c.is_multiple_of(groups) {
         bail!("num_groups {groups} does not divide {c} channels");
     }
     let rest: usize = s[1..].iter().product::<usize>() / groups;
@@ -183,6 +183,11 @@ pub fn batch_norm(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
         ax.extend(2..s.len());
         normalise(cx, x, &ax, eps)?.0
     } else {
+        cx.warn(format!(
+            "BatchNormalization node '{}' normalises with fixed running statistics (inference form), while \
+             PyTorch trains with batch statistics; export in training mode to train it as PyTorch does ({EXPORT_REF})",
+            n.name
+        ));
         // Running statistics are buffers, not parameters: read them. Without values in the
         // file they are PyTorch's initial ones (mean 0, variance 1).
         let stat = |cx: &mut Ctx, i: usize, default: f64| -> Result<Vec<f64>> {

@@ -28,14 +28,15 @@ pub fn reshape_target(input: &[usize], spec: &[i64], allowzero: bool) -> Result<
         }
     }
     let total = numel(input);
+    let product = |v: &[usize]| v.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     if let Some(i) = infer {
-        let rest = numel(&out);
-        if rest == 0 || total % rest != 0 {
+        let rest = product(&out).ok_or_else(|| anyhow!("reshape target {spec:?} is too large"))?;
+        if rest == 0 || !total.is_multiple_of(rest) {
             bail!("cannot reshape {input:?} to {spec:?}");
         }
         out[i] = total / rest;
     }
-    if numel(&out) != total {
+    if product(&out) != Some(total) {
         bail!("cannot reshape {input:?} to {spec:?}");
     }
     Ok(out)
@@ -116,6 +117,10 @@ pub fn perm_of(n: &NodeRef, r: usize) -> Result<Vec<usize>> {
     match n.ints("perm") {
         Some(p) => {
             let perm: Vec<usize> = p.iter().map(|&i| axis(i, r)).collect::<Result<_>>()?;
+            let mut seen = vec![false; r];
+            if perm.len() != r || perm.iter().any(|&i| std::mem::replace(&mut seen[i], true)) {
+                bail!("perm {p:?} is not a permutation of {r} axes");
+            }
             Ok(perm)
         }
         None => Ok((0..r).rev().collect()),
@@ -222,7 +227,7 @@ pub fn slice_bounds(cx: &mut Ctx, n: &NodeRef, shape: &[usize]) -> Result<Vec<(i
             bail!("slice step 0");
         }
         let norm = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
-        let (s, e) = if step > 0 {
+        let (s, e) = if step > 0 || d == 0 {
             (norm(starts[i]).clamp(0, d), norm(ends[i]).clamp(0, d))
         } else {
             (
@@ -348,7 +353,7 @@ pub fn pad(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
             .collect::<Result<_>>()?,
         None => (0..r).collect(),
     };
-    if pads.len() != 2 * ax.len() {
+    if pads.len() != 2 * ax.len() || pads.iter().any(|p| p.unsigned_abs() > 1 << 24) {
         bail!("pads {pads:?} do not fit {} axes", ax.len());
     }
     let (mut begins, mut ends) = (vec![0i64; r], vec![0i64; r]);

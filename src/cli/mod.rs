@@ -1,1 +1,706 @@
-//! The `tesla` command line.
+//! The `tesla` command line: argument parsing and the glue from each subcommand to the library.
+
+pub mod bench;
+pub mod quickstart;
+
+use crate::compiler::manifest::{compile_dir, standard_set, Manifest};
+use crate::data::augment::Strategy;
+use crate::data::Split;
+use crate::distill::gradient::Mode;
+use crate::distill::run::{DistillConfig, Labels, PixInit};
+use crate::eval::{evaluate, mean_std, EvalConfig, ModelResult};
+use crate::experts::ExpertsConfig;
+use crate::runtime::programs::Artifact;
+use crate::runtime::{read_safetensors_with_metadata, BackendKind};
+use crate::train::{derive_seed, one_hot};
+use crate::zoo::ModelSpec;
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+/// Dataset distillation by matching training trajectories with constant memory (TESLA).
+#[derive(Parser, Debug)]
+#[command(name = "tesla", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Differentiate a forward model and write its training artifacts (ONNX + manifest.json).
+    Compile(CompileArgs),
+    /// Summarise an artifact directory: ops, parameters, FLOPs.
+    Inspect {
+        /// Artifact directory.
+        dir: PathBuf,
+    },
+    /// Run one ONNX graph on tensors from a safetensors file.
+    Run {
+        /// The graph.
+        graph: PathBuf,
+        /// Input tensors, named as the graph inputs.
+        #[arg(long)]
+        inputs: PathBuf,
+        /// Where to write the outputs.
+        #[arg(long)]
+        out: PathBuf,
+        /// Backend.
+        #[arg(long, value_enum, default_value_t = BackendKind::Tract)]
+        backend: BackendKind,
+    },
+    /// Write the standard artifact set (the committed `graphs/` folder).
+    Graphs {
+        /// Output folder.
+        #[arg(long, default_value = "graphs")]
+        out: PathBuf,
+    },
+    /// Train expert trajectories.
+    Experts(ExpertsArgs),
+    /// Distill a dataset (Algorithm 1).
+    Distill(Box<DistillArgs>),
+    /// Evaluate a distilled set, a random real subset or the whole training set.
+    Eval(EvalArgs),
+    /// Benchmarks: data path, step throughput, memory in T.
+    Bench(bench::BenchArgs),
+    /// The main job end to end on the embedded data: experts, distillation, evaluation, picture.
+    Quickstart(quickstart::QuickstartArgs),
+}
+
+#[derive(Args, Debug)]
+struct CompileArgs {
+    /// `convnet-d3`, `convnet-d4` (options: -wN, -ln, -nonorm, -leaky, -sigmoid, -max, -nopool) or PATH.onnx.
+    #[arg(long)]
+    model: String,
+    /// Image shape CxHxW.
+    #[arg(long, default_value = "3x32x32")]
+    input: String,
+    /// Classes.
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+    /// Batch size the graphs are compiled for.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Also write `unrolled.onnx` with this many student steps.
+    #[arg(long)]
+    unrolled_steps: Option<usize>,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct ExpertsArgs {
+    /// Dataset spec (fashion-mnist[:DIR], fmnist-small, cifar10:DIR, …).
+    #[arg(long)]
+    dataset: String,
+    /// Model.
+    #[arg(long, default_value = "convnet-d3")]
+    model: String,
+    /// Number of experts.
+    #[arg(long, default_value_t = 5)]
+    experts: usize,
+    /// Epochs per expert.
+    #[arg(long, default_value_t = 50)]
+    epochs: usize,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Learning rate.
+    #[arg(long, default_value_t = 0.01)]
+    lr: f64,
+    /// Batch size.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Momentum.
+    #[arg(long, default_value_t = 0.0)]
+    momentum: f64,
+    /// Weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// DSA strategy (`none` disables).
+    #[arg(long, default_value = "color_crop_cutout_flip_scale_rotate")]
+    dsa_strategy: String,
+    /// ZCA-whiten images.
+    #[arg(long)]
+    zca: bool,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Train slice i of k (`0/1`: all).
+    #[arg(long, default_value = "0/1")]
+    shard: String,
+    /// Train on at most this many real images (class-balanced), for quick runs.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Tract)]
+    backend: BackendKind,
+}
+
+/// `tesla distill` arguments.
+#[derive(Args, Debug)]
+pub struct DistillArgs {
+    /// Paper settings: cifar10-ipc1|10|50, cifar100-ipc1|10|50, imagenet-ipc1|2|10|50, fmnist-ipc1|10.
+    #[arg(long)]
+    preset: Option<String>,
+    /// Dataset spec.
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Model.
+    #[arg(long)]
+    model: Option<String>,
+    /// Experts directory.
+    #[arg(long)]
+    experts: PathBuf,
+    /// Images per class.
+    #[arg(long)]
+    ipc: Option<usize>,
+    /// Student steps T.
+    #[arg(long)]
+    syn_steps: Option<usize>,
+    /// Expert epochs M.
+    #[arg(long)]
+    expert_epochs: Option<usize>,
+    /// Start epochs are drawn below this.
+    #[arg(long)]
+    max_start_epoch: Option<usize>,
+    /// Iterations.
+    #[arg(long)]
+    iterations: Option<usize>,
+    /// Image learning rate (for the method.md gradient, half the official code's).
+    #[arg(long)]
+    lr_img: Option<f64>,
+    /// Learning rate of β.
+    #[arg(long)]
+    lr_lr: Option<f64>,
+    /// Initial β.
+    #[arg(long)]
+    lr_init: Option<f64>,
+    /// Learning rate of learned labels.
+    #[arg(long)]
+    lr_label: Option<f64>,
+    /// Student batch (default: all synthetic images).
+    #[arg(long)]
+    batch_syn: Option<usize>,
+    /// Image initialisation.
+    #[arg(long, value_enum)]
+    pix_init: Option<PixInit>,
+    /// Labels.
+    #[arg(long, value_enum)]
+    labels: Option<Labels>,
+    /// Gradient mode.
+    #[arg(long, value_enum)]
+    gradient: Option<Mode>,
+    /// ZCA whitening.
+    #[arg(long)]
+    zca: bool,
+    /// DSA strategy.
+    #[arg(long)]
+    dsa_strategy: Option<String>,
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Tract)]
+    backend: BackendKind,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Evaluate every this many iterations (0: never).
+    #[arg(long, default_value_t = 0)]
+    eval_every: usize,
+    /// Epochs of those evaluations.
+    #[arg(long, default_value_t = 300)]
+    eval_epochs: usize,
+    /// Runs of those evaluations.
+    #[arg(long, default_value_t = 1)]
+    eval_runs: usize,
+    /// Checkpoint every this many iterations.
+    #[arg(long, default_value_t = 10)]
+    checkpoint_every: usize,
+    /// Resume from the run directory's checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Run directory.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    /// A distilled.safetensors file.
+    #[arg(long, conflicts_with_all = ["random", "whole"])]
+    distilled: Option<PathBuf>,
+    /// Baseline: K random real images per class.
+    #[arg(long, conflicts_with = "whole")]
+    random: Option<usize>,
+    /// Baseline: the whole training set.
+    #[arg(long)]
+    whole: bool,
+    /// Dataset spec.
+    #[arg(long)]
+    dataset: String,
+    /// Models, comma-separated.
+    #[arg(long, default_value = "convnet-d3")]
+    models: String,
+    /// Runs per model.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Epochs.
+    #[arg(long, default_value_t = 1000)]
+    epochs: usize,
+    /// Learning rate (default: the distilled set's learned one, else 0.01).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Use hard labels even if the distilled set has soft ones.
+    #[arg(long)]
+    hard_labels: bool,
+    /// DSA strategy.
+    #[arg(long, default_value = "color_crop_cutout_flip_scale_rotate")]
+    dsa_strategy: String,
+    /// ZCA-whiten with the fit in this file (default: the distilled set's, if it used ZCA).
+    #[arg(long)]
+    zca: Option<PathBuf>,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Tract)]
+    backend: BackendKind,
+    /// Write results here (JSON); default: beside the distilled file, or eval.json.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Parses `CxHxW`.
+pub fn parse_shape(s: &str) -> Result<[usize; 3]> {
+    let v: Vec<usize> = s
+        .split(['x', 'X', ','])
+        .map(|p| p.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| anyhow!("--input '{s}' must look like 3x32x32"))?;
+    match v.as_slice() {
+        [c, h, w] if *c > 0 && *h > 0 && *w > 0 => Ok([*c, *h, *w]),
+        _ => bail!("--input '{s}' must have three positive dimensions, like 3x32x32"),
+    }
+}
+
+/// Parses `i/k`.
+pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let (a, b) = s
+        .split_once('/')
+        .ok_or_else(|| anyhow!("--shard '{s}' must look like 0/4"))?;
+    Ok((
+        a.trim().parse().context("--shard index")?,
+        b.trim().parse().context("--shard count")?,
+    ))
+}
+
+/// Entry point: parses the arguments and runs the command.
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Compile(a) => {
+            let spec = ModelSpec::parse(&a.model)?;
+            let input = parse_shape(&a.input)?;
+            let m = spec.build(a.batch, input, a.classes)?;
+            for w in &m.warnings {
+                eprintln!("warning: {w}");
+            }
+            let mut which = standard_set();
+            if a.unrolled_steps.is_some() {
+                which.push(Artifact::Unrolled);
+            }
+            let man = compile_dir(&m, &which, a.unrolled_steps.unwrap_or(0), &a.out)?;
+            println!(
+                "wrote {} artifacts for {} ({} parameters, batch {}) to {}",
+                man.graphs.len(),
+                man.model,
+                man.num_params,
+                man.batch,
+                a.out.display()
+            );
+            Ok(())
+        }
+        Command::Inspect { dir } => inspect(&dir),
+        Command::Run {
+            graph,
+            inputs,
+            out,
+            backend,
+        } => {
+            crate::runtime::run_graph_file(&graph, &inputs, &out, backend)?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        Command::Graphs { out } => {
+            for (name, line) in write_standard_graphs(&out)? {
+                println!("{name}: {line}");
+            }
+            Ok(())
+        }
+        Command::Experts(a) => {
+            let cfg = ExpertsConfig {
+                dataset: a.dataset,
+                model: ModelSpec::parse(&a.model)?,
+                experts: a.experts,
+                epochs: a.epochs,
+                lr: a.lr,
+                batch: a.batch,
+                momentum: a.momentum,
+                weight_decay: a.weight_decay,
+                strategy: Strategy::parse(&a.dsa_strategy)?,
+                zca: a.zca,
+                seed: a.seed,
+                shard: parse_shard(&a.shard)?,
+                backend: a.backend,
+                out: a.out.clone(),
+                limit: a.limit,
+            };
+            crate::experts::run_experts(&cfg)?;
+            println!("experts in {}", a.out.display());
+            Ok(())
+        }
+        Command::Distill(a) => {
+            let resume = a.resume;
+            let cfg = distill_config(*a)?;
+            let out = cfg.out.clone();
+            let st = crate::distill::run::run(cfg, resume)?;
+            println!(
+                "distilled {} images in {} iterations (learned lr {:.5})",
+                st.images.shape()[0],
+                st.iteration,
+                st.beta
+            );
+            for p in crate::distill::run::describe_outputs(&out) {
+                println!("  {}", p.display());
+            }
+            Ok(())
+        }
+        Command::Eval(a) => eval_cmd(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Quickstart(a) => quickstart::run(a),
+    }
+}
+
+/// The standard set: (folder, model, input, classes).
+pub const STANDARD_GRAPHS: [(&str, &str, [usize; 3], usize); 5] = [
+    ("convnet-d3-1x28x28-10", "convnet-d3", [1, 28, 28], 10),
+    ("convnet-d3-3x32x32-10", "convnet-d3", [3, 32, 32], 10),
+    ("convnet-d3-3x32x32-100", "convnet-d3", [3, 32, 32], 100),
+    ("convnet-d4-3x64x64-200", "convnet-d4", [3, 64, 64], 200),
+    ("convnet-d4-3x64x64-1000", "convnet-d4", [3, 64, 64], 1000),
+];
+
+/// Batch size of the committed standard set (one IPC-1 set of ten classes).
+pub const STANDARD_BATCH: usize = 10;
+
+/// Writes the standard artifact set under `out`.
+pub fn write_standard_graphs(out: &Path) -> Result<Vec<(String, String)>> {
+    let mut lines = Vec::new();
+    for (name, model, input, classes) in STANDARD_GRAPHS {
+        let m = ModelSpec::parse(model)?.build(STANDARD_BATCH, input, classes)?;
+        let man = compile_dir(&m, &standard_set(), 0, &out.join(name))?;
+        lines.push((
+            name.to_string(),
+            format!("{} parameters, {} graphs", man.num_params, man.graphs.len()),
+        ));
+    }
+    Ok(lines)
+}
+
+fn inspect(dir: &Path) -> Result<()> {
+    let m = Manifest::load(dir)?;
+    println!("model: {}", m.model);
+    println!(
+        "input: {:?}, classes: {}, batch: {} (fixed), opset {}",
+        m.input, m.classes, m.batch, m.opset
+    );
+    println!("parameters: {} in {} tensors", m.num_params, m.params.len());
+    for p in &m.params {
+        println!(
+            "  {:<28} {:>14} @ {:<9} {:?}",
+            p.name,
+            format!("{:?}", p.shape),
+            p.offset,
+            p.init
+        );
+    }
+    for (role, g) in &m.graphs {
+        println!(
+            "{role} ({}): {:.1} MFLOP/sample",
+            g.file,
+            g.flops_per_sample / 1e6
+        );
+        let io = |v: &[crate::compiler::manifest::IoEntry]| {
+            v.iter()
+                .map(|i| format!("{}{:?}", i.name, i.shape))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!("  inputs: {}", io(&g.inputs));
+        println!("  outputs: {}", io(&g.outputs));
+        let ops: Vec<String> = g.ops.iter().map(|(k, v)| format!("{k}×{v}")).collect();
+        println!("  ops: {}", ops.join(" "));
+    }
+    for w in &m.warnings {
+        println!("warning: {w}");
+    }
+    Ok(())
+}
+
+/// A named set of distillation settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Preset {
+    /// Dataset kind (the spec still needs its directory).
+    pub dataset: &'static str,
+    /// Model.
+    pub model: &'static str,
+    /// Images per class.
+    pub ipc: usize,
+    /// T.
+    pub syn_steps: usize,
+    /// M.
+    pub expert_epochs: usize,
+    /// Max start epoch.
+    pub max_start_epoch: usize,
+    /// Student batch (`None`: all).
+    pub batch_syn: Option<usize>,
+    /// ZCA.
+    pub zca: bool,
+    /// Image learning rate for the method.md gradient (the official value halved).
+    pub lr_img: f64,
+}
+
+/// The paper's Table 6 and our Fashion-MNIST settings.
+pub fn preset(name: &str) -> Result<Preset> {
+    let p =
+        |dataset, model, ipc, syn_steps, expert_epochs, max_start_epoch, batch_syn, zca, lr_img| {
+            Preset {
+                dataset,
+                model,
+                ipc,
+                syn_steps,
+                expert_epochs,
+                max_start_epoch,
+                batch_syn,
+                zca,
+                lr_img,
+            }
+        };
+    Ok(match name {
+        "cifar10-ipc1" => p("cifar10", "convnet-d3", 1, 50, 2, 3, None, true, 500.0),
+        "cifar10-ipc10" => p("cifar10", "convnet-d3", 10, 30, 2, 20, None, true, 500.0),
+        "cifar10-ipc50" => p("cifar10", "convnet-d3", 50, 30, 3, 40, None, false, 50.0),
+        "cifar100-ipc1" => p("cifar100", "convnet-d3", 1, 20, 3, 20, None, true, 500.0),
+        "cifar100-ipc10" => p("cifar100", "convnet-d3", 10, 15, 3, 30, None, false, 500.0),
+        "cifar100-ipc50" => p("cifar100", "convnet-d3", 50, 50, 2, 40, Some(100), true, 500.0),
+        "imagenet-ipc1" => p("imagenet64", "convnet-d4", 1, 10, 3, 6, Some(100), false, 5000.0),
+        "imagenet-ipc2" => p("imagenet64", "convnet-d4", 2, 15, 3, 10, Some(100), false, 5000.0),
+        "imagenet-ipc10" => p("imagenet64", "convnet-d4", 10, 20, 3, 10, Some(500), false, 5000.0),
+        "imagenet-ipc50" => p("imagenet64", "convnet-d4", 50, 100, 3, 25, Some(500), false, 5000.0),
+        "fmnist-ipc1" => p("fashion-mnist", "convnet-d3-w32", 1, 20, 2, 4, None, false, 100.0),
+        "fmnist-ipc10" => p("fashion-mnist", "convnet-d3-w32", 10, 20, 2, 4, None, false, 100.0),
+        other => bail!("unknown preset '{other}': cifar10-ipc1|10|50, cifar100-ipc1|10|50, imagenet-ipc1|2|10|50, fmnist-ipc1|10"),
+    })
+}
+
+fn distill_config(a: DistillArgs) -> Result<DistillConfig> {
+    let p = a.preset.as_deref().map(preset).transpose()?;
+    let dataset = match (&a.dataset, &p) {
+        (Some(d), _) => d.clone(),
+        (None, Some(p)) => bail!(
+            "preset '{}' is for {}: give --dataset {}:DIR (or {} for Fashion-MNIST)",
+            a.preset.clone().unwrap_or_default(),
+            p.dataset,
+            p.dataset,
+            "fashion-mnist"
+        ),
+        (None, None) => bail!("--dataset is required"),
+    };
+    let pick = |v: Option<usize>, pv: Option<usize>, name: &str| {
+        v.or(pv)
+            .ok_or_else(|| anyhow!("--{name} is required (or use --preset)"))
+    };
+    Ok(DistillConfig {
+        dataset,
+        model: a
+            .model
+            .clone()
+            .or(p.map(|p| p.model.to_string()))
+            .unwrap_or_else(|| "convnet-d3".into()),
+        experts: a.experts,
+        ipc: pick(a.ipc, p.map(|p| p.ipc), "ipc")?,
+        syn_steps: pick(a.syn_steps, p.map(|p| p.syn_steps), "syn-steps")?,
+        expert_epochs: pick(a.expert_epochs, p.map(|p| p.expert_epochs), "expert-epochs")?,
+        max_start_epoch: pick(
+            a.max_start_epoch,
+            p.map(|p| p.max_start_epoch),
+            "max-start-epoch",
+        )?,
+        iterations: a.iterations.unwrap_or(5000),
+        lr_img: a.lr_img.or(p.map(|p| p.lr_img)).unwrap_or(500.0),
+        lr_lr: a.lr_lr.unwrap_or(1e-5),
+        lr_init: a.lr_init.unwrap_or(0.01),
+        lr_label: a.lr_label.unwrap_or(2.0),
+        batch_syn: a.batch_syn.or(p.and_then(|p| p.batch_syn)),
+        pix_init: a.pix_init.unwrap_or(PixInit::Real),
+        labels: a.labels.unwrap_or(Labels::Target),
+        gradient: a.gradient.unwrap_or(Mode::Tesla),
+        zca: a.zca || p.is_some_and(|p| p.zca),
+        dsa_strategy: a
+            .dsa_strategy
+            .unwrap_or_else(|| "color_crop_cutout_flip_scale_rotate".into()),
+        backend: a.backend.to_string(),
+        seed: a.seed,
+        eval_every: a.eval_every,
+        eval_epochs: a.eval_epochs,
+        eval_runs: a.eval_runs,
+        checkpoint_every: a.checkpoint_every,
+        out: a.out,
+    })
+}
+
+fn eval_cmd(a: EvalArgs) -> Result<()> {
+    let models: Vec<ModelSpec> = a
+        .models
+        .split(',')
+        .map(|m| ModelSpec::parse(m.trim()))
+        .collect::<Result<_>>()?;
+    let cfg = EvalConfig {
+        runs: a.runs,
+        epochs: a.epochs,
+        batch: 256,
+        strategy: Strategy::parse(&a.dsa_strategy)?,
+        seed: a.seed,
+        backend: a.backend,
+    };
+    if a.runs == 0 || a.epochs == 0 {
+        bail!("--runs and --epochs must be at least 1");
+    }
+    let test = crate::data::load(&a.dataset, Split::Test, None)?;
+    let mut zca_path = a.zca.clone();
+    let work = std::env::temp_dir().join("tesla-eval-artifacts");
+    let mut results: Vec<ModelResult> = Vec::new();
+    let (what, out_default) = if let Some(f) = &a.distilled {
+        let (t, meta) = read_safetensors_with_metadata(f)?;
+        let get = |n: &str| {
+            t.iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| {
+                    anyhow!("{} has no '{n}' tensor (not a distilled set?)", f.display())
+                })
+        };
+        let images = get("images")?
+            .into_dimensionality::<ndarray::Ix4>()
+            .with_context(|| format!("{}: images must be [N,C,H,W]", f.display()))?;
+        let mut labels = get("labels")?
+            .into_dimensionality::<ndarray::Ix2>()
+            .with_context(|| format!("{}: labels must be [N,K]", f.display()))?;
+        let lr =
+            a.lr.or_else(|| {
+                get("lr")
+                    .ok()
+                    .and_then(|l| l.iter().next().map(|&v| f64::from(v)))
+            })
+            .unwrap_or(0.01);
+        if a.hard_labels {
+            let classes: Vec<u32> = get("classes")?.iter().map(|&c| c as u32).collect();
+            labels = one_hot(&classes, labels.shape()[1]);
+        }
+        if images.shape()[1..] != test.image_shape() {
+            bail!(
+                "{}: images are {:?}, the dataset's are {:?}",
+                f.display(),
+                &images.shape()[1..],
+                test.image_shape()
+            );
+        }
+        if meta.get("zca").is_some_and(|z| z != "none") && zca_path.is_none() {
+            zca_path = Some(f.parent().unwrap_or(Path::new(".")).join("zca.safetensors"));
+        }
+        let test = zca_test(&test, zca_path.as_deref())?;
+        for m in &models {
+            let r = evaluate(m, images.view(), labels.view(), lr, &test, &cfg, &work, 0)?;
+            println!("{}", r.line());
+            results.push(r);
+        }
+        (
+            format!("distilled {}", f.display()),
+            f.with_file_name("eval.json"),
+        )
+    } else {
+        let train = crate::data::load(&a.dataset, Split::Train, None)?;
+        let (train, test) = match zca_path.as_deref() {
+            Some(z) => {
+                let z = crate::data::zca::Zca::load(z)?;
+                (z.transform_dataset(&train)?, z.transform_dataset(&test)?)
+            }
+            None => (train, test),
+        };
+        let lr = a.lr.unwrap_or(0.01);
+        for m in &models {
+            let mut accs = Vec::new();
+            for run in 0..a.runs {
+                let (images, labels) = match a.random {
+                    Some(k) => {
+                        let sel = crate::data::select::select_per_class(
+                            &train,
+                            k,
+                            derive_seed(a.seed, 7_000 + run as u64),
+                        )?;
+                        (
+                            sel.images(&train),
+                            one_hot(&sel.labels, train.num_classes()),
+                        )
+                    }
+                    None if a.whole => {
+                        (train.images(), one_hot(train.labels(), train.num_classes()))
+                    }
+                    None => bail!("give one of --distilled FILE, --random K or --whole"),
+                };
+                let one = EvalConfig {
+                    runs: 1,
+                    ..cfg.clone()
+                };
+                let r = evaluate(
+                    m,
+                    images.view(),
+                    labels.view(),
+                    lr,
+                    &test,
+                    &one,
+                    &work,
+                    run as u64,
+                )?;
+                accs.extend(r.accuracies);
+            }
+            let (mean, std) = mean_std(&accs);
+            let r = ModelResult {
+                model: m.name(),
+                accuracies: accs,
+                mean,
+                std,
+                lr,
+            };
+            println!("{}", r.line());
+            results.push(r);
+        }
+        let what = match a.random {
+            Some(k) => format!("random {k} per class"),
+            None => "whole training set".to_string(),
+        };
+        (what, PathBuf::from("eval.json"))
+    };
+    let out = a.out.unwrap_or(out_default);
+    let json = serde_json::json!({ "evaluated": what, "dataset": a.dataset, "epochs": a.epochs, "results": results });
+    crate::onnx::export::write_atomic(&out, serde_json::to_string_pretty(&json)?.as_bytes())?;
+    println!("results in {}", out.display());
+    Ok(())
+}
+
+fn zca_test(test: &crate::data::Dataset, zca: Option<&Path>) -> Result<crate::data::Dataset> {
+    match zca {
+        Some(p) => crate::data::zca::Zca::load(p)?.transform_dataset(test),
+        None => Ok(test.clone()),
+    }
+}

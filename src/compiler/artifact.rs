@@ -11,7 +11,7 @@ use super::autodiff::grad;
 use super::ir::{numel, DType, Graph, IrError, Op, ValueId};
 use super::lower::soft_cross_entropy;
 use super::model::ForwardModel;
-use super::passes::{inline, prune, set_outputs};
+use super::passes::{inline, prune, set_outputs, simplify};
 
 /// Binds the forward model into `g` with its parameters carved out of one flat vector `theta`.
 /// Returns the logits.
@@ -88,7 +88,7 @@ fn step_parts(m: &ForwardModel) -> Result<StepParts, IrError> {
 pub fn step_graph(m: &ForwardModel) -> Result<Graph, IrError> {
     let mut s = step_parts(m)?;
     set_outputs(&mut s.g, &[(s.loss, "loss"), (s.grad, "grad")])?;
-    Ok(prune(&s.g))
+    Ok(simplify(&s.g))
 }
 
 /// The pass-2 graph (reverse-over-reverse through the step graph). With `dx_only` it is pruned to
@@ -114,7 +114,7 @@ pub fn pass2_graph(m: &ForwardModel, dx_only: bool) -> Result<Graph, IrError> {
             ],
         )?;
     }
-    Ok(prune(g))
+    Ok(simplify(g))
 }
 
 /// The logits graph.
@@ -124,7 +124,7 @@ pub fn logits_graph(m: &ForwardModel) -> Result<Graph, IrError> {
     let x = g.input("x", DType::F32, m.graph.shape(m.x).to_vec());
     let z = forward_from_theta(&mut g, m, theta, x)?;
     set_outputs(&mut g, &[(z, "logits")])?;
-    Ok(prune(&g))
+    Ok(simplify(&g))
 }
 
 /// The unrolled MTT baseline: `T` student steps in one graph and the normalised matching loss,
@@ -192,7 +192,7 @@ pub fn unrolled_graph(m: &ForwardModel, steps: usize) -> Result<Graph, IrError> 
             (d[2], "dbeta"),
         ],
     )?;
-    Ok(prune(&g))
+    Ok(simplify(&g))
 }
 
 /// Multiply-accumulate count (×2 = FLOPs) of the heavy ops, per sample of a batch-`batch` graph.

@@ -100,15 +100,22 @@ impl Manifest {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let stored = if self.params.iter().any(|p| p.init == InitRule::FromFile) {
             let tensors = crate::runtime::read_safetensors(&dir.join("init.safetensors"))?;
-            tensors.into_iter().find(|(n, _)| n == "theta").map(|(_, a)| a.iter().copied().collect::<Vec<f32>>())
+            tensors
+                .into_iter()
+                .find(|(n, _)| n == "theta")
+                .map(|(_, a)| a.iter().copied().collect::<Vec<f32>>())
         } else {
             None
         };
         let mut theta = Vec::with_capacity(self.num_params);
         for p in &self.params {
             match (&p.init, &stored) {
-                (InitRule::FromFile, Some(s)) => theta.extend_from_slice(&s[p.offset..p.offset + p.len]),
-                (InitRule::FromFile, None) => anyhow::bail!("{}: init.safetensors is missing", dir.display()),
+                (InitRule::FromFile, Some(s)) => {
+                    theta.extend_from_slice(&s[p.offset..p.offset + p.len])
+                }
+                (InitRule::FromFile, None) => {
+                    anyhow::bail!("{}: init.safetensors is missing", dir.display())
+                }
                 (rule, _) => theta.extend(rule.sample(p.len, &mut rng)),
             }
         }
@@ -118,7 +125,12 @@ impl Manifest {
 
 fn entry(g: &Graph, file: &str, batch: usize) -> GraphEntry {
     let io = |ids: &[usize]| {
-        ids.iter().map(|&i| IoEntry { name: g.info(i).name.clone(), shape: g.shape(i).to_vec() }).collect()
+        ids.iter()
+            .map(|&i| IoEntry {
+                name: g.info(i).name.clone(),
+                shape: g.shape(i).to_vec(),
+            })
+            .collect()
     };
     let mut ops = BTreeMap::new();
     for n in &g.nodes {
@@ -135,13 +147,23 @@ fn entry(g: &Graph, file: &str, batch: usize) -> GraphEntry {
 
 /// Which artifacts to write.
 pub fn standard_set() -> Vec<Artifact> {
-    vec![Artifact::Step, Artifact::Pass2, Artifact::Pass2Dx, Artifact::Logits]
+    vec![
+        Artifact::Step,
+        Artifact::Pass2,
+        Artifact::Pass2Dx,
+        Artifact::Logits,
+    ]
 }
 
 /// Differentiates `m` and writes the requested artifacts, `manifest.json` and (for models with
 /// stored initial values) `init.safetensors` into `dir`. `unrolled_steps` is T for the unrolled
 /// graph.
-pub fn compile_dir(m: &ForwardModel, which: &[Artifact], unrolled_steps: usize, dir: &Path) -> Result<Manifest> {
+pub fn compile_dir(
+    m: &ForwardModel,
+    which: &[Artifact],
+    unrolled_steps: usize,
+    dir: &Path,
+) -> Result<Manifest> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let xs = m.graph.shape(m.x).to_vec();
     let batch = xs[0];
@@ -165,7 +187,13 @@ pub fn compile_dir(m: &ForwardModel, which: &[Artifact], unrolled_steps: usize, 
     let mut offset = 0;
     for p in &m.params {
         let len = numel(&p.shape);
-        params.push(ParamEntry { name: p.name.clone(), shape: p.shape.clone(), offset, len, init: p.init.clone() });
+        params.push(ParamEntry {
+            name: p.name.clone(),
+            shape: p.shape.clone(),
+            offset,
+            len,
+            init: p.init.clone(),
+        });
         offset += len;
     }
     if m.params.iter().any(|p| p.initial.is_some()) {
@@ -177,7 +205,11 @@ pub fn compile_dir(m: &ForwardModel, which: &[Artifact], unrolled_steps: usize, 
             }
         }
         let arr = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[offset]), theta)?;
-        crate::runtime::write_safetensors(&dir.join("init.safetensors"), &[("theta".to_string(), arr)], None)?;
+        crate::runtime::write_safetensors(
+            &dir.join("init.safetensors"),
+            &[("theta".to_string(), arr)],
+            None,
+        )?;
     }
     let manifest = Manifest {
         format: FORMAT,

@@ -6,6 +6,7 @@ pub mod emit;
 pub mod eval;
 pub mod ir;
 pub mod lower;
+pub mod manifest;
 pub mod model;
 pub mod ops;
 pub mod passes;

@@ -77,7 +77,9 @@ impl InitRule {
     /// from: the caller takes the stored values instead.
     pub fn sample(&self, n: usize, rng: &mut impl rand::Rng) -> Vec<f32> {
         let uniform = |rng: &mut dyn rand::RngCore, b: f64| -> Vec<f32> {
-            (0..n).map(|_| rand::Rng::random_range(rng, -b..b) as f32).collect()
+            (0..n)
+                .map(|_| rand::Rng::random_range(rng, -b..b) as f32)
+                .collect()
         };
         match self {
             // kaiming_uniform_(a=√5): gain √(2/(1+5)) · √(3/fan_in) = 1/√fan_in.

@@ -138,3 +138,53 @@ pub fn set_outputs(g: &mut Graph, named: &[(ValueId, &str)]) -> Result<(), super
     g.outputs = outs;
     Ok(())
 }
+
+/// Removes work the derivative rules leave behind for the backends:
+/// - an `Expand` feeding a broadcasting elementwise op is dropped when broadcasting the
+///   un-expanded operand gives the same result shape (the backends then broadcast on the fly
+///   instead of materialising a full tensor);
+/// - `Reshape` of a `Reshape` reads the first one's input.
+pub fn simplify(g: &Graph) -> Graph {
+    let mut out = g.clone();
+    let mut producer: HashMap<ValueId, usize> = HashMap::new();
+    for (i, n) in out.nodes.iter().enumerate() {
+        for &o in &n.outputs {
+            producer.insert(o, i);
+        }
+    }
+    for i in 0..out.nodes.len() {
+        let op = out.nodes[i].op.clone();
+        let broadcasting = matches!(
+            op,
+            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Where | Op::Greater | Op::Equal
+        );
+        for k in 0..out.nodes[i].inputs.len() {
+            let v = out.nodes[i].inputs[k];
+            let Some(&p) = producer.get(&v) else { continue };
+            let pn = &out.nodes[p];
+            match (&pn.op, &op) {
+                (Op::Expand { .. }, _) if broadcasting => {
+                    let src = pn.inputs[0];
+                    let mut shapes: Vec<Vec<usize>> = out.nodes[i]
+                        .inputs
+                        .iter()
+                        .map(|&x| out.shape(x).to_vec())
+                        .collect();
+                    shapes[k] = out.shape(src).to_vec();
+                    let b = shapes
+                        .iter()
+                        .try_fold(Vec::new(), |acc, s| super::ops::broadcast_shapes(&acc, s));
+                    if b.as_deref().ok() == Some(out.shape(out.nodes[i].outputs[0])) {
+                        out.nodes[i].inputs[k] = src;
+                    }
+                }
+                (Op::Reshape { .. }, Op::Reshape { .. }) => {
+                    let src = pn.inputs[0];
+                    out.nodes[i].inputs[k] = src;
+                }
+                _ => {}
+            }
+        }
+    }
+    prune(&out)
+}

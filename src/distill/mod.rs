@@ -1,2 +1,3 @@
 //! TESLA distillation: the two-pass constant-memory loop, the exact reverse sweep and the unrolled baseline.
 pub mod gradient;
+pub mod run;

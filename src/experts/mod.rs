@@ -1,1 +1,266 @@
-//! Expert (teacher) trajectories.
+//! Expert (teacher) trajectories: `buffer.py` semantics. Each expert starts from fresh PyTorch-style
+//! initial parameters, trains with SGD on the real training set (DSA on every batch), and is
+//! snapshotted after every epoch.
+pub mod trajectory;
+
+use crate::data::augment::Strategy;
+use crate::data::{zca::Zca, Dataset, Split};
+use crate::runtime::programs::Artifact;
+use crate::runtime::store::ProgramStore;
+use crate::runtime::{write_safetensors, BackendKind};
+use crate::train::{accuracy, derive_seed, init_theta, train, Sgd, TrainSet};
+use crate::zoo::ModelSpec;
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use trajectory::ExpertMeta;
+
+/// `tesla experts` settings.
+#[derive(Clone, Debug)]
+pub struct ExpertsConfig {
+    /// Dataset spec.
+    pub dataset: String,
+    /// Surrogate model.
+    pub model: ModelSpec,
+    /// Number of experts in total (across shards).
+    pub experts: usize,
+    /// Epochs per expert.
+    pub epochs: usize,
+    /// Learning rate (0.01).
+    pub lr: f64,
+    /// Batch (256).
+    pub batch: usize,
+    /// Momentum (0).
+    pub momentum: f64,
+    /// Weight decay (0).
+    pub weight_decay: f64,
+    /// DSA strategy on the real batches.
+    pub strategy: Strategy,
+    /// ZCA-whiten the images (CIFAR settings).
+    pub zca: bool,
+    /// Base seed.
+    pub seed: u64,
+    /// This process trains experts `i` of `k` slices.
+    pub shard: (usize, usize),
+    /// Backend.
+    pub backend: BackendKind,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Use at most this many training images (class-balanced), for quick runs.
+    pub limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct EpochLog {
+    epoch: usize,
+    train_loss: f64,
+    test_acc: f64,
+    seconds: f64,
+}
+
+/// Loads a dataset split, ZCA-whitened with the training set's fit when asked (the fit is saved
+/// to / read from `zca_path`).
+pub fn load_data(
+    spec: &str,
+    zca: bool,
+    zca_path: &Path,
+) -> Result<(Dataset, Dataset, Option<Zca>)> {
+    let train = crate::data::load(spec, Split::Train, None)?;
+    let test = crate::data::load(spec, Split::Test, None)?;
+    if !zca {
+        return Ok((train, test, None));
+    }
+    let z = if zca_path.exists() {
+        Zca::load(zca_path)?
+    } else {
+        let z = Zca::fit_dataset(&train, 0.1)?;
+        z.save(zca_path)?;
+        z
+    };
+    let (tr, te) = (z.transform_dataset(&train)?, z.transform_dataset(&test)?);
+    Ok((tr, te, Some(z)))
+}
+
+/// Which experts shard `i/k` trains: the contiguous slice `[i·n/k, (i+1)·n/k)`.
+pub fn shard_range(n: usize, (i, k): (usize, usize)) -> Result<std::ops::Range<usize>> {
+    if k == 0 || i >= k {
+        bail!("--shard {i}/{k}: the shard index must be below the shard count");
+    }
+    Ok(i * n / k..(i + 1) * n / k)
+}
+
+/// Path of expert `j`.
+pub fn expert_path(dir: &Path, j: usize) -> PathBuf {
+    dir.join(format!("expert_{j:04}.safetensors"))
+}
+
+/// Trains the configured experts, skipping finished ones and resuming a partial one.
+pub fn run_experts(cfg: &ExpertsConfig) -> Result<()> {
+    if cfg.experts == 0 || cfg.epochs == 0 {
+        bail!("--experts and --epochs must be at least 1");
+    }
+    std::fs::create_dir_all(&cfg.out)
+        .with_context(|| format!("cannot create the output directory {}", cfg.out.display()))?;
+    let (mut train_set, test, _) =
+        load_data(&cfg.dataset, cfg.zca, &cfg.out.join("zca.safetensors"))?;
+    if let Some(n) = cfg.limit {
+        let per = (n / train_set.num_classes()).max(1);
+        let sel = crate::data::select::select_per_class(&train_set, per, cfg.seed)?;
+        train_set = train_set.subset(&sel.indices);
+    }
+    let [c, h, w] = train_set.image_shape();
+    let classes = train_set.num_classes();
+    let mut store = ProgramStore::new(
+        cfg.model.clone(),
+        [c, h, w],
+        classes,
+        cfg.backend,
+        &cfg.out.join("artifacts"),
+        &[Artifact::Step, Artifact::Logits],
+    );
+    let range = shard_range(cfg.experts, cfg.shard)?;
+    for j in range {
+        let path = expert_path(&cfg.out, j);
+        if path.exists() {
+            eprintln!("expert {j}: already trained ({}), skipped", path.display());
+            continue;
+        }
+        train_one(cfg, j, &train_set, &test, classes, &mut store)?;
+    }
+    Ok(())
+}
+
+fn train_one(
+    cfg: &ExpertsConfig,
+    j: usize,
+    train_set: &Dataset,
+    test: &Dataset,
+    classes: usize,
+    store: &mut ProgramStore,
+) -> Result<()> {
+    let seed = derive_seed(cfg.seed, j as u64);
+    let partial = cfg.out.join(format!("expert_{j:04}.partial.safetensors"));
+    let log_path = cfg.out.join(format!("expert_{j:04}.json"));
+    let (_, manifest) = store.get(cfg.batch.min(train_set.len()))?;
+    let params = manifest.params.clone();
+    let p = manifest.num_params;
+    // Resume from the partial trajectory (an interrupted expert restarts at its last epoch).
+    let mut snaps: Vec<Vec<f32>> = Vec::new();
+    let mut logs: Vec<serde_json::Value> = Vec::new();
+    if partial.exists() {
+        let t = crate::runtime::read_safetensors(&partial)?;
+        if let Some((_, a)) = t.into_iter().find(|(n, _)| n == "trajectory") {
+            if a.ndim() == 2 && a.shape()[1] == p {
+                snaps = a
+                    .outer_iter()
+                    .map(|r| r.iter().copied().collect())
+                    .collect();
+            }
+        }
+        if let Ok(s) = std::fs::read_to_string(&log_path) {
+            logs = serde_json::from_str(&s).unwrap_or_default();
+        }
+        logs.truncate(snaps.len().saturating_sub(1));
+        eprintln!(
+            "expert {j}: resuming at epoch {}",
+            snaps.len().saturating_sub(1)
+        );
+    }
+    if snaps.is_empty() {
+        snaps.push(
+            init_theta(store, cfg.batch.min(train_set.len()), seed)?
+                .iter()
+                .map(|&v| v as f32)
+                .collect(),
+        );
+    }
+    let mut theta: Vec<f64> = snaps
+        .last()
+        .expect("non-empty")
+        .iter()
+        .map(|&v| f64::from(v))
+        .collect();
+    let sgd = Sgd {
+        lr: cfg.lr,
+        momentum: cfg.momentum,
+        weight_decay: cfg.weight_decay,
+        batch: cfg.batch,
+        epochs: cfg.epochs,
+        decay_at_half: false,
+        strategy: cfg.strategy.clone(),
+        seed,
+        start_epoch: snaps.len() - 1,
+    };
+    let meta = ExpertMeta {
+        model: cfg.model.name(),
+        dataset: cfg.dataset.clone(),
+        zca: cfg.zca,
+        epochs: cfg.epochs,
+        params,
+        lr: cfg.lr,
+    };
+    let pb = ProgressBar::new(train_set.len() as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "expert {msg} [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let start_epoch = sgd.start_epoch;
+    let mut t0 = std::time::Instant::now();
+    pb.set_message(format!("{j} epoch {}/{}", start_epoch + 1, cfg.epochs));
+    train(
+        store,
+        &TrainSet::Real(train_set),
+        classes,
+        &mut theta,
+        &sgd,
+        Some(&pb),
+        &mut |store, epoch, th, loss| {
+            let acc = accuracy(store, test, th, 500)?;
+            snaps.push(th.iter().map(|&v| v as f32).collect());
+            logs.push(serde_json::to_value(EpochLog {
+                epoch: epoch + 1,
+                train_loss: loss,
+                test_acc: acc,
+                seconds: t0.elapsed().as_secs_f64(),
+            })?);
+            t0 = std::time::Instant::now();
+            let arr = ndarray::Array2::from_shape_vec((snaps.len(), p), snaps.concat())?.into_dyn();
+            let target = if epoch + 1 == cfg.epochs {
+                expert_path(&cfg.out, j)
+            } else {
+                partial.clone()
+            };
+            write_safetensors(
+                &target,
+                &[("trajectory".to_string(), arr)],
+                Some(meta.to_map()?),
+            )?;
+            crate::onnx::export::write_atomic(
+                &log_path,
+                serde_json::to_string_pretty(&logs)?.as_bytes(),
+            )?;
+            let line = format!(
+                "expert {j} epoch {}: train loss {loss:.4}, test acc {:.2}%",
+                epoch + 1,
+                acc * 100.0
+            );
+            if pb.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                pb.println(line);
+            }
+            pb.reset();
+            pb.set_message(format!("{j} epoch {}/{}", epoch + 2, cfg.epochs));
+            Ok(())
+        },
+    )?;
+    pb.finish_and_clear();
+    if partial.exists() {
+        std::fs::remove_file(&partial)
+            .with_context(|| format!("cannot remove {}", partial.display()))?;
+    }
+    Ok(())
+}

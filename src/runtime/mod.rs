@@ -21,7 +21,9 @@ mod tract_backend;
 
 pub use model_info::ModelInfo;
 pub use ort_backend::ort_library_path;
-pub use run_file::{read_safetensors, run_graph_file, write_safetensors};
+pub use run_file::{
+    read_safetensors, read_safetensors_with_metadata, run_graph_file, write_safetensors,
+};
 
 /// Which engine runs the graphs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]

@@ -23,7 +23,14 @@ pub struct ProgramStore {
 
 impl ProgramStore {
     /// A store compiling `which` artifacts of `model` under `root/b{batch}`.
-    pub fn new(model: ModelSpec, input: [usize; 3], classes: usize, kind: BackendKind, root: &Path, which: &[Artifact]) -> ProgramStore {
+    pub fn new(
+        model: ModelSpec,
+        input: [usize; 3],
+        classes: usize,
+        kind: BackendKind,
+        root: &Path,
+        which: &[Artifact],
+    ) -> ProgramStore {
         ProgramStore {
             model,
             input,
@@ -63,21 +70,28 @@ impl ProgramStore {
             let fresh = crate::onnx::export::to_model_proto(&m.graph);
             let hash = {
                 use sha2::Digest;
-                format!("{:x}", sha2::Sha256::digest(prost::Message::encode_to_vec(&fresh)))
+                format!(
+                    "{:x}",
+                    sha2::Sha256::digest(prost::Message::encode_to_vec(&fresh))
+                )
             };
-            let reuse = Manifest::load(&dir)
-                .ok()
-                .filter(|man| {
-                    man.source_hash == hash
-                        && self.which.iter().all(|a| dir.join(a.file()).exists())
-                        && (self.unrolled_steps == 0
-                            || man.graphs.get("unrolled").is_some_and(|g| g.inputs.iter().any(|i| i.name == "xs" && i.shape.first() == Some(&self.unrolled_steps))))
-                });
-            let manifest = match reuse {
-                Some(man) => man,
-                None => compile_dir(&m, &self.which, self.unrolled_steps, &dir)
-                    .with_context(|| format!("compiling {} for batch {batch}", self.model.name()))?,
-            };
+            let reuse = Manifest::load(&dir).ok().filter(|man| {
+                man.source_hash == hash
+                    && self.which.iter().all(|a| dir.join(a.file()).exists())
+                    && (self.unrolled_steps == 0
+                        || man.graphs.get("unrolled").is_some_and(|g| {
+                            g.inputs.iter().any(|i| {
+                                i.name == "xs" && i.shape.first() == Some(&self.unrolled_steps)
+                            })
+                        }))
+            });
+            let manifest =
+                match reuse {
+                    Some(man) => man,
+                    None => compile_dir(&m, &self.which, self.unrolled_steps, &dir).with_context(
+                        || format!("compiling {} for batch {batch}", self.model.name()),
+                    )?,
+                };
             let exec = BackendExec::new(backend(self.kind)?, &dir);
             self.execs.insert(batch, (exec, manifest));
         }

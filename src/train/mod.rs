@@ -41,7 +41,9 @@ impl TrainSet<'_> {
     fn batch(&self, idx: &[usize], classes: usize) -> (Array4<f32>, Array2<f32>) {
         match self {
             TrainSet::Real(d) => (d.batch(idx), one_hot(&d.batch_labels(idx), classes)),
-            TrainSet::Memory { images, labels } => (images.select(Axis(0), idx), labels.select(Axis(0), idx)),
+            TrainSet::Memory { images, labels } => {
+                (images.select(Axis(0), idx), labels.select(Axis(0), idx))
+            }
         }
     }
 }
@@ -75,9 +77,14 @@ pub struct Sgd {
     pub strategy: Strategy,
     /// Seed of the shuffles and augmentation draws.
     pub seed: u64,
+    /// First epoch to run (a resumed run starts past 0).
+    pub start_epoch: usize,
 }
 
-/// Trains `theta` in place; `on_epoch(epoch, theta, mean_loss)` runs after every epoch (its
+/// Called after every epoch with the store, the epoch, the parameters and the mean loss.
+pub type EpochHook<'a> = dyn FnMut(&mut ProgramStore, usize, &[f64], f64) -> Result<()> + 'a;
+
+/// Trains `theta` in place; `on_epoch(store, epoch, theta, mean_loss)` runs after every epoch (its
 /// error stops training). The last partial batch is kept, as PyTorch's DataLoader does.
 pub fn train(
     store: &mut ProgramStore,
@@ -85,8 +92,8 @@ pub fn train(
     classes: usize,
     theta: &mut Vec<f64>,
     cfg: &Sgd,
-    start_epoch: usize,
-    on_epoch: &mut dyn FnMut(usize, &[f64], f64) -> Result<()>,
+    progress: Option<&indicatif::ProgressBar>,
+    on_epoch: &mut EpochHook,
 ) -> Result<()> {
     let n = set.len();
     if n == 0 {
@@ -94,10 +101,16 @@ pub fn train(
     }
     let b = cfg.batch.min(n).max(1);
     let mut buf: Option<Vec<f64>> = None;
-    for epoch in start_epoch..cfg.epochs {
+    for epoch in cfg.start_epoch..cfg.epochs {
         // Each epoch's randomness depends only on (seed, epoch), so a resumed run repeats it.
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let lr = if cfg.decay_at_half && epoch >= cfg.epochs / 2 { cfg.lr * 0.1 } else { cfg.lr };
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let lr = if cfg.decay_at_half && epoch >= cfg.epochs / 2 {
+            cfg.lr * 0.1
+        } else {
+            cfg.lr
+        };
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut rng);
         let mut total = 0.0;
@@ -106,8 +119,11 @@ pub fn train(
             let x = if cfg.strategy.is_none() {
                 x
             } else {
-                let d = cfg.strategy.draw(&mut rng, [chunk.len(), x.shape()[1], x.shape()[2], x.shape()[3]]);
-                augment::apply(&d, x.view())?
+                let d = cfg.strategy.draw(
+                    &mut rng,
+                    [chunk.len(), x.shape()[1], x.shape()[2], x.shape()[3]],
+                );
+                augment::try_apply(&d, x.view())?
             };
             let (exec, _) = store.get(chunk.len())?;
             let th = ndarray::ArrayView1::from(theta.as_slice()).into_dyn();
@@ -116,32 +132,46 @@ pub fn train(
             let out = exec.run(Artifact::Step, &[th, xf.view(), yf.view()])?;
             let loss = out[0].iter().next().copied().unwrap_or(f64::NAN);
             if !loss.is_finite() {
-                bail!("training diverged at epoch {epoch} (loss is {loss}); lower the learning rate");
+                bail!(
+                    "training diverged at epoch {epoch} (loss is {loss}); lower the learning rate"
+                );
             }
             total += loss * chunk.len() as f64;
             let g = &out[1];
-            let d: Vec<f64> = g.iter().zip(theta.iter()).map(|(g, t)| g + cfg.weight_decay * t).collect();
-            let step = match (&mut buf, cfg.momentum) {
-                (_, m) if m == 0.0 => d,
-                (Some(v), m) => {
-                    v.iter_mut().zip(&d).for_each(|(v, d)| *v = m * *v + d);
-                    v.clone()
-                }
-                (None, _) => {
-                    buf = Some(d.clone());
-                    d
-                }
+            let d: Vec<f64> = g
+                .iter()
+                .zip(theta.iter())
+                .map(|(g, t)| g + cfg.weight_decay * t)
+                .collect();
+            let step = if cfg.momentum == 0.0 {
+                d
+            } else if let Some(v) = &mut buf {
+                v.iter_mut()
+                    .zip(&d)
+                    .for_each(|(v, d)| *v = cfg.momentum * *v + d);
+                v.clone()
+            } else {
+                buf = Some(d.clone());
+                d
             };
             theta.iter_mut().zip(&step).for_each(|(t, s)| *t -= lr * s);
+            if let Some(p) = progress {
+                p.inc(chunk.len() as u64);
+            }
         }
-        on_epoch(epoch, theta, total / n as f64)?;
+        on_epoch(store, epoch, theta, total / n as f64)?;
     }
     Ok(())
 }
 
 /// Top-1 accuracy of `theta` on a dataset, evaluated in batches of `batch` (the last batch is
 /// padded; logits of the padding are ignored, which is exact because no op mixes samples).
-pub fn accuracy(store: &mut ProgramStore, ds: &Dataset, theta: &[f64], batch: usize) -> Result<f64> {
+pub fn accuracy(
+    store: &mut ProgramStore,
+    ds: &Dataset,
+    theta: &[f64],
+    batch: usize,
+) -> Result<f64> {
     let n = ds.len();
     if n == 0 {
         bail!("the test set is empty");
@@ -160,7 +190,11 @@ pub fn accuracy(store: &mut ProgramStore, ds: &Dataset, theta: &[f64], batch: us
         let labels = ds.batch_labels(chunk);
         for (i, &l) in labels.iter().enumerate() {
             let row = z.row(i);
-            let arg = row.iter().enumerate().fold((0, f64::MIN), |m, (k, &v)| if v > m.1 { (k, v) } else { m }).0;
+            let arg = row
+                .iter()
+                .enumerate()
+                .fold((0, f64::MIN), |m, (k, &v)| if v > m.1 { (k, v) } else { m })
+                .0;
             correct += usize::from(arg == l as usize);
         }
     }
@@ -171,7 +205,10 @@ pub fn accuracy(store: &mut ProgramStore, ds: &Dataset, theta: &[f64], batch: us
 pub fn init_theta(store: &mut ProgramStore, batch: usize, seed: u64) -> Result<Vec<f64>> {
     let dir = store.dir(batch);
     let (_, m) = store.get(batch)?;
-    Ok(m.initial_theta(&dir, seed)?.into_iter().map(f64::from).collect())
+    Ok(m.initial_theta(&dir, seed)?
+        .into_iter()
+        .map(f64::from)
+        .collect())
 }
 
 /// A random seed from a generator (for per-run seeds derived from a base seed).

@@ -39,8 +39,16 @@ impl ModelSpec {
                 "avg" => net.pool = Pool::Avg,
                 "max" => net.pool = Pool::Max,
                 "nopool" => net.pool = Pool::None,
-                _ if p.starts_with('d') => net.depth = p[1..].parse().with_context(|| format!("bad depth in model '{s}'"))?,
-                _ if p.starts_with('w') => net.width = p[1..].parse().with_context(|| format!("bad width in model '{s}'"))?,
+                _ if p.starts_with('d') => {
+                    net.depth = p[1..]
+                        .parse()
+                        .with_context(|| format!("bad depth in model '{s}'"))?
+                }
+                _ if p.starts_with('w') => {
+                    net.width = p[1..]
+                        .parse()
+                        .with_context(|| format!("bad width in model '{s}'"))?
+                }
                 _ => bail!("unknown option '{p}' in model '{s}'"),
             }
         }
@@ -56,7 +64,10 @@ impl ModelSpec {
                 let m = crate::onnx::import::import_onnx(p, &shape, &Default::default())?;
                 let k = m.graph.shape(m.logits).get(1).copied().unwrap_or(0);
                 if k != classes {
-                    bail!("{}: the model has {k} outputs, the data has {classes} classes", p.display());
+                    bail!(
+                        "{}: the model has {k} outputs, the data has {classes} classes",
+                        p.display()
+                    );
                 }
                 Ok(m)
             }

@@ -3,10 +3,10 @@
 #![allow(dead_code)]
 
 use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
-use rand_chacha::ChaCha8Rng;
 use tesla_distill::compiler::autodiff::grad;
 use tesla_distill::compiler::eval::eval;
 use tesla_distill::compiler::ir::{numel, DType, Graph, Tensor, ValueId};
@@ -126,7 +126,6 @@ pub fn hvp_error(g: &Graph, out: ValueId, inputs: &[Tensor], seed: u64) -> f64 {
 }
 
 // ---- ONNX interchange helpers ----
-
 
 /// Whether python3 can import onnx, onnxruntime and numpy; prints why not.
 pub fn python_ok() -> bool {

@@ -94,9 +94,103 @@ pub fn infer_conv_transpose(
     Ok(vec![(y.dtype, s)])
 }
 
-/// `∂⟨gy, Conv(x, w)⟩/∂w` as one grouped convolution of transposed operands: the roles of
-/// stride and dilation swap, and the result is cut to the kernel extent.
+/// `∂⟨gy, Conv(x, w)⟩/∂w`. With unit strides and one group (the common case) it is one matrix
+/// product per kernel offset between the output gradient and a shifted window of the input,
+/// which the backends run as large GEMMs; otherwise it is a grouped convolution of transposed
+/// operands (stride and dilation swap roles, the result is cut to the kernel extent).
 pub fn weight_grad(
+    g: &mut Graph,
+    a: &ConvAttrs,
+    x: ValueId,
+    gy: ValueId,
+    kernel: &[usize],
+) -> Result<ValueId, IrError> {
+    if a.group == 1 && a.strides.iter().all(|&s| s == 1) {
+        weight_grad_windows(g, a, x, gy, kernel)
+    } else {
+        weight_grad_conv(g, a, x, gy, kernel)
+    }
+}
+
+/// `dW[o,i,k] = Σ_{n,p} gy[n,o,p] · xpad[n,i,p + k·d]` as one MatMul per kernel offset `k`.
+fn weight_grad_windows(
+    g: &mut Graph,
+    a: &ConvAttrs,
+    x: ValueId,
+    gy: ValueId,
+    kernel: &[usize],
+) -> Result<ValueId, IrError> {
+    let sp = kernel.len();
+    let sy = g.shape(gy).to_vec();
+    let (n, o, ci) = (sy[0], sy[1], g.shape(x)[1]);
+    let out_sp = sy[2..].to_vec();
+    let xp = if a.pads_begin.iter().chain(&a.pads_end).any(|&p| p > 0) {
+        let mut begins = vec![0, 0];
+        begins.extend(&a.pads_begin);
+        let mut ends = vec![0, 0];
+        ends.extend(&a.pads_end);
+        g.push1(
+            "",
+            Op::Pad {
+                begins,
+                ends,
+                value: 0.0,
+            },
+            &[x],
+        )?
+    } else {
+        x
+    };
+    // Channels last, so a window flattens to [N·P, Ci] without another transpose.
+    let mut perm = vec![0];
+    perm.extend(2..2 + sp);
+    perm.push(1);
+    let xt = g.transpose(xp, &perm)?;
+    let xts = g.shape(xt).to_vec();
+    let mut gperm = vec![1, 0];
+    gperm.extend(2..2 + sp);
+    let gt = g.transpose(gy, &gperm)?;
+    let rows: usize = n * out_sp.iter().product::<usize>();
+    let gt = g.reshape(gt, &[o, rows])?;
+    let mut parts = Vec::new();
+    let count: usize = kernel.iter().product();
+    for flat in 0..count {
+        // Row-major kernel offset.
+        let mut off = vec![0; sp];
+        let mut r = flat;
+        for ax in (0..sp).rev() {
+            off[ax] = r % kernel[ax];
+            r /= kernel[ax];
+        }
+        let mut starts = vec![0];
+        let mut ends = vec![n];
+        for ax in 0..sp {
+            starts.push(off[ax] * a.dilations[ax]);
+            ends.push(off[ax] * a.dilations[ax] + out_sp[ax]);
+        }
+        starts.push(0);
+        ends.push(ci);
+        let win = if starts.iter().all(|&s| s == 0) && ends == xts {
+            xt
+        } else {
+            g.push1("", Op::Slice { starts, ends }, &[xt])?
+        };
+        let win = g.reshape(win, &[rows, ci])?;
+        let m = g.matmul(gt, win)?;
+        parts.push(g.reshape(m, &[1, o, ci])?);
+    }
+    let cat = if parts.len() == 1 {
+        parts[0]
+    } else {
+        g.push1("", Op::Concat { axis: 0 }, &parts)?
+    };
+    let t = g.transpose(cat, &[1, 2, 0])?;
+    let mut ws = vec![o, ci];
+    ws.extend_from_slice(kernel);
+    g.reshape(t, &ws)
+}
+
+fn weight_grad_conv(
     g: &mut Graph,
     a: &ConvAttrs,
     x: ValueId,

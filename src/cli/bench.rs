@@ -1,0 +1,228 @@
+//! `tesla bench`: measurements printed side by side in one run, so ratios are comparable.
+
+use crate::runtime::programs::{Artifact, Exec};
+use crate::runtime::store::ProgramStore;
+use crate::runtime::BackendKind;
+use crate::zoo::ModelSpec;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// `tesla bench` arguments.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// What to measure: `data`, `step` (graph throughput per backend) or `memory` (peak memory
+    /// of the gradient modes at two values of T).
+    pub what: String,
+    /// Model.
+    #[arg(long, default_value = "convnet-d3")]
+    pub model: String,
+    /// Image shape.
+    #[arg(long, default_value = "1x28x28")]
+    pub input: String,
+    /// Classes.
+    #[arg(long, default_value_t = 10)]
+    pub classes: usize,
+    /// Batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Timed repetitions.
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Backends to compare (comma-separated).
+    #[arg(long, default_value = "tract,ort")]
+    pub backends: String,
+    /// Values of T for `memory` (comma-separated).
+    #[arg(long, default_value = "10,50")]
+    pub steps: String,
+    /// Work directory.
+    #[arg(long, default_value = "runs/bench")]
+    pub work: PathBuf,
+}
+
+/// Runs a benchmark.
+pub fn run(a: BenchArgs) -> Result<()> {
+    match a.what.as_str() {
+        "data" => {
+            println!("{}", crate::data::bench::bench_data()?);
+            Ok(())
+        }
+        "step" => step(&a),
+        "memory" => memory(&a),
+        other => bail!("unknown benchmark '{other}': data, step or memory"),
+    }
+}
+
+fn step(a: &BenchArgs) -> Result<()> {
+    let model = ModelSpec::parse(&a.model)?;
+    let input = super::parse_shape(&a.input)?;
+    let kinds: Vec<BackendKind> = a
+        .backends
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_>>()?;
+    println!(
+        "model {} input {:?} batch {} ({} reps, median)",
+        model.name(),
+        input,
+        a.batch,
+        a.reps
+    );
+    println!(
+        "{:<10} {:>14} {:>14} {:>14}",
+        "backend", "step img/s", "pass2 img/s", "logits img/s"
+    );
+    let mut base: Option<[f64; 3]> = None;
+    for kind in kinds {
+        let mut store = ProgramStore::new(
+            model.clone(),
+            input,
+            a.classes,
+            kind,
+            &a.work.join("step").join(model.name()),
+            &[Artifact::Step, Artifact::Pass2, Artifact::Logits],
+        );
+        let theta = crate::train::init_theta(&mut store, a.batch, 0)?;
+        let (exec, m) = store.get(a.batch)?;
+        let p = m.num_params;
+        let th = ndarray::Array1::from(theta).into_dyn();
+        let x = ndarray::ArrayD::<f64>::from_shape_fn(
+            ndarray::IxDyn(&[a.batch, input[0], input[1], input[2]]),
+            |i| ((i[0] * 7 + i[2] * 3 + i[3]) % 11) as f64 / 11.0 - 0.5,
+        );
+        let mut y = ndarray::ArrayD::<f64>::zeros(ndarray::IxDyn(&[a.batch, a.classes]));
+        for b in 0..a.batch {
+            y[[b, b % a.classes]] = 1.0;
+        }
+        let v = ndarray::ArrayD::<f64>::from_elem(ndarray::IxDyn(&[p]), 1e-3);
+        let mut time = |which: Artifact, inputs: &[ndarray::ArrayViewD<f64>]| -> Result<f64> {
+            exec.run(which, inputs)?;
+            let mut t: Vec<f64> = Vec::new();
+            for _ in 0..a.reps.max(1) {
+                let s = Instant::now();
+                exec.run(which, inputs)?;
+                t.push(s.elapsed().as_secs_f64());
+            }
+            t.sort_by(f64::total_cmp);
+            Ok(a.batch as f64 / t[t.len() / 2])
+        };
+        let r = [
+            time(Artifact::Step, &[th.view(), x.view(), y.view()])?,
+            time(Artifact::Pass2, &[th.view(), x.view(), y.view(), v.view()])?,
+            time(Artifact::Logits, &[th.view(), x.view()])?,
+        ];
+        let ratio = base
+            .map(|b| {
+                format!(
+                    "  (×{:.2} / ×{:.2} / ×{:.2} vs first)",
+                    r[0] / b[0],
+                    r[1] / b[1],
+                    r[2] / b[2]
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<10} {:>14.1} {:>14.1} {:>14.1}{ratio}",
+            kind.as_str(),
+            r[0],
+            r[1],
+            r[2]
+        );
+        base.get_or_insert(r);
+    }
+    Ok(())
+}
+
+fn memory(a: &BenchArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the tesla executable")?;
+    let steps: Vec<usize> = a
+        .steps
+        .split(',')
+        .map(|s| s.trim().parse())
+        .collect::<Result<_, _>>()
+        .context("--steps")?;
+    let experts = a.work.join("memory-experts");
+    // Two short experts on the embedded data are enough: memory does not depend on their quality.
+    let st = std::process::Command::new(&exe)
+        .args([
+            "experts",
+            "--dataset",
+            "fmnist-small",
+            "--model",
+            &a.model,
+            "--experts",
+            "1",
+            "--epochs",
+            "2",
+            "--limit",
+            "500",
+            "--out",
+        ])
+        .arg(&experts)
+        .status()?;
+    if !st.success() {
+        bail!("training the benchmark expert failed");
+    }
+    println!("peak RSS (MiB) of one distillation iteration, {} IPC 10 on fmnist-small, batch 10 per step", a.model);
+    println!(
+        "{:<10} {}",
+        "mode",
+        steps
+            .iter()
+            .map(|t| format!("{:>10}", format!("T={t}")))
+            .collect::<String>()
+    );
+    for mode in ["tesla", "exact", "unrolled"] {
+        let mut row = Vec::new();
+        for &t in &steps {
+            let out = a.work.join(format!("memory-{mode}-{t}"));
+            let _ = std::fs::remove_dir_all(&out);
+            let st = std::process::Command::new(&exe)
+                .args([
+                    "distill",
+                    "--dataset",
+                    "fmnist-small",
+                    "--model",
+                    &a.model,
+                    "--ipc",
+                    "10",
+                    "--batch-syn",
+                    "10",
+                    "--expert-epochs",
+                    "1",
+                    "--max-start-epoch",
+                    "1",
+                    "--iterations",
+                    "1",
+                    "--gradient",
+                    mode,
+                    "--syn-steps",
+                ])
+                .arg(t.to_string())
+                .arg("--experts")
+                .arg(&experts)
+                .arg("--out")
+                .arg(&out)
+                .status()?;
+            if !st.success() {
+                bail!("the {mode} run at T={t} failed");
+            }
+            let metrics = std::fs::read_to_string(out.join("metrics.jsonl"))?;
+            let last: serde_json::Value =
+                serde_json::from_str(metrics.lines().last().unwrap_or("{}"))?;
+            row.push(last["peak_rss_mib"].as_f64().unwrap_or(f64::NAN));
+        }
+        let growth = if row.len() >= 2 {
+            format!("  (×{:.2})", row[row.len() - 1] / row[0])
+        } else {
+            String::new()
+        };
+        println!(
+            "{:<10} {}{growth}",
+            mode,
+            row.iter().map(|v| format!("{v:>10.1}")).collect::<String>()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! `tesla quickstart`: the main job end to end on the embedded Fashion-MNIST subset, sized for a
+//! few minutes on two CPU cores.
+
+use crate::data::augment::Strategy;
+use crate::data::Split;
+use crate::distill::gradient::Mode;
+use crate::distill::run::{DistillConfig, Labels, PixInit};
+use crate::eval::{evaluate, EvalConfig};
+use crate::experts::ExpertsConfig;
+use crate::runtime::BackendKind;
+use crate::train::{derive_seed, one_hot};
+use crate::zoo::ModelSpec;
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+
+/// `tesla quickstart` arguments.
+#[derive(Args, Debug)]
+pub struct QuickstartArgs {
+    /// Output folder.
+    #[arg(long, default_value = "runs/quickstart")]
+    pub out: PathBuf,
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = BackendKind::Tract)]
+    pub backend: BackendKind,
+    /// Distillation iterations.
+    #[arg(long, default_value_t = 100)]
+    pub iterations: usize,
+    /// Evaluation epochs.
+    #[arg(long, default_value_t = 200)]
+    pub eval_epochs: usize,
+}
+
+/// Runs the quickstart.
+pub fn run(a: QuickstartArgs) -> Result<()> {
+    let dataset = "fmnist-small";
+    let model = "convnet-d3-w32";
+    let experts_dir = a.out.join("experts");
+    println!(
+        "1/3 training 3 experts × 4 epochs of {model} on {dataset} → {}",
+        experts_dir.display()
+    );
+    crate::experts::run_experts(&ExpertsConfig {
+        dataset: dataset.into(),
+        model: ModelSpec::parse(model)?,
+        experts: 3,
+        epochs: 4,
+        lr: 0.01,
+        batch: 256,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        strategy: Strategy::default(),
+        zca: false,
+        seed: 0,
+        shard: (0, 1),
+        backend: a.backend,
+        out: experts_dir.clone(),
+        limit: None,
+    })?;
+    let run_dir = a.out.join("distill-ipc1");
+    println!(
+        "2/3 distilling 1 image per class, {} iterations → {}",
+        a.iterations,
+        run_dir.display()
+    );
+    let cfg = DistillConfig {
+        dataset: dataset.into(),
+        model: model.into(),
+        experts: experts_dir,
+        ipc: 1,
+        syn_steps: 10,
+        expert_epochs: 2,
+        max_start_epoch: 2,
+        iterations: a.iterations,
+        lr_img: 100.0,
+        lr_lr: 1e-5,
+        lr_init: 0.01,
+        lr_label: 2.0,
+        batch_syn: None,
+        pix_init: PixInit::Real,
+        labels: Labels::Target,
+        gradient: Mode::Tesla,
+        zca: false,
+        dsa_strategy: Strategy::default().to_string(),
+        backend: a.backend.to_string(),
+        seed: 0,
+        eval_every: 0,
+        eval_epochs: 300,
+        eval_runs: 1,
+        checkpoint_every: 20,
+        out: run_dir.clone(),
+    };
+    let st = crate::distill::run::run(cfg, true)?;
+    println!(
+        "3/3 evaluating (2 networks × {} epochs each) against 1 random real image per class",
+        a.eval_epochs
+    );
+    let test = crate::data::load(dataset, Split::Test, None)?;
+    let train = crate::data::load(dataset, Split::Train, None)?;
+    let ecfg = EvalConfig {
+        runs: 2,
+        epochs: a.eval_epochs,
+        batch: 256,
+        strategy: Strategy::default(),
+        seed: 0,
+        backend: a.backend,
+    };
+    let spec = ModelSpec::parse(model)?;
+    let work = a.out.join("eval-artifacts");
+    let imgs = st.images.mapv(|v| v as f32);
+    let labels = st.last_labels.mapv(|v| v as f32);
+    let d = evaluate(
+        &spec,
+        imgs.view(),
+        labels.view(),
+        st.beta,
+        &test,
+        &ecfg,
+        &work,
+        0,
+    )?;
+    let sel = crate::data::select::select_per_class(&train, 1, derive_seed(0, 7_000))?;
+    let r = evaluate(
+        &spec,
+        sel.images(&train).view(),
+        one_hot(&sel.labels, train.num_classes()).view(),
+        0.01,
+        &test,
+        &ecfg,
+        &work,
+        0,
+    )?;
+    println!("distilled (TESLA, soft labels): {}", d.line());
+    println!("random real subset:             {}", r.line());
+    println!("outputs:");
+    for p in crate::distill::run::describe_outputs(&run_dir) {
+        println!("  {}", p.display());
+    }
+    Ok(())
+}

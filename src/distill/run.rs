@@ -1,0 +1,774 @@
+//! Algorithm 1: the distillation run. Samples an expert segment, assigns labels, runs the student
+//! steps and the chosen backward, updates images, β (and labels), and keeps a resumable run
+//! directory: `distilled.safetensors`, `checkpoint/`, `metrics.jsonl`, `grid.png`.
+
+use super::gradient::{backward, Mode, Segment};
+use crate::data::augment::{self, Draw, Strategy};
+use crate::data::bench::peak_rss_kib;
+use crate::data::{zca::Zca, Dataset};
+use crate::experts::trajectory::{list, Trajectory};
+use crate::runtime::programs::{Artifact, Exec};
+use crate::runtime::store::ProgramStore;
+use crate::runtime::{read_safetensors_with_metadata, write_safetensors, BackendKind};
+use crate::train::one_hot;
+use crate::zoo::ModelSpec;
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::{s, Array1, Array2, Array4, ArrayD, Axis, Ix2, Ix4};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Where the labels of the synthetic images come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Labels {
+    /// Soft labels from the teacher at the target epoch (TESLA's default).
+    Target,
+    /// Soft labels from the teacher at its last epoch.
+    Last,
+    /// One-hot labels.
+    Hard,
+    /// Learned label logits (initialised at 10 for the class, 0 elsewhere).
+    Learned,
+}
+
+/// How synthetic images start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PixInit {
+    /// A class-balanced random real subset.
+    Real,
+    /// Standard normal noise.
+    Noise,
+}
+
+/// `tesla distill` settings (saved as `config.json` in the run directory).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DistillConfig {
+    /// Dataset spec.
+    pub dataset: String,
+    /// Model name (`--model`).
+    pub model: String,
+    /// Experts directory.
+    pub experts: PathBuf,
+    /// Images per class.
+    pub ipc: usize,
+    /// T.
+    pub syn_steps: usize,
+    /// M.
+    pub expert_epochs: usize,
+    /// Start epochs are drawn from `[0, max_start_epoch)`.
+    pub max_start_epoch: usize,
+    /// Iterations.
+    pub iterations: usize,
+    /// Image learning rate (of the formula's gradient; the official code's is twice this).
+    pub lr_img: f64,
+    /// Learning rate of β.
+    pub lr_lr: f64,
+    /// Initial β.
+    pub lr_init: f64,
+    /// Learning rate of learned label logits.
+    pub lr_label: f64,
+    /// Student batch (`None`: all synthetic images).
+    pub batch_syn: Option<usize>,
+    /// Image initialisation.
+    pub pix_init: PixInit,
+    /// Label source.
+    pub labels: Labels,
+    /// Gradient mode.
+    pub gradient: Mode,
+    /// ZCA whitening.
+    pub zca: bool,
+    /// DSA strategy string.
+    pub dsa_strategy: String,
+    /// Backend.
+    pub backend: String,
+    /// Seed.
+    pub seed: u64,
+    /// Evaluate every this many iterations (0: never).
+    pub eval_every: usize,
+    /// Evaluation epochs for `eval_every`.
+    pub eval_epochs: usize,
+    /// Evaluation runs for `eval_every`.
+    pub eval_runs: usize,
+    /// Checkpoint every this many iterations.
+    pub checkpoint_every: usize,
+    /// Output directory.
+    pub out: PathBuf,
+}
+
+/// The mutable state of a run (what a checkpoint holds).
+pub struct State {
+    /// Iterations done.
+    pub iteration: usize,
+    /// Synthetic images \[N,C,H,W\] (f64: the exactness tests run the loop in f64).
+    pub images: Array4<f64>,
+    /// Class of each synthetic image.
+    pub classes: Vec<u32>,
+    /// Image momentum buffer.
+    pub images_mom: Array4<f64>,
+    /// β.
+    pub beta: f64,
+    /// β's momentum buffer.
+    pub beta_mom: f64,
+    /// Learned label logits \[N,K\] (learned labels only).
+    pub label_logits: Option<Array2<f64>>,
+    /// Their momentum buffer.
+    pub label_mom: Option<Array2<f64>>,
+    /// The label rows of the last iteration.
+    pub last_labels: Array2<f64>,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Serialize)]
+struct Metric {
+    iteration: usize,
+    loss: f64,
+    beta: f64,
+    expert: usize,
+    start_epoch: usize,
+    seconds: f64,
+    peak_rss_mib: f64,
+    grad_norm: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_acc: Option<f64>,
+}
+
+/// Softmax of each row.
+pub fn softmax_rows(z: &Array2<f64>) -> Array2<f64> {
+    let mut out = z.clone();
+    for mut row in out.rows_mut() {
+        let m = row.fold(f64::MIN, |a, &b| a.max(b));
+        row.mapv_inplace(|v| (v - m).exp());
+        let s = row.sum();
+        row.mapv_inplace(|v| v / s);
+    }
+    out
+}
+
+/// Everything a run needs besides its state.
+pub struct RunContext {
+    /// Settings.
+    pub cfg: DistillConfig,
+    /// Expert trajectories.
+    pub experts: Vec<Trajectory>,
+    /// Augmentation.
+    pub strategy: Strategy,
+    /// Number of classes.
+    pub classes: usize,
+    /// Student batch.
+    pub batch_syn: usize,
+}
+
+fn to_f64<D: ndarray::Dimension>(a: &ndarray::Array<f32, D>) -> ndarray::Array<f64, D> {
+    a.mapv(f64::from)
+}
+
+/// Logits of the teacher `theta` on all synthetic images, in batches of `b`.
+fn teacher_labels(
+    exec: &mut dyn Exec,
+    theta: &[f64],
+    images: &Array4<f64>,
+    b: usize,
+    classes: usize,
+) -> Result<Array2<f64>> {
+    let n = images.shape()[0];
+    let mut z = Array2::<f64>::zeros((n, classes));
+    let th = ndarray::ArrayView1::from(theta).into_dyn();
+    for start in (0..n).step_by(b) {
+        let end = (start + b).min(n);
+        let mut idx: Vec<usize> = (start..end).collect();
+        idx.resize(b, start);
+        let x = images.select(Axis(0), &idx).into_dyn();
+        let out = exec.run(Artifact::Logits, &[th.clone(), x.view()])?;
+        let l = out[0].view().into_dimensionality::<Ix2>()?;
+        z.slice_mut(s![start..end, ..])
+            .assign(&l.slice(s![..end - start, ..]));
+    }
+    Ok(softmax_rows(&z))
+}
+
+/// One iteration of Algorithm 1 on `exec` (whose graphs take batches of `ctx.batch_syn`).
+/// Returns (loss, grad norm, expert, start epoch).
+pub fn iteration(
+    ctx: &RunContext,
+    exec: &mut dyn Exec,
+    st: &mut State,
+) -> Result<(f64, f64, usize, usize)> {
+    let cfg = &ctx.cfg;
+    let mut rng = ChaCha8Rng::seed_from_u64(crate::train::derive_seed(
+        cfg.seed,
+        1_000_000 + st.iteration as u64,
+    ));
+    let e = rng.random_range(0..ctx.experts.len());
+    let t = rng.random_range(0..cfg.max_start_epoch);
+    let traj = &ctx.experts[e];
+    let start = traj.epoch(t)?;
+    let target = traj.epoch(t + cfg.expert_epochs)?;
+    let n = st.images.shape()[0];
+    let labels: Array2<f64> = match cfg.labels {
+        Labels::Target => teacher_labels(exec, &target, &st.images, ctx.batch_syn, ctx.classes)?,
+        Labels::Last => teacher_labels(
+            exec,
+            &traj.epoch(traj.snapshots - 1)?,
+            &st.images,
+            ctx.batch_syn,
+            ctx.classes,
+        )?,
+        Labels::Hard => {
+            let y = one_hot(&st.classes, ctx.classes);
+            to_f64(&y)
+        }
+        Labels::Learned => softmax_rows(
+            st.label_logits
+                .as_ref()
+                .ok_or_else(|| anyhow!("learned labels missing from the state"))?,
+        ),
+    };
+    // Student mini-batches: a fresh permutation cut into chunks, refilled when used up.
+    let mut order: Vec<Vec<usize>> = Vec::with_capacity(cfg.syn_steps);
+    let mut pool: Vec<Vec<usize>> = Vec::new();
+    for _ in 0..cfg.syn_steps {
+        if pool.is_empty() {
+            let mut p: Vec<usize> = (0..n).collect();
+            p.shuffle(&mut rng);
+            pool = p
+                .chunks(ctx.batch_syn)
+                .rev()
+                .map(<[usize]>::to_vec)
+                .collect();
+        }
+        order.push(pool.pop().expect("refilled"));
+    }
+    let [_, c, h, w] = [
+        n,
+        st.images.shape()[1],
+        st.images.shape()[2],
+        st.images.shape()[3],
+    ];
+    let draws: Vec<Draw> = (0..cfg.syn_steps)
+        .map(|_| ctx.strategy.draw(&mut rng, [ctx.batch_syn, c, h, w]))
+        .collect();
+    let images = &st.images;
+    let mut grad = Array4::<f64>::zeros(images.raw_dim());
+    let mut grad_y = Array2::<f64>::zeros((n, ctx.classes));
+    let need_dy = cfg.labels == Labels::Learned;
+    {
+        let mut batch = |i: usize| -> Result<(ArrayD<f64>, ArrayD<f64>)> {
+            let x = images.select(Axis(0), &order[i]);
+            let x = if draws[i].is_identity() {
+                x
+            } else {
+                to_f64(&augment::try_apply(&draws[i], x.mapv(|v| v as f32).view())?)
+            };
+            Ok((x.into_dyn(), labels.select(Axis(0), &order[i]).into_dyn()))
+        };
+        let mut sink = |i: usize, dx: ArrayD<f64>, dy: Option<ArrayD<f64>>| -> Result<()> {
+            let dx = dx.into_dimensionality::<Ix4>()?;
+            let dx = if draws[i].is_identity() {
+                dx
+            } else {
+                to_f64(&augment::try_apply_adjoint(
+                    &draws[i],
+                    dx.mapv(|v| v as f32).view(),
+                )?)
+            };
+            for (k, &j) in order[i].iter().enumerate() {
+                let mut row = grad.slice_mut(s![j, .., .., ..]);
+                row += &dx.index_axis(Axis(0), k);
+            }
+            if let Some(dy) = dy {
+                let dy = dy.into_dimensionality::<Ix2>()?;
+                for (k, &j) in order[i].iter().enumerate() {
+                    let mut row = grad_y.row_mut(j);
+                    row += &dy.row(k);
+                }
+            }
+            Ok(())
+        };
+        let seg = Segment {
+            start: &start,
+            target: &target,
+            beta: st.beta,
+            steps: cfg.syn_steps,
+        };
+        let ig = backward(cfg.gradient, exec, &seg, &mut batch, &mut sink, need_dy)?;
+        let gnorm = grad.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if !gnorm.is_finite() || !ig.dbeta.is_finite() {
+            bail!("the run diverged at iteration {}: the image gradient is not finite; lower --lr-img or resume from the last checkpoint", st.iteration);
+        }
+        // SGD with momentum 0.5 on the images, β and learned labels (the reference optimisers).
+        st.images_mom.zip_mut_with(&grad, |m, g| *m = 0.5 * *m + g);
+        let new_images = &st.images - &(&st.images_mom * cfg.lr_img);
+        st.beta_mom = 0.5 * st.beta_mom + ig.dbeta;
+        let new_beta = st.beta - cfg.lr_lr * st.beta_mom;
+        if new_images.iter().any(|v| !v.is_finite()) || !new_beta.is_finite() {
+            bail!("the run diverged at iteration {}: images or learning rate became NaN/Inf; lower --lr-img/--lr-lr or resume from the last checkpoint", st.iteration);
+        }
+        if let (Some(lg), Some(lm)) = (st.label_logits.as_mut(), st.label_mom.as_mut()) {
+            // Back through the softmax: dz = p ⊙ (dy − ⟨p, dy⟩).
+            let p = softmax_rows(lg);
+            let mut dz = Array2::<f64>::zeros(p.raw_dim());
+            for ((mut dzr, pr), gr) in dz.rows_mut().into_iter().zip(p.rows()).zip(grad_y.rows()) {
+                let inner = pr.dot(&gr);
+                dzr.assign(&(&pr * &(&gr - inner)));
+            }
+            lm.zip_mut_with(&dz, |m, g| *m = 0.5 * *m + g);
+            *lg = &*lg - &(&*lm * cfg.lr_label);
+        }
+        // The state lives at f32 precision (what checkpoints store), so a resumed run continues
+        // from exactly the values an uninterrupted one holds.
+        let round = |v: &mut f64| *v = f64::from(*v as f32);
+        st.images = new_images;
+        st.images.iter_mut().for_each(round);
+        st.images_mom.iter_mut().for_each(round);
+        st.beta = f64::from(new_beta as f32);
+        st.beta_mom = f64::from(st.beta_mom as f32);
+        if let (Some(lg), Some(lm)) = (st.label_logits.as_mut(), st.label_mom.as_mut()) {
+            lg.iter_mut().for_each(round);
+            lm.iter_mut().for_each(round);
+        }
+        st.last_labels = labels.mapv(|v| f64::from(v as f32));
+        st.iteration += 1;
+        Ok((ig.loss, gnorm, e, t))
+    }
+}
+
+/// Opens and validates the experts for a run.
+pub fn open_experts(
+    dir: &Path,
+    model: &str,
+    dataset: &str,
+    zca: bool,
+    need_epochs: usize,
+    num_params: usize,
+) -> Result<Vec<Trajectory>> {
+    let files = list(dir)?;
+    if files.is_empty() {
+        bail!(
+            "no expert files (expert_NNNN.safetensors) in {}; train them with `tesla experts`",
+            dir.display()
+        );
+    }
+    let mut v = Vec::with_capacity(files.len());
+    for f in files {
+        let t = Trajectory::open(&f)?;
+        if t.meta.model != model {
+            bail!(
+                "{} was trained with model '{}', this run uses '{model}'",
+                f.display(),
+                t.meta.model
+            );
+        }
+        if t.meta.dataset != dataset {
+            bail!(
+                "{} was trained on '{}', this run uses '{dataset}'",
+                f.display(),
+                t.meta.dataset
+            );
+        }
+        if t.meta.zca != zca {
+            bail!(
+                "{} was trained {} ZCA, this run {} it",
+                f.display(),
+                if t.meta.zca { "with" } else { "without" },
+                if zca { "uses" } else { "does not use" }
+            );
+        }
+        if t.num_params != num_params {
+            bail!(
+                "{} has {} parameters per snapshot, the model has {num_params}",
+                f.display(),
+                t.num_params
+            );
+        }
+        if t.snapshots < need_epochs + 1 {
+            bail!(
+                "{} has {} epochs; max-start-epoch + expert-epochs needs {need_epochs}",
+                f.display(),
+                t.snapshots - 1
+            );
+        }
+        v.push(t);
+    }
+    Ok(v)
+}
+
+fn arr_f32<D: ndarray::Dimension>(a: &ndarray::Array<f64, D>) -> ArrayD<f32> {
+    a.mapv(|v| v as f32).into_dyn()
+}
+
+/// Writes the checkpoint, `distilled.safetensors` and the grid, each atomically.
+pub fn save(
+    ctx: &RunContext,
+    st: &State,
+    ds_mean: &[f32],
+    ds_std: &[f32],
+    zca: Option<&Zca>,
+) -> Result<()> {
+    let out = &ctx.cfg.out;
+    let ck = out.join("checkpoint");
+    std::fs::create_dir_all(&ck).with_context(|| format!("cannot create {}", ck.display()))?;
+    let classes = Array1::from(st.classes.iter().map(|&c| f64::from(c)).collect::<Vec<_>>());
+    let mut tensors = vec![
+        ("images".to_string(), arr_f32(&st.images)),
+        ("images_mom".to_string(), arr_f32(&st.images_mom)),
+        ("classes".to_string(), arr_f32(&classes)),
+        (
+            "beta".to_string(),
+            arr_f32(&Array1::from(vec![st.beta, st.beta_mom])),
+        ),
+        ("last_labels".to_string(), arr_f32(&st.last_labels)),
+    ];
+    if let (Some(l), Some(m)) = (&st.label_logits, &st.label_mom) {
+        tensors.push(("label_logits".to_string(), arr_f32(l)));
+        tensors.push(("label_mom".to_string(), arr_f32(m)));
+    }
+    let mut meta = HashMap::new();
+    meta.insert("iteration".to_string(), st.iteration.to_string());
+    meta.insert("config".to_string(), serde_json::to_string(&ctx.cfg)?);
+    write_safetensors(&ck.join("state.safetensors"), &tensors, Some(meta))?;
+    let soft = ctx.cfg.labels != Labels::Hard;
+    let mut dm = HashMap::new();
+    dm.insert(
+        "format".to_string(),
+        "tesla-distill/distilled-v1".to_string(),
+    );
+    dm.insert("dataset".to_string(), ctx.cfg.dataset.clone());
+    dm.insert("model".to_string(), ctx.cfg.model.clone());
+    dm.insert("iteration".to_string(), st.iteration.to_string());
+    dm.insert(
+        "labels".to_string(),
+        if soft { "soft" } else { "hard" }.to_string(),
+    );
+    dm.insert(
+        "label_mode".to_string(),
+        format!("{:?}", ctx.cfg.labels).to_lowercase(),
+    );
+    dm.insert("mean".to_string(), serde_json::to_string(ds_mean)?);
+    dm.insert("std".to_string(), serde_json::to_string(ds_std)?);
+    dm.insert(
+        "zca".to_string(),
+        if zca.is_some() {
+            "zca.safetensors".to_string()
+        } else {
+            "none".to_string()
+        },
+    );
+    dm.insert("ipc".to_string(), ctx.cfg.ipc.to_string());
+    let dist = vec![
+        ("images".to_string(), arr_f32(&st.images)),
+        ("labels".to_string(), arr_f32(&st.last_labels)),
+        ("classes".to_string(), arr_f32(&classes)),
+        ("lr".to_string(), arr_f32(&Array1::from(vec![st.beta]))),
+    ];
+    write_safetensors(&out.join("distilled.safetensors"), &dist, Some(dm))?;
+    let imgs = st.images.mapv(|v| v as f32);
+    crate::data::grid::save_grid(
+        &out.join("grid.png"),
+        imgs.view(),
+        Some(&st.classes),
+        ds_mean,
+        ds_std,
+        zca,
+        &Default::default(),
+    )?;
+    Ok(())
+}
+
+fn load_state(path: &Path) -> Result<(State, DistillConfig)> {
+    let (t, meta) = read_safetensors_with_metadata(path)?;
+    let get = |n: &str| {
+        t.iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, a)| a.mapv(f64::from))
+    };
+    let need =
+        |n: &str| get(n).ok_or_else(|| anyhow!("{}: checkpoint lacks '{n}'", path.display()));
+    let it: usize = meta
+        .get("iteration")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("{}: no iteration in checkpoint", path.display()))?;
+    let cfg: DistillConfig =
+        serde_json::from_str(meta.get("config").map(String::as_str).unwrap_or(""))
+            .with_context(|| format!("{}: bad config", path.display()))?;
+    let beta = need("beta")?;
+    let st = State {
+        iteration: it,
+        images: need("images")?.into_dimensionality::<Ix4>()?,
+        images_mom: need("images_mom")?.into_dimensionality::<Ix4>()?,
+        classes: need("classes")?.iter().map(|&c| c as u32).collect(),
+        beta: beta[[0]],
+        beta_mom: beta[[1]],
+        label_logits: get("label_logits")
+            .map(|a| a.into_dimensionality::<Ix2>())
+            .transpose()?,
+        label_mom: get("label_mom")
+            .map(|a| a.into_dimensionality::<Ix2>())
+            .transpose()?,
+        last_labels: need("last_labels")?.into_dimensionality::<Ix2>()?,
+    };
+    Ok((st, cfg))
+}
+
+/// The initial state: real or noise images, class-balanced, β = `lr_init`.
+pub fn initial_state(cfg: &DistillConfig, train: &Dataset) -> Result<State> {
+    let k = train.num_classes();
+    let sel =
+        crate::data::select::select_per_class(train, cfg.ipc, cfg.seed).with_context(|| {
+            format!(
+                "--ipc {} is larger than a class of {}",
+                cfg.ipc, cfg.dataset
+            )
+        })?;
+    let images = match cfg.pix_init {
+        PixInit::Real => to_f64(&sel.images(train)),
+        PixInit::Noise => {
+            let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+            let [c, h, w] = train.image_shape();
+            Array4::from_shape_fn((sel.indices.len(), c, h, w), |_| {
+                let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+                let u2: f64 = rng.random_range(0.0..1.0);
+                (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+            })
+        }
+    };
+    let n = images.shape()[0];
+    let hard = to_f64(&one_hot(&sel.labels, k));
+    let (label_logits, label_mom) = if cfg.labels == Labels::Learned {
+        (Some(&hard * 10.0), Some(Array2::zeros((n, k))))
+    } else {
+        (None, None)
+    };
+    Ok(State {
+        iteration: 0,
+        images_mom: Array4::zeros(images.raw_dim()),
+        images,
+        classes: sel.labels,
+        beta: cfg.lr_init,
+        beta_mom: 0.0,
+        label_logits,
+        label_mom,
+        last_labels: hard,
+    })
+}
+
+/// Checks settings that do not need data.
+pub fn validate(cfg: &DistillConfig) -> Result<()> {
+    if cfg.syn_steps == 0 {
+        bail!("--syn-steps must be at least 1");
+    }
+    if cfg.ipc == 0 {
+        bail!("--ipc must be at least 1");
+    }
+    if cfg.expert_epochs == 0 || cfg.max_start_epoch == 0 {
+        bail!("--expert-epochs and --max-start-epoch must be at least 1");
+    }
+    if cfg.iterations == 0 {
+        bail!("--iterations must be at least 1");
+    }
+    if cfg.checkpoint_every == 0 {
+        bail!("--checkpoint-every must be at least 1");
+    }
+    Ok(())
+}
+
+/// Runs (or resumes) a distillation. Returns the final state.
+pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
+    validate(&cfg)?;
+    let out = cfg.out.clone();
+    std::fs::create_dir_all(&out)
+        .with_context(|| format!("cannot create the output directory {}", out.display()))?;
+    let probe = out.join(".write-test");
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("the output directory {} is not writable", out.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    let state_path = out.join("checkpoint").join("state.safetensors");
+    let (cfg, resumed) = if resume && state_path.exists() {
+        let (st, saved) = load_state(&state_path)?;
+        let mut c = saved;
+        // A resumed run may extend its iterations; everything else is the saved run's.
+        c.iterations = cfg.iterations.max(c.iterations);
+        (c, Some(st))
+    } else {
+        if resume {
+            eprintln!("no checkpoint in {}: starting a new run", out.display());
+        }
+        (cfg, None)
+    };
+    let model = ModelSpec::parse(&cfg.model)?;
+    let kind: BackendKind = cfg.backend.parse()?;
+    let strategy = Strategy::parse(&cfg.dsa_strategy)?;
+    let zca_src = cfg.experts.join("zca.safetensors");
+    let (train, _test, zca) = crate::experts::load_data(&cfg.dataset, cfg.zca, &zca_src)?;
+    if let Some(z) = &zca {
+        z.save(&out.join("zca.safetensors"))?;
+    }
+    let k = train.num_classes();
+    let mut st = match resumed {
+        Some(s) => s,
+        None => initial_state(&cfg, &train)?,
+    };
+    let n = st.images.shape()[0];
+    let batch_syn = cfg.batch_syn.unwrap_or(n).min(n);
+    if batch_syn == 0 || n % batch_syn != 0 {
+        bail!("--batch-syn {batch_syn} must divide the number of synthetic images ({n})");
+    }
+    let mut which = vec![Artifact::Step, Artifact::Logits];
+    which.push(
+        if cfg.gradient == Mode::Exact || cfg.labels == Labels::Learned {
+            Artifact::Pass2
+        } else {
+            Artifact::Pass2Dx
+        },
+    );
+    if cfg.gradient == Mode::Tesla && cfg.labels == Labels::Learned {
+        which.push(Artifact::Pass2);
+    }
+    let [c, h, w] = train.image_shape();
+    let mut store = ProgramStore::new(
+        model.clone(),
+        [c, h, w],
+        k,
+        kind,
+        &out.join("artifacts"),
+        &which,
+    );
+    if cfg.gradient == Mode::Unrolled {
+        which.retain(|a| *a != Artifact::Pass2Dx && *a != Artifact::Pass2);
+        store = ProgramStore::new(
+            model.clone(),
+            [c, h, w],
+            k,
+            kind,
+            &out.join("artifacts"),
+            &which,
+        )
+        .with_unrolled(cfg.syn_steps);
+    }
+    let num_params = store.get(batch_syn)?.1.num_params;
+    let experts = open_experts(
+        &cfg.experts,
+        &model.name(),
+        &cfg.dataset,
+        cfg.zca,
+        cfg.max_start_epoch - 1 + cfg.expert_epochs,
+        num_params,
+    )?;
+    let ctx = RunContext {
+        cfg: cfg.clone(),
+        experts,
+        strategy,
+        classes: k,
+        batch_syn,
+    };
+    if st.iteration == 0 {
+        save(&ctx, &st, train.mean(), train.std(), zca.as_ref())?;
+    }
+    let cfg_path = out.join("config.json");
+    crate::onnx::export::write_atomic(&cfg_path, serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out.join("metrics.jsonl"))
+        .with_context(|| format!("cannot open {}", out.join("metrics.jsonl").display()))?;
+    let pb = ProgressBar::new(cfg.iterations as u64);
+    pb.set_style(
+        ProgressStyle::with_template("distill [{bar:30}] {pos}/{len} it, {msg}, eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_position(st.iteration as u64);
+    while st.iteration < cfg.iterations {
+        let t0 = Instant::now();
+        let exec = store.get(batch_syn)?.0;
+        let (loss, gnorm, e, t) = match iteration(&ctx, exec, &mut st) {
+            Ok(v) => v,
+            Err(err) => {
+                pb.abandon();
+                return Err(err.context(format!(
+                    "stopped; the last good checkpoint is in {}",
+                    out.join("checkpoint").display()
+                )));
+            }
+        };
+        let mut eval_acc = None;
+        if cfg.eval_every > 0
+            && (st.iteration % cfg.eval_every == 0 || st.iteration == cfg.iterations)
+        {
+            eval_acc = Some(quick_eval(&ctx, &st, &model, &out, kind)?);
+        }
+        let m = Metric {
+            iteration: st.iteration,
+            loss,
+            beta: st.beta,
+            expert: e,
+            start_epoch: t,
+            seconds: t0.elapsed().as_secs_f64(),
+            peak_rss_mib: peak_rss_kib().map_or(f64::NAN, |k| k as f64 / 1024.0),
+            grad_norm: gnorm,
+            eval_acc,
+        };
+        writeln!(metrics, "{}", serde_json::to_string(&m)?).context("writing metrics.jsonl")?;
+        pb.set_message(format!("loss {loss:.4}, lr {:.5}", st.beta));
+        pb.inc(1);
+        if st.iteration % cfg.checkpoint_every == 0 || st.iteration == cfg.iterations {
+            save(&ctx, &st, train.mean(), train.std(), zca.as_ref())?;
+        }
+    }
+    pb.finish_and_clear();
+    Ok(st)
+}
+
+fn quick_eval(
+    ctx: &RunContext,
+    st: &State,
+    model: &ModelSpec,
+    out: &Path,
+    kind: BackendKind,
+) -> Result<f64> {
+    let test = crate::data::load(&ctx.cfg.dataset, crate::data::Split::Test, None)?;
+    let test = match Zca::load(&out.join("zca.safetensors")) {
+        Ok(z) if ctx.cfg.zca => z.transform_dataset(&test)?,
+        _ => test,
+    };
+    let cfg = crate::eval::EvalConfig {
+        runs: ctx.cfg.eval_runs.max(1),
+        epochs: ctx.cfg.eval_epochs,
+        batch: 256,
+        strategy: ctx.strategy.clone(),
+        seed: ctx.cfg.seed,
+        backend: kind,
+    };
+    let images = st.images.mapv(|v| v as f32);
+    let labels = st.last_labels.mapv(|v| v as f32);
+    let r = crate::eval::evaluate(
+        model,
+        images.view(),
+        labels.view(),
+        st.beta,
+        &test,
+        &cfg,
+        &out.join("artifacts").join("eval"),
+        0,
+    )?;
+    Ok(r.mean)
+}
+
+/// The run directory's expected files (for messages).
+pub fn describe_outputs(out: &Path) -> Vec<PathBuf> {
+    [
+        "distilled.safetensors",
+        "grid.png",
+        "metrics.jsonl",
+        "checkpoint/state.safetensors",
+    ]
+    .iter()
+    .map(|f| out.join(f))
+    .collect()
+}

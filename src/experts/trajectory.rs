@@ -1,0 +1,148 @@
+//! Expert trajectory files: one safetensors file per expert with a tensor `trajectory`
+//! \[E+1, P\] (θ*_0 … θ*_E, f32) and the parameter layout and provenance in its metadata. Read
+//! through a memory map, so a distillation run touches only the two epochs it samples.
+
+use crate::compiler::manifest::ParamEntry;
+use anyhow::{anyhow, bail, Context, Result};
+use memmap2::Mmap;
+use safetensors::SafeTensors;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Provenance stored in every expert file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExpertMeta {
+    /// Model name (`convnet-d3`, …).
+    pub model: String,
+    /// Dataset spec it was trained on.
+    pub dataset: String,
+    /// Whether images were ZCA-whitened.
+    pub zca: bool,
+    /// Epochs trained (the file holds E+1 snapshots).
+    pub epochs: usize,
+    /// Parameter layout of `theta`.
+    pub params: Vec<ParamEntry>,
+    /// Teacher learning rate.
+    pub lr: f64,
+}
+
+impl ExpertMeta {
+    /// As the string map safetensors stores.
+    pub fn to_map(&self) -> Result<HashMap<String, String>> {
+        let mut m = HashMap::new();
+        m.insert("format".into(), "tesla-distill/expert-v1".into());
+        m.insert("meta".into(), serde_json::to_string(self)?);
+        m.insert("params".into(), serde_json::to_string(&self.params)?);
+        Ok(m)
+    }
+}
+
+/// A memory-mapped expert file.
+pub struct Trajectory {
+    path: PathBuf,
+    map: Mmap,
+    /// Provenance and layout.
+    pub meta: ExpertMeta,
+    /// Snapshots held (E+1).
+    pub snapshots: usize,
+    /// Parameters per snapshot.
+    pub num_params: usize,
+}
+
+impl Trajectory {
+    /// Opens and checks an expert file.
+    pub fn open(path: &Path) -> Result<Trajectory> {
+        let f = File::open(path)
+            .with_context(|| format!("cannot open expert file {}", path.display()))?;
+        // SAFETY: the file is only read; experts are written atomically (temp file + rename), so
+        // a mapped file is never modified in place by this program.
+        let map =
+            unsafe { Mmap::map(&f) }.with_context(|| format!("cannot map {}", path.display()))?;
+        let (_, header) = SafeTensors::read_metadata(&map)
+            .map_err(|e| anyhow!("{} is not a valid expert file: {e}", path.display()))?;
+        let meta_s = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("meta").cloned())
+            .ok_or_else(|| {
+                anyhow!(
+                    "{} has no expert metadata (not written by `tesla experts`)",
+                    path.display()
+                )
+            })?;
+        let meta: ExpertMeta = serde_json::from_str(&meta_s)
+            .with_context(|| format!("{}: bad expert metadata", path.display()))?;
+        let st = SafeTensors::deserialize(&map)
+            .map_err(|e| anyhow!("{} is not a valid expert file: {e}", path.display()))?;
+        let t = st
+            .tensor("trajectory")
+            .map_err(|_| anyhow!("{} has no 'trajectory' tensor", path.display()))?;
+        if t.dtype() != safetensors::Dtype::F32 || t.shape().len() != 2 {
+            bail!(
+                "{}: 'trajectory' must be f32 [epochs+1, params]",
+                path.display()
+            );
+        }
+        let (snapshots, num_params) = (t.shape()[0], t.shape()[1]);
+        let want: usize = meta.params.iter().map(|p| p.len).sum();
+        if want != num_params || snapshots != meta.epochs + 1 {
+            bail!(
+                "{}: trajectory shape {:?} does not match its metadata ({} epochs, {want} params)",
+                path.display(),
+                t.shape(),
+                meta.epochs
+            );
+        }
+        Ok(Trajectory {
+            path: path.to_path_buf(),
+            map,
+            meta,
+            snapshots,
+            num_params,
+        })
+    }
+
+    /// θ* after `epoch` epochs.
+    pub fn epoch(&self, epoch: usize) -> Result<Vec<f64>> {
+        if epoch >= self.snapshots {
+            bail!(
+                "{} holds epochs 0..={}, epoch {epoch} was asked for",
+                self.path.display(),
+                self.snapshots - 1
+            );
+        }
+        let st = SafeTensors::deserialize(&self.map)
+            .map_err(|e| anyhow!("{}: {e}", self.path.display()))?;
+        let t = st
+            .tensor("trajectory")
+            .map_err(|e| anyhow!("{}: {e}", self.path.display()))?;
+        let row = &t.data()[epoch * self.num_params * 4..(epoch + 1) * self.num_params * 4];
+        Ok(row
+            .chunks_exact(4)
+            .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+            .collect())
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The expert files (`expert_NNNN.safetensors`) in a directory, sorted.
+pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the experts directory {}", dir.display()))?;
+    let mut v: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("expert_") && n.ends_with(".safetensors") && !n.contains(".partial")
+            })
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}

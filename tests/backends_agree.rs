@@ -1,0 +1,242 @@
+//! Backends against each other and against the f64 reference evaluator; every artifact passes
+//! `onnx.checker.check_model(full_check=True)`; the committed `graphs/` regenerate byte for byte.
+
+mod common;
+use common::*;
+use ndarray::{ArrayD, IxDyn};
+use std::path::{Path, PathBuf};
+use tesla_distill::cli::{write_standard_graphs, STANDARD_GRAPHS};
+use tesla_distill::compiler::manifest::{compile_dir, standard_set, Manifest};
+use tesla_distill::runtime::programs::{Artifact, BackendExec, Exec, ReferenceExec};
+use tesla_distill::runtime::{backend, ort_library_path, BackendKind};
+use tesla_distill::zoo::ModelSpec;
+
+fn graphs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("graphs")
+}
+
+fn ort_available() -> bool {
+    match ort_library_path() {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("skipped the ONNX Runtime half: {e}");
+            false
+        }
+    }
+}
+
+/// Random inputs for an artifact of `man`.
+fn inputs_for(man: &Manifest, role: &str, dir: &Path, seed: u64) -> Vec<ArrayD<f64>> {
+    let mut r = rng(seed);
+    let g = &man.graphs[role];
+    let theta: Vec<f64> = man
+        .initial_theta(dir, seed)
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    g.inputs
+        .iter()
+        .map(|io| match io.name.as_str() {
+            "theta" => ArrayD::from_shape_vec(IxDyn(&io.shape), theta.clone()).unwrap(),
+            "y" => {
+                let t = uniform(&mut r, &io.shape, 0.0, 1.0);
+                let mut a = ArrayD::from_shape_vec(IxDyn(&io.shape), t.data).unwrap();
+                for mut row in a.rows_mut() {
+                    let s = row.sum();
+                    row.mapv_inplace(|v| v / s);
+                }
+                a
+            }
+            "v" => ArrayD::from_shape_vec(
+                IxDyn(&io.shape),
+                uniform(&mut r, &io.shape, -1e-2, 1e-2).data,
+            )
+            .unwrap(),
+            _ => {
+                ArrayD::from_shape_vec(IxDyn(&io.shape), uniform(&mut r, &io.shape, -1.0, 1.0).data)
+                    .unwrap()
+            }
+        })
+        .collect()
+}
+
+fn rel(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
+    let n = b.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-12);
+    a.iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+        / n
+}
+
+fn role_artifact(role: &str) -> Artifact {
+    match role {
+        "step" => Artifact::Step,
+        "pass2" => Artifact::Pass2,
+        "pass2_dx" => Artifact::Pass2Dx,
+        "logits" => Artifact::Logits,
+        _ => Artifact::Unrolled,
+    }
+}
+
+#[test]
+fn tract_and_ort_agree_on_the_standard_set() {
+    if !ort_available() {
+        return;
+    }
+    for (name, _, _, _) in STANDARD_GRAPHS {
+        let dir = graphs_dir().join(name);
+        let man = Manifest::load(&dir).unwrap();
+        let mut tr = BackendExec::new(backend(BackendKind::Tract).unwrap(), &dir);
+        let mut ort = BackendExec::new(backend(BackendKind::Ort).unwrap(), &dir);
+        for role in man.graphs.keys() {
+            let ins = inputs_for(&man, role, &dir, 3);
+            let views: Vec<_> = ins.iter().map(|a| a.view()).collect();
+            let a = tr.run(role_artifact(role), &views).unwrap();
+            let b = ort.run(role_artifact(role), &views).unwrap();
+            for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+                let e = rel(x, y);
+                assert!(
+                    e <= 1e-5,
+                    "{name}/{role} output {k}: tract vs ort relative error {e:e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn backends_match_the_f64_reference() {
+    let m = ModelSpec::parse("convnet-d3-w4")
+        .unwrap()
+        .build(3, [3, 8, 8], 4)
+        .unwrap();
+    let mut which = standard_set();
+    which.push(Artifact::Unrolled);
+    let d = tempfile::tempdir().unwrap();
+    let man = compile_dir(&m, &which, 2, d.path()).unwrap();
+    let mut reference = ReferenceExec::new([
+        (
+            Artifact::Step,
+            tesla_distill::compiler::artifact::step_graph(&m).unwrap(),
+        ),
+        (
+            Artifact::Pass2,
+            tesla_distill::compiler::artifact::pass2_graph(&m, false).unwrap(),
+        ),
+        (
+            Artifact::Pass2Dx,
+            tesla_distill::compiler::artifact::pass2_graph(&m, true).unwrap(),
+        ),
+        (
+            Artifact::Logits,
+            tesla_distill::compiler::artifact::logits_graph(&m).unwrap(),
+        ),
+        (
+            Artifact::Unrolled,
+            tesla_distill::compiler::artifact::unrolled_graph(&m, 2).unwrap(),
+        ),
+    ]);
+    let mut kinds = vec![BackendKind::Tract];
+    if ort_available() {
+        kinds.push(BackendKind::Ort);
+    }
+    for kind in kinds {
+        let mut ex = BackendExec::new(backend(kind).unwrap(), d.path());
+        for role in man.graphs.keys() {
+            let mut ins = inputs_for(&man, role, d.path(), 11);
+            if role == "unrolled" {
+                // theta0, target, beta, xs, ys: a sensible β and soft label rows.
+                ins[2].fill(0.1);
+                for mut row in ins[4].rows_mut() {
+                    row.mapv_inplace(f64::abs);
+                    let s = row.sum();
+                    row.mapv_inplace(|v| v / s);
+                }
+            }
+            // The backends compute in f32: give them f32-representable inputs.
+            let ins: Vec<ArrayD<f64>> = ins
+                .into_iter()
+                .map(|a| a.mapv(|v| f64::from(v as f32)))
+                .collect();
+            let views: Vec<_> = ins.iter().map(|a| a.view()).collect();
+            let want = reference.run(role_artifact(role), &views).unwrap();
+            let got = ex.run(role_artifact(role), &views).unwrap();
+            for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                let e = rel(g, w);
+                assert!(
+                    e <= 1e-4,
+                    "{kind}: {role} output {k} vs f64 reference: {e:e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_artifact_passes_the_onnx_full_check() {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (name, _, _, _) in STANDARD_GRAPHS {
+        for e in std::fs::read_dir(graphs_dir().join(name)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "onnx") {
+                files.push(p);
+            }
+        }
+    }
+    // The unrolled graph is not in the committed set: check one too.
+    let d = tempfile::tempdir().unwrap();
+    let m = ModelSpec::parse("convnet-d3-w4")
+        .unwrap()
+        .build(2, [1, 8, 8], 3)
+        .unwrap();
+    compile_dir(&m, &[Artifact::Unrolled], 3, d.path()).unwrap();
+    files.push(d.path().join("unrolled.onnx"));
+    let list: Vec<String> = files
+        .iter()
+        .map(|p| format!("r'{}'", p.display()))
+        .collect();
+    let script = format!(
+        "import onnx\nfor f in [{}]:\n    onnx.checker.check_model(onnx.load(f), full_check=True)\nprint('checked', {})\n",
+        list.join(", "),
+        files.len()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output();
+    match out {
+        Ok(o) if String::from_utf8_lossy(&o.stderr).contains("No module named 'onnx'") => {
+            eprintln!("skipped: the python onnx package is not installed (pip install onnx)");
+        }
+        Ok(o) => assert!(
+            o.status.success(),
+            "onnx.checker failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => eprintln!("skipped: python3 is not available ({e})"),
+    }
+}
+
+#[test]
+fn committed_graphs_regenerate_identically() {
+    let d = tempfile::tempdir().unwrap();
+    write_standard_graphs(d.path()).unwrap();
+    for (name, _, _, _) in STANDARD_GRAPHS {
+        for e in std::fs::read_dir(d.path().join(name)).unwrap() {
+            let p = e.unwrap().path();
+            let committed = graphs_dir().join(name).join(p.file_name().unwrap());
+            let a = std::fs::read(&p).unwrap();
+            let b = std::fs::read(&committed).unwrap_or_else(|_| {
+                panic!(
+                    "{} is not committed; run `tesla graphs`",
+                    committed.display()
+                )
+            });
+            assert!(
+                a == b,
+                "{} differs from a fresh `tesla graphs`",
+                committed.display()
+            );
+        }
+    }
+}

@@ -312,10 +312,10 @@ fn lowered_composites() {
         g.mul(p, p).unwrap()
     });
     check("log-softmax", &[(&[3, 5], smooth)], |g, v| {
-        lower::log_softmax(g, v[0], 1).unwrap()
+        lower::log_softmax(g, v[0], &[1]).unwrap()
     });
     check("softmax", &[(&[3, 5], smooth)], |g, v| {
-        lower::softmax(g, v[0], 1).unwrap()
+        lower::softmax(g, v[0], &[1]).unwrap()
     });
     check(
         "soft-ce",

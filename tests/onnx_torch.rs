@@ -262,3 +262,99 @@ fn zoo_exports_import_and_match_onnx_runtime() {
         common::run_cases(dir.path(), cases);
     }
 }
+
+/// The imported PyTorch ConvNet's `step` gradient against PyTorch's own gradient for the same
+/// fixed inputs: on the f64 reference evaluator, and through the exported artifact on tract.
+#[test]
+fn step_gradient_matches_pytorch() {
+    use tesla_distill::compiler::artifact::step_graph;
+    use tesla_distill::compiler::eval::eval;
+    use tesla_distill::compiler::ir::{DType, Tensor};
+    use tesla_distill::runtime::programs::{Artifact, BackendExec, Exec};
+    let reference =
+        tesla_distill::runtime::read_safetensors(&fixture("convnet_torch_ref.safetensors"))
+            .unwrap();
+    let get = |n: &str| {
+        reference
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, a)| a.clone())
+            .unwrap_or_else(|| panic!("fixture lacks {n}"))
+    };
+    for file in ["convnet_keep.onnx", "convnet_dynamo_keep.onnx"] {
+        let m = import(file);
+        let theta: Vec<f64> = m
+            .params
+            .iter()
+            .flat_map(|p| p.initial.as_ref().unwrap().data.clone())
+            .collect();
+        let want_grad: Vec<f64> = m
+            .params
+            .iter()
+            .flat_map(|p| {
+                get(&p.name)
+                    .iter()
+                    .map(|&v| f64::from(v))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let x = get("x");
+        let y = get("y");
+        let t = |a: &ndarray::ArrayD<f32>| {
+            Tensor::new(
+                DType::F64,
+                a.shape().to_vec(),
+                a.iter().map(|&v| f64::from(v)).collect(),
+            )
+        };
+        let step = step_graph(&m).unwrap();
+        let out = eval(
+            &step,
+            &[
+                Tensor::new(DType::F64, vec![theta.len()], theta.clone()),
+                t(&x),
+                t(&y),
+            ],
+        )
+        .unwrap();
+        let want_loss = f64::from(get("loss").iter().next().copied().unwrap());
+        assert!(
+            (out[0].data[0] - want_loss).abs() <= 1e-5 * want_loss.abs(),
+            "{file}: loss {} vs PyTorch {want_loss}",
+            out[0].data[0]
+        );
+        let scale = want_grad.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        let err = out[1]
+            .data
+            .iter()
+            .zip(&want_grad)
+            .fold(0.0f64, |a, (g, w)| a.max((g - w).abs()))
+            / scale;
+        // PyTorch computed in f32: agreement is to f32 rounding.
+        assert!(
+            err <= 1e-4,
+            "{file}: gradient vs PyTorch, max relative error {err:e}"
+        );
+        // The exported artifact on tract.
+        let d = tempfile::tempdir().unwrap();
+        tesla_distill::compiler::manifest::compile_dir(&m, &[Artifact::Step], 0, d.path()).unwrap();
+        let mut ex = BackendExec::new(
+            tesla_distill::runtime::backend(tesla_distill::runtime::BackendKind::Tract).unwrap(),
+            d.path(),
+        );
+        let th = ndarray::Array1::from(theta).into_dyn();
+        let (xf, yf) = (x.mapv(f64::from), y.mapv(f64::from));
+        let got = ex
+            .run(Artifact::Step, &[th.view(), xf.view(), yf.view()])
+            .unwrap();
+        let err = got[1]
+            .iter()
+            .zip(&want_grad)
+            .fold(0.0f64, |a, (g, w)| a.max((g - w).abs()))
+            / scale;
+        assert!(
+            err <= 1e-4,
+            "{file}: tract step gradient vs PyTorch, max relative error {err:e}"
+        );
+    }
+}

@@ -143,6 +143,7 @@ fn memory(a: &BenchArgs) -> Result<()> {
         .collect::<Result<_, _>>()
         .context("--steps")?;
     let experts = a.work.join("memory-experts");
+    let backend = a.backends.split(',').next().unwrap_or("tract").trim();
     // Two short experts on the embedded data are enough: memory does not depend on their quality.
     let st = std::process::Command::new(&exe)
         .args([
@@ -157,6 +158,8 @@ fn memory(a: &BenchArgs) -> Result<()> {
             "2",
             "--limit",
             "500",
+            "--backend",
+            backend,
             "--out",
         ])
         .arg(&experts)
@@ -164,7 +167,7 @@ fn memory(a: &BenchArgs) -> Result<()> {
     if !st.success() {
         bail!("training the benchmark expert failed");
     }
-    println!("peak RSS (MiB) of one distillation iteration, {} IPC 10 on fmnist-small, batch 10 per step", a.model);
+    println!("peak RSS (MiB) of one distillation iteration, {} on {backend}, IPC 10 on fmnist-small, batch 10 per step", a.model);
     println!(
         "{:<10} {}",
         "mode",
@@ -197,6 +200,8 @@ fn memory(a: &BenchArgs) -> Result<()> {
                     "1",
                     "--gradient",
                     mode,
+                    "--backend",
+                    backend,
                     "--syn-steps",
                 ])
                 .arg(t.to_string())

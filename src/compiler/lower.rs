@@ -3,10 +3,21 @@
 //! the primitive set.
 
 use super::emit::R;
-use super::ir::{Graph, Op, ValueId};
+use super::ir::{Graph, IrError, Op, ValueId};
 
 /// `(x − mean) / √(var + eps)` over `axes` (biased variance, as PyTorch's norms).
 pub fn normalize(g: &mut Graph, x: ValueId, axes: &[usize], eps: f64) -> R {
+    Ok(normalize_parts(g, x, axes, eps)?.0)
+}
+
+/// [`normalize`], also returning the mean and `1/√(var + eps)` (with the reduced axes kept),
+/// which ONNX `LayerNormalization` exposes as optional outputs.
+pub fn normalize_parts(
+    g: &mut Graph,
+    x: ValueId,
+    axes: &[usize],
+    eps: f64,
+) -> Result<(ValueId, ValueId, ValueId), IrError> {
     let mean = g.reduce_mean(x, axes, true)?;
     let xc = g.sub(x, mean)?;
     let sq = g.mul(xc, xc)?;
@@ -14,7 +25,10 @@ pub fn normalize(g: &mut Graph, x: ValueId, axes: &[usize], eps: f64) -> R {
     let e = g.scalar_like(x, eps);
     let ve = g.add(var, e)?;
     let sd = g.unary(Op::Sqrt, ve)?;
-    g.div(xc, sd)
+    let one = g.scalar_like(x, 1.0);
+    let inv = g.div(one, sd)?;
+    let y = g.mul(xc, inv)?;
+    Ok((y, mean, inv))
 }
 
 /// Instance normalisation of `x` \[N,C,…\] with per-channel affine `scale`, `bias` \[C\]
@@ -106,12 +120,13 @@ pub fn pool_2d(g: &mut Graph, x: ValueId, k: usize, max: bool) -> R {
     Ok(y)
 }
 
-/// Numerically stable log-softmax along `axis`; the shift by the maximum carries no gradient.
-pub fn log_softmax(g: &mut Graph, z: ValueId, axis: usize) -> R {
+/// The max-shifted input and the log of its exponential sum over `axes`: the shift carries no
+/// gradient (it cancels mathematically), which keeps softmax stable without extra terms.
+fn shifted(g: &mut Graph, z: ValueId, axes: &[usize]) -> Result<(ValueId, ValueId), IrError> {
     let m = g.push1(
         "",
         Op::ReduceMax {
-            axes: vec![axis],
+            axes: axes.to_vec(),
             keepdims: true,
         },
         &[z],
@@ -119,22 +134,29 @@ pub fn log_softmax(g: &mut Graph, z: ValueId, axis: usize) -> R {
     let m = g.push1("", Op::StopGradient, &[m])?;
     let zc = g.sub(z, m)?;
     let e = g.unary(Op::Exp, zc)?;
-    let s = g.reduce_sum(e, &[axis], true)?;
+    Ok((zc, e))
+}
+
+/// Numerically stable log-softmax over `axes`.
+pub fn log_softmax(g: &mut Graph, z: ValueId, axes: &[usize]) -> R {
+    let (zc, e) = shifted(g, z, axes)?;
+    let s = g.reduce_sum(e, axes, true)?;
     let ls = g.unary(Op::Log, s)?;
     g.sub(zc, ls)
 }
 
-/// Softmax along `axis`.
-pub fn softmax(g: &mut Graph, z: ValueId, axis: usize) -> R {
-    let l = log_softmax(g, z, axis)?;
-    g.unary(Op::Exp, l)
+/// Softmax over `axes`.
+pub fn softmax(g: &mut Graph, z: ValueId, axes: &[usize]) -> R {
+    let (_, e) = shifted(g, z, axes)?;
+    let s = g.reduce_sum(e, axes, true)?;
+    g.div(e, s)
 }
 
 /// The loss of method.md: `mean_b −Σ_k Y[b,k] log_softmax(z_b)[k]` (PyTorch's
 /// `CrossEntropyLoss` with probability targets), as a scalar.
 pub fn soft_cross_entropy(g: &mut Graph, logits: ValueId, y: ValueId) -> R {
     let b = g.shape(logits)[0];
-    let l = log_softmax(g, logits, 1)?;
+    let l = log_softmax(g, logits, &[1])?;
     let p = g.mul(y, l)?;
     let s = g.sum_all(p)?;
     g.scale(s, -1.0 / b as f64)

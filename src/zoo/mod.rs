@@ -61,7 +61,17 @@ impl ModelSpec {
             ModelSpec::ConvNet(n) => n.build(batch, input, classes),
             ModelSpec::Onnx(p) => {
                 let shape = [batch, input[0], input[1], input[2]];
-                let m = crate::onnx::import::import_onnx(p, &shape, &Default::default())?;
+                let m = crate::onnx::import::import_onnx(p, &shape, &Default::default()).map_err(
+                    |e| {
+                        // Every import error names the file once.
+                        let file = p.display().to_string();
+                        if format!("{e:#}").contains(&file) {
+                            e
+                        } else {
+                            e.context(file)
+                        }
+                    },
+                )?;
                 let k = m.graph.shape(m.logits).get(1).copied().unwrap_or(0);
                 if k != classes {
                     bail!(

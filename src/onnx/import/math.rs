@@ -356,23 +356,10 @@ pub fn softmax(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     };
     let x = cx.ir(xn)?;
     let g = &mut cx.g;
-    let m = g.push1(
-        "",
-        Op::ReduceMax {
-            axes: ax.clone(),
-            keepdims: true,
-        },
-        &[x],
-    )?;
-    let m = g.push1("", Op::StopGradient, &[m])?;
-    let z = g.sub(x, m)?;
-    let e = g.unary(Op::Exp, z)?;
-    let s = g.reduce_sum(e, &ax, true)?;
     Ok(if n.op == "Softmax" {
-        g.div(e, s)?
+        crate::compiler::lower::softmax(g, x, &ax)?
     } else {
-        let l = g.unary(Op::Log, s)?;
-        g.sub(z, l)?
+        crate::compiler::lower::log_softmax(g, x, &ax)?
     })
 }
 

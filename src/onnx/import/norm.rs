@@ -6,7 +6,7 @@
 use super::proto::{axis, NodeRef};
 use super::tensor::fconst;
 use super::{Ctx, Val, EXPORT_REF};
-use crate::compiler::ir::{Op, ValueId};
+use crate::compiler::ir::ValueId;
 use crate::compiler::model::InitRule;
 use anyhow::{bail, Result};
 
@@ -17,18 +17,9 @@ fn normalise(
     axes: &[usize],
     eps: f64,
 ) -> Result<(ValueId, ValueId, ValueId)> {
-    let g = &mut cx.g;
-    let mean = g.reduce_mean(x, axes, true)?;
-    let xc = g.sub(x, mean)?;
-    let sq = g.mul(xc, xc)?;
-    let var = g.reduce_mean(sq, axes, true)?;
-    let e = g.scalar_like(x, eps);
-    let ve = g.add(var, e)?;
-    let sd = g.unary(Op::Sqrt, ve)?;
-    let one = g.scalar_like(x, 1.0);
-    let inv = g.div(one, sd)?;
-    let y = g.mul(xc, inv)?;
-    Ok((y, mean, inv))
+    Ok(crate::compiler::lower::normalize_parts(
+        &mut cx.g, x, axes, eps,
+    )?)
 }
 
 /// Applies `y·scale + shift` with the operands reshaped to `shape` (for broadcasting). A

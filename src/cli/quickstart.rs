@@ -24,10 +24,10 @@ pub struct QuickstartArgs {
     #[arg(long, value_enum, default_value_t = BackendKind::Tract)]
     pub backend: BackendKind,
     /// Distillation iterations.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 60)]
     pub iterations: usize,
     /// Evaluation epochs.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 150)]
     pub eval_epochs: usize,
 }
 
@@ -37,14 +37,14 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
     let model = "convnet-d3-w32";
     let experts_dir = a.out.join("experts");
     println!(
-        "1/3 training 3 experts × 4 epochs of {model} on {dataset} → {}",
+        "1/3 training 2 experts × 3 epochs of {model} on 2000 images of {dataset} → {}",
         experts_dir.display()
     );
     crate::experts::run_experts(&ExpertsConfig {
         dataset: dataset.into(),
         model: ModelSpec::parse(model)?,
-        experts: 3,
-        epochs: 4,
+        experts: 2,
+        epochs: 3,
         lr: 0.01,
         batch: 256,
         momentum: 0.0,
@@ -55,7 +55,8 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         shard: (0, 1),
         backend: a.backend,
         out: experts_dir.clone(),
-        limit: None,
+        // 200 images per class keep the teachers' part to about a minute on two cores.
+        limit: Some(2000),
     })?;
     let run_dir = a.out.join("distill-ipc1");
     println!(
@@ -72,13 +73,13 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         expert_epochs: 2,
         max_start_epoch: 2,
         iterations: a.iterations,
-        lr_img: 100.0,
+        lr_img: 10.0,
         lr_lr: 1e-5,
         lr_init: 0.01,
         lr_label: 2.0,
         batch_syn: None,
         pix_init: PixInit::Real,
-        labels: Labels::Target,
+        labels: Labels::Hard,
         gradient: Mode::Tesla,
         zca: false,
         dsa_strategy: Strategy::default().to_string(),
@@ -90,7 +91,12 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         checkpoint_every: 20,
         out: run_dir.clone(),
     };
-    let st = crate::distill::run::run(cfg, true)?;
+    // A re-run picks up where an interrupted one stopped.
+    let resume = run_dir
+        .join("checkpoint")
+        .join("state.safetensors")
+        .exists();
+    let st = crate::distill::run::run(cfg, resume)?;
     println!(
         "3/3 evaluating (2 networks × {} epochs each) against 1 random real image per class",
         a.eval_epochs
@@ -130,7 +136,7 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         &work,
         0,
     )?;
-    println!("distilled (TESLA, soft labels): {}", d.line());
+    println!("distilled (trajectory matching, hard labels): {}", d.line());
     println!("random real subset:             {}", r.line());
     println!("outputs:");
     for p in crate::distill::run::describe_outputs(&run_dir) {

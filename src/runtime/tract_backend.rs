@@ -16,11 +16,6 @@ pub(crate) struct TractBackend;
 
 impl TractBackend {
     pub(crate) fn new() -> Self {
-        // tract's matrix products run on one thread unless given an executor: share rayon's
-        // global pool (one per process, whatever the number of sessions).
-        tract_linalg::multithread::set_default_executor(
-            tract_linalg::multithread::Executor::RayonGlobal,
-        );
         TractBackend
     }
 }

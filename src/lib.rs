@@ -1,6 +1,7 @@
 //! tesla-distill: dataset distillation by matching training trajectories with constant memory
 //! (TESLA), on ONNX graphs.
 #![warn(missing_docs)]
+pub mod atomic_file;
 pub mod cli;
 pub mod compiler;
 pub mod data;

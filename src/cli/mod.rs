@@ -694,7 +694,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     };
     let out = a.out.unwrap_or(out_default);
     let json = serde_json::json!({ "evaluated": what, "dataset": a.dataset, "epochs": a.epochs, "results": results });
-    crate::onnx::export::write_atomic(&out, serde_json::to_string_pretty(&json)?.as_bytes())?;
+    crate::atomic_file::write(&out, serde_json::to_string_pretty(&json)?.as_bytes())?;
     println!("results in {}", out.display());
     Ok(())
 }

@@ -226,6 +226,6 @@ pub fn compile_dir(
         warnings: m.warnings.clone(),
     };
     let json = serde_json::to_string_pretty(&manifest)?;
-    export::write_atomic(&dir.join("manifest.json"), json.as_bytes())?;
+    crate::atomic_file::write(&dir.join("manifest.json"), json.as_bytes())?;
     Ok(manifest)
 }

@@ -160,5 +160,5 @@ pub fn save_grid(
     let img = render_grid(images, labels, mean, std, zca, opts)?;
     let mut buf = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut buf), image::ImageFormat::Png)?;
-    super::write_atomic(path, &buf)
+    crate::atomic_file::write(path, &buf)
 }

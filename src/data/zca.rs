@@ -246,7 +246,7 @@ impl Zca {
             ("format".to_string(), "tesla-zca-1".to_string()),
         ]);
         let buf = safetensors::serialize(views, Some(meta))?;
-        super::write_atomic(path, &buf)
+        crate::atomic_file::write(path, &buf)
     }
 
     /// Loads a transform written by [`Zca::save`]; errors name the file.

@@ -672,7 +672,7 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
         save(&ctx, &st, train.mean(), train.std(), zca.as_ref())?;
     }
     let cfg_path = out.join("config.json");
-    crate::onnx::export::write_atomic(&cfg_path, serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    crate::atomic_file::write(&cfg_path, serde_json::to_string_pretty(&cfg)?.as_bytes())?;
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -238,10 +238,7 @@ fn train_one(
                 &[("trajectory".to_string(), arr)],
                 Some(meta.to_map()?),
             )?;
-            crate::onnx::export::write_atomic(
-                &log_path,
-                serde_json::to_string_pretty(&logs)?.as_bytes(),
-            )?;
+            crate::atomic_file::write(&log_path, serde_json::to_string_pretty(&logs)?.as_bytes())?;
             let line = format!(
                 "expert {j} epoch {}: train loss {loss:.4}, test acc {:.2}%",
                 epoch + 1,

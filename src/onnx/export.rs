@@ -10,7 +10,6 @@
 use super::onnx_dtype;
 use super::pb;
 use crate::compiler::ir::{ConvAttrs, DType, Graph, Op, Tensor, ValueId};
-use anyhow::Context;
 use prost::Message;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -42,23 +41,7 @@ pub fn to_model_proto(g: &Graph) -> pb::ModelProto {
 /// reader never sees a half-written model.
 pub fn write(g: &Graph, path: &Path) -> anyhow::Result<()> {
     let bytes = to_model_proto(g).encode_to_vec();
-    write_atomic(path, &bytes)
-}
-
-/// Writes bytes to `path` through a temporary file in the same directory and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let file = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot move {} to {}", tmp.display(), path.display())
-    })
+    crate::atomic_file::write(path, &bytes)
 }
 
 /// A `TensorProto` holding `t` (little-endian raw data), named `name`.

@@ -3,8 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::{ArrayD, IxDyn};
@@ -125,34 +124,5 @@ pub fn write_safetensors(
         .collect::<Result<Vec<_>>>()?;
     let data = safetensors::serialize(views, metadata)
         .map_err(|e| anyhow!("cannot serialize tensors for {}: {e}", path.display()))?;
-    write_atomically(path, &data)
-}
-
-/// Writes `data` to `path` through a sibling temporary file and a rename.
-pub fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = temp_sibling(path)?;
-    let result = (|| -> Result<()> {
-        let mut f =
-            fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(data)
-            .and_then(|_| f.sync_all())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        fs::rename(&tmp, path)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
-    })();
-    if result.is_err() {
-        // Best effort: the original error is the one worth reporting.
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-fn temp_sibling(path: &Path) -> Result<PathBuf> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("{} is not a file path", path.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    Ok(path.with_file_name(tmp_name))
+    crate::atomic_file::write(path, &data)
 }

@@ -16,27 +16,7 @@ use tesla_distill::runtime::{
 // ---------------------------------------------------------------- model building
 
 fn vi(name: &str, shape: &[usize]) -> pb::ValueInfoProto {
-    pb::ValueInfoProto {
-        name: Some(name.to_string()),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: Some(pb::tensor_proto::DataType::Float as i32),
-                shape: Some(pb::TensorShapeProto {
-                    dim: shape
-                        .iter()
-                        .map(|&d| pb::tensor_shape_proto::Dimension {
-                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(
-                                d as i64,
-                            )),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    tesla_distill::onnx::export::value_info(name, tesla_distill::compiler::ir::DType::F32, shape)
 }
 
 fn attr_ints(name: &str, ints: &[i64]) -> pb::AttributeProto {

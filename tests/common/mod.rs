@@ -57,7 +57,8 @@ pub fn distinct(r: &mut ChaCha8Rng, shape: &[usize]) -> Tensor {
 /// cotangent.
 pub fn weighted_sum(g: &mut Graph, r: &mut ChaCha8Rng, v: ValueId) -> ValueId {
     let s = g.shape(v).to_vec();
-    let w = uniform(r, &s, -1.0, 1.0);
+    let mut w = uniform(r, &s, -1.0, 1.0);
+    w.dtype = g.dtype(v);
     let c = g.constant(w);
     let p = g.mul(v, c).unwrap();
     g.sum_all(p).unwrap()

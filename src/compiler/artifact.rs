@@ -13,6 +13,34 @@ use super::lower::soft_cross_entropy;
 use super::model::ForwardModel;
 use super::passes::{inline, prune, set_outputs, simplify};
 
+/// The role of an artifact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Artifact {
+    /// `step.onnx`: theta, x, y → loss, grad.
+    Step,
+    /// `pass2.onnx`: theta, x, y, v → dx, dtheta, dy, grad.
+    Pass2,
+    /// `pass2_dx.onnx`: theta, x, y, v → dx.
+    Pass2Dx,
+    /// `logits.onnx`: theta, x → logits.
+    Logits,
+    /// `unrolled.onnx`: theta0, target, beta, xs, ys → loss, dxs, dys, dbeta.
+    Unrolled,
+}
+
+impl Artifact {
+    /// The file name inside an artifact directory.
+    pub fn file(self) -> &'static str {
+        match self {
+            Artifact::Step => "step.onnx",
+            Artifact::Pass2 => "pass2.onnx",
+            Artifact::Pass2Dx => "pass2_dx.onnx",
+            Artifact::Logits => "logits.onnx",
+            Artifact::Unrolled => "unrolled.onnx",
+        }
+    }
+}
+
 /// Binds the forward model into `g` with its parameters carved out of one flat vector `theta`.
 /// Returns the logits.
 pub fn forward_from_theta(

@@ -1,11 +1,12 @@
 //! The artifact directory's contract: `manifest.json` (serde) and the compile step that writes it
 //! beside the ONNX files.
 
-use super::artifact::{flops_per_sample, logits_graph, pass2_graph, step_graph, unrolled_graph};
+use super::artifact::{
+    flops_per_sample, logits_graph, pass2_graph, step_graph, unrolled_graph, Artifact,
+};
 use super::ir::{numel, Graph};
 use super::model::{ForwardModel, InitRule};
 use crate::onnx::export;
-use crate::runtime::programs::Artifact;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

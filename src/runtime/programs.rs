@@ -10,33 +10,7 @@ use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// The role of an artifact.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Artifact {
-    /// `step.onnx`: theta, x, y → loss, grad.
-    Step,
-    /// `pass2.onnx`: theta, x, y, v → dx, dtheta, dy, grad.
-    Pass2,
-    /// `pass2_dx.onnx`: theta, x, y, v → dx.
-    Pass2Dx,
-    /// `logits.onnx`: theta, x → logits.
-    Logits,
-    /// `unrolled.onnx`: theta0, target, beta, xs, ys → loss, dxs, dys, dbeta.
-    Unrolled,
-}
-
-impl Artifact {
-    /// The file name inside an artifact directory.
-    pub fn file(self) -> &'static str {
-        match self {
-            Artifact::Step => "step.onnx",
-            Artifact::Pass2 => "pass2.onnx",
-            Artifact::Pass2Dx => "pass2_dx.onnx",
-            Artifact::Logits => "logits.onnx",
-            Artifact::Unrolled => "unrolled.onnx",
-        }
-    }
-}
+pub use crate::compiler::artifact::Artifact;
 
 /// Runs artifacts with positional inputs (in the graph's declared order).
 pub trait Exec {

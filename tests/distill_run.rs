@@ -65,6 +65,19 @@ fn config(experts: &Path, out: &Path, iterations: usize, labels: Labels) -> Dist
     }
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dst = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dst);
+        } else {
+            std::fs::copy(&p, &dst).unwrap();
+        }
+    }
+}
+
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
     let d = tempfile::tempdir().unwrap();
@@ -78,7 +91,11 @@ fn resumed_run_equals_uninterrupted_run() {
     // "Killed" after the checkpoint at iteration 2, then resumed to 4.
     let part = d.path().join("part");
     run(config(&ex, &part, 2, Labels::Target), false).unwrap();
-    let resumed = run(config(&ex, &part, 4, Labels::Target), true).unwrap();
+    // Resumed from a copy of the run directory: it continues in the copy, not where it began.
+    let moved = d.path().join("moved");
+    copy_dir(&part, &moved);
+    let resumed = run(config(&ex, &moved, 4, Labels::Target), true).unwrap();
+    let part = moved;
     assert_eq!(resumed.iteration, 4);
     assert!(full.images == resumed.images, "images differ after resume");
     assert_eq!(full.beta, resumed.beta);

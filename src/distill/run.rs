@@ -593,8 +593,15 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
     let (cfg, resumed) = if resume && state_path.exists() {
         let (st, saved) = load_state(&state_path)?;
         let mut c = saved;
-        // A resumed run may extend its iterations; everything else is the saved run's.
+        // The run's settings are the saved ones, except where it is now (the directory may have
+        // been moved or copied), what runs it, how long and how often it reports.
         c.iterations = cfg.iterations.max(c.iterations);
+        c.out = cfg.out.clone();
+        c.backend = cfg.backend.clone();
+        c.checkpoint_every = cfg.checkpoint_every;
+        c.eval_every = cfg.eval_every;
+        c.eval_epochs = cfg.eval_epochs;
+        c.eval_runs = cfg.eval_runs;
         (c, Some(st))
     } else {
         if resume {

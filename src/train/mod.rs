@@ -143,18 +143,17 @@ pub fn train(
                 .zip(theta.iter())
                 .map(|(g, t)| g + cfg.weight_decay * t)
                 .collect();
-            let step = if cfg.momentum == 0.0 {
-                d
-            } else if let Some(v) = &mut buf {
+            // PyTorch's SGD: a buffer of zeros makes the first step the plain gradient.
+            let step: &[f64] = if cfg.momentum == 0.0 {
+                &d
+            } else {
+                let v = buf.get_or_insert_with(|| vec![0.0; d.len()]);
                 v.iter_mut()
                     .zip(&d)
                     .for_each(|(v, d)| *v = cfg.momentum * *v + d);
-                v.clone()
-            } else {
-                buf = Some(d.clone());
-                d
+                v
             };
-            theta.iter_mut().zip(&step).for_each(|(t, s)| *t -= lr * s);
+            theta.iter_mut().zip(step).for_each(|(t, s)| *t -= lr * s);
             if let Some(p) = progress {
                 p.inc(chunk.len() as u64);
             }

@@ -613,7 +613,7 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
     let kind: BackendKind = cfg.backend.parse()?;
     let strategy = Strategy::parse(&cfg.dsa_strategy)?;
     let zca_src = cfg.experts.join("zca.safetensors");
-    let (train, _test, zca) = crate::experts::load_data(&cfg.dataset, cfg.zca, &zca_src)?;
+    let (train, test, zca) = crate::experts::load_data(&cfg.dataset, cfg.zca, &zca_src)?;
     if let Some(z) = &zca {
         z.save(&out.join("zca.safetensors"))?;
     }
@@ -708,7 +708,7 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
         if cfg.eval_every > 0
             && (st.iteration % cfg.eval_every == 0 || st.iteration == cfg.iterations)
         {
-            eval_acc = Some(quick_eval(&ctx, &st, &model, &out, kind)?);
+            eval_acc = Some(quick_eval(&ctx, &st, &model, &test, &out, kind)?);
         }
         let m = Metric {
             iteration: st.iteration,
@@ -736,14 +736,10 @@ fn quick_eval(
     ctx: &RunContext,
     st: &State,
     model: &ModelSpec,
+    test: &Dataset,
     out: &Path,
     kind: BackendKind,
 ) -> Result<f64> {
-    let test = crate::data::load(&ctx.cfg.dataset, crate::data::Split::Test, None)?;
-    let test = match Zca::load(&out.join("zca.safetensors")) {
-        Ok(z) if ctx.cfg.zca => z.transform_dataset(&test)?,
-        _ => test,
-    };
     let cfg = crate::eval::EvalConfig {
         runs: ctx.cfg.eval_runs.max(1),
         epochs: ctx.cfg.eval_epochs,
@@ -759,7 +755,7 @@ fn quick_eval(
         images.view(),
         labels.view(),
         st.beta,
-        &test,
+        test,
         &cfg,
         &out.join("artifacts").join("eval"),
         0,

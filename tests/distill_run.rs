@@ -15,14 +15,22 @@ use tesla_distill::zoo::ModelSpec;
 const MODEL: &str = "convnet-d3-w4";
 
 fn experts(dir: &Path) {
+    experts_with_momentum(dir, 0.0)
+}
+
+fn experts_with_momentum(dir: &Path, momentum: f64) {
+    experts_with(dir, 0.01, momentum, 200)
+}
+
+fn experts_with(dir: &Path, lr: f64, momentum: f64, limit: usize) {
     run_experts(&ExpertsConfig {
         dataset: "fmnist-small".into(),
         model: ModelSpec::parse(MODEL).unwrap(),
         experts: 2,
         epochs: 2,
-        lr: 0.01,
+        lr,
         batch: 64,
-        momentum: 0.0,
+        momentum,
         weight_decay: 0.0,
         strategy: Default::default(),
         zca: false,
@@ -30,7 +38,7 @@ fn experts(dir: &Path) {
         shard: (0, 1),
         backend: BackendKind::Tract,
         out: dir.to_path_buf(),
-        limit: Some(200),
+        limit: Some(limit),
     })
     .unwrap();
 }
@@ -47,7 +55,7 @@ fn config(experts: &Path, out: &Path, iterations: usize, labels: Labels) -> Dist
         iterations,
         lr_img: 100.0,
         lr_lr: 1e-5,
-        lr_init: 0.01,
+        lr_init: Some(0.01),
         lr_label: 2.0,
         batch_syn: Some(5),
         pix_init: PixInit::Real,
@@ -132,24 +140,7 @@ fn soft_labels_are_the_target_teachers_softmax() {
     let train =
         tesla_distill::data::load("fmnist-small", tesla_distill::data::Split::Train, None).unwrap();
     let init = tesla_distill::distill::run::initial_state(&cfg, &train).unwrap();
-    let n = init.images.shape()[0];
-    let m = ModelSpec::parse(MODEL)
-        .unwrap()
-        .build(n, [1, 28, 28], 10)
-        .unwrap();
-    let z = eval(
-        &logits_graph(&m).unwrap(),
-        &[
-            Tensor::new(DType::F64, vec![target.len()], target),
-            Tensor::new(
-                DType::F64,
-                init.images.shape().to_vec(),
-                init.images.iter().copied().collect(),
-            ),
-        ],
-    )
-    .unwrap()
-    .remove(0);
+    let z = teacher_logits(target, &init.images);
     for (i, row) in z.data.chunks(10).enumerate() {
         let mx = row.iter().cloned().fold(f64::MIN, f64::max);
         let s: f64 = row.iter().map(|v| (v - mx).exp()).sum();
@@ -162,4 +153,135 @@ fn soft_labels_are_the_target_teachers_softmax() {
             );
         }
     }
+}
+
+#[test]
+fn beta_starts_at_the_experts_step_size_by_default() {
+    let d = tempfile::tempdir().unwrap();
+    let ex = d.path().join("experts");
+    // lr 0.01 with momentum 0.5: a steady-state step of 0.02.
+    experts_with_momentum(&ex, 0.5);
+    let out = d.path().join("run");
+    let mut cfg = config(&ex, &out, 1, Labels::Hard);
+    cfg.lr_init = None;
+    // β is not learned in this run, so it keeps its initial value.
+    cfg.lr_lr = 0.0;
+    let st = run(cfg, false).unwrap();
+    // β lives in the state as f32.
+    assert!((st.beta - 0.02).abs() < 1e-8, "beta {}", st.beta);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert!((saved["lr_init"].as_f64().unwrap() - 0.02).abs() < 1e-12);
+}
+
+/// The teacher `theta`'s logits on `images`, on the f64 reference evaluator.
+fn teacher_logits(theta: Vec<f64>, images: &ndarray::Array4<f64>) -> Tensor {
+    let m = ModelSpec::parse(MODEL)
+        .unwrap()
+        .build(images.shape()[0], [1, 28, 28], 10)
+        .unwrap();
+    eval(
+        &logits_graph(&m).unwrap(),
+        &[
+            Tensor::new(DType::F64, vec![theta.len()], theta),
+            Tensor::new(
+                DType::F64,
+                images.shape().to_vec(),
+                images.iter().copied().collect(),
+            ),
+        ],
+    )
+    .unwrap()
+    .remove(0)
+}
+
+/// Indices of the `images` rows whose argmax under the teacher `theta` is not `classes[i]`.
+fn misclassified(theta: Vec<f64>, images: &ndarray::Array4<f64>, classes: &[u32]) -> Vec<usize> {
+    teacher_logits(theta, images)
+        .data
+        .chunks(10)
+        .enumerate()
+        .filter(|(i, row)| {
+            let best = (0..10).fold(0, |b, k| if row[k] > row[b] { k } else { b });
+            best != classes[*i] as usize
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[test]
+fn real_correct_starts_from_real_images_every_target_teacher_gets_right() {
+    let d = tempfile::tempdir().unwrap();
+    let ex = d.path().join("experts");
+    // Teachers good enough to get some image of every class right.
+    experts_with(&ex, 0.05, 0.9, 2000);
+    let out = d.path().join("run");
+    let mut cfg = config(&ex, &out, 1, Labels::Target);
+    cfg.pix_init = PixInit::RealCorrect;
+    // Images that do not move: the state after one iteration is the start.
+    cfg.lr_img = 0.0;
+    cfg.max_start_epoch = 2;
+    cfg.expert_epochs = 1;
+    let st = run(cfg.clone(), false).unwrap();
+    let train =
+        tesla_distill::data::load("fmnist-small", tesla_distill::data::Split::Train, None).unwrap();
+    // Every image is a training image of its own class.
+    for (i, &c) in st.classes.iter().enumerate() {
+        assert_eq!(c as usize, i, "one image per class, class order");
+        let img = st.images.index_axis(ndarray::Axis(0), i);
+        let found = train.class_indices(i).iter().any(|&j| {
+            let x = train.batch(&[j]);
+            x.index_axis(ndarray::Axis(0), 0)
+                .iter()
+                .zip(img.iter())
+                .all(|(a, b)| f64::from(*a) == *b)
+        });
+        assert!(found, "image {i} is not a training image of class {i}");
+    }
+    // Every target-step teacher (epochs 1 and 2 of both experts) classifies every image right.
+    for f in list(&ex).unwrap() {
+        let traj = Trajectory::open(&f).unwrap();
+        for epoch in 1..=2 {
+            let wrong = misclassified(traj.epoch(epoch).unwrap(), &st.images, &st.classes);
+            assert!(
+                wrong.is_empty(),
+                "{} epoch {epoch}: images {wrong:?} misclassified",
+                f.display()
+            );
+        }
+    }
+    // A random real start with the same seed does include images some teacher gets wrong, so the
+    // check above is not vacuous.
+    let mut plain = cfg.clone();
+    plain.pix_init = PixInit::Real;
+    let random = tesla_distill::distill::run::initial_state(&plain, &train).unwrap();
+    let wrong: usize = list(&ex)
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let traj = Trajectory::open(f).unwrap();
+            (1..=2)
+                .map(|e| {
+                    misclassified(traj.epoch(e).unwrap(), &random.images, &random.classes).len()
+                })
+                .sum::<usize>()
+        })
+        .sum();
+    assert!(
+        wrong > 0,
+        "every teacher already gets the random start right"
+    );
+    // Asking for more agreed images than a class holds fails with a clear message.
+    let mut all = cfg;
+    all.ipc = 500;
+    all.batch_syn = Some(10);
+    all.out = d.path().join("all");
+    let err = match run(all, false) {
+        Ok(_) => panic!("500 agreed images of every class were found"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("classified correctly by all 4 target-step teachers"),
+        "{err}"
+    );
 }

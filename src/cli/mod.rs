@@ -174,7 +174,7 @@ pub struct DistillArgs {
     /// Learning rate of β.
     #[arg(long)]
     lr_lr: Option<f64>,
-    /// Initial β.
+    /// Initial β (default: the experts' learning rate, divided by 1 − momentum if they used momentum).
     #[arg(long)]
     lr_init: Option<f64>,
     /// Learning rate of learned labels.
@@ -540,7 +540,7 @@ fn distill_config(a: DistillArgs) -> Result<DistillConfig> {
         iterations: a.iterations.unwrap_or(5000),
         lr_img: a.lr_img.or(p.map(|p| p.lr_img)).unwrap_or(500.0),
         lr_lr: a.lr_lr.unwrap_or(1e-5),
-        lr_init: a.lr_init.unwrap_or(0.01),
+        lr_init: a.lr_init,
         lr_label: a.lr_label.unwrap_or(2.0),
         batch_syn: a.batch_syn.or(p.and_then(|p| p.batch_syn)),
         pix_init: a.pix_init.unwrap_or(PixInit::Real),

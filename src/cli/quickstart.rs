@@ -75,7 +75,7 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         iterations: a.iterations,
         lr_img: 10.0,
         lr_lr: 1e-5,
-        lr_init: 0.01,
+        lr_init: Some(0.01),
         lr_label: 2.0,
         batch_syn: None,
         pix_init: PixInit::Real,

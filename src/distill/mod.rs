@@ -1,3 +1,4 @@
 //! TESLA distillation: the two-pass constant-memory loop, the exact reverse sweep and the unrolled baseline.
 pub mod gradient;
+pub mod init;
 pub mod run;

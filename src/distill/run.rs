@@ -5,6 +5,7 @@
 use super::gradient::{backward, Mode, Segment};
 use crate::data::augment::{self, Draw, Strategy};
 use crate::data::bench::peak_rss_kib;
+use crate::data::select::Selection;
 use crate::data::{zca::Zca, Dataset};
 use crate::experts::trajectory::{list, Trajectory};
 use crate::runtime::programs::{Artifact, Exec};
@@ -46,6 +47,11 @@ pub enum PixInit {
     Real,
     /// Standard normal noise.
     Noise,
+    /// A class-balanced random real subset of images that every target-step teacher classifies
+    /// correctly (see [`super::init`]).
+    #[value(name = "real-correct")]
+    #[serde(rename = "real-correct")]
+    RealCorrect,
 }
 
 /// `tesla distill` settings (saved as `config.json` in the run directory).
@@ -71,8 +77,10 @@ pub struct DistillConfig {
     pub lr_img: f64,
     /// Learning rate of β.
     pub lr_lr: f64,
-    /// Initial β.
-    pub lr_init: f64,
+    /// Initial β (`None`: the experts' step size, as method.md's `β = lr_teacher`; with momentum
+    /// `lr / (1 − momentum)`).
+    #[serde(default)]
+    pub lr_init: Option<f64>,
     /// Learning rate of learned label logits.
     pub lr_label: f64,
     /// Student batch (`None`: all synthetic images).
@@ -170,8 +178,8 @@ fn to_f64<D: ndarray::Dimension>(a: &ndarray::Array<f32, D>) -> ndarray::Array<f
     a.mapv(f64::from)
 }
 
-/// Logits of the teacher `theta` on all synthetic images, in batches of `b`.
-fn teacher_labels(
+/// Softmax of the teacher `theta`'s logits on `images`, in batches of `b`.
+pub(crate) fn teacher_labels(
     exec: &mut dyn Exec,
     theta: &[f64],
     images: &Array4<f64>,
@@ -517,9 +525,13 @@ fn load_state(path: &Path) -> Result<(State, DistillConfig)> {
     Ok((st, cfg))
 }
 
-/// The initial state: real or noise images, class-balanced, β = `lr_init`.
+/// The initial state: real or noise images, class-balanced, β = `lr_init` (the teacher's 0.01 when
+/// unset; [`run`] resolves it from the expert files first). `real-correct` needs the teachers, so
+/// only [`run`] can start it.
 pub fn initial_state(cfg: &DistillConfig, train: &Dataset) -> Result<State> {
-    let k = train.num_classes();
+    if cfg.pix_init == PixInit::RealCorrect {
+        bail!("--pix-init real-correct needs the expert teachers: start it with `tesla distill`");
+    }
     let sel =
         crate::data::select::select_per_class(train, cfg.ipc, cfg.seed).with_context(|| {
             format!(
@@ -527,8 +539,14 @@ pub fn initial_state(cfg: &DistillConfig, train: &Dataset) -> Result<State> {
                 cfg.ipc, cfg.dataset
             )
         })?;
+    initial_state_from(cfg, train, sel)
+}
+
+/// The initial state for the images `sel` picked (their pixels unless `--pix-init noise`).
+pub fn initial_state_from(cfg: &DistillConfig, train: &Dataset, sel: Selection) -> Result<State> {
+    let k = train.num_classes();
     let images = match cfg.pix_init {
-        PixInit::Real => to_f64(&sel.images(train)),
+        PixInit::Real | PixInit::RealCorrect => to_f64(&sel.images(train)),
         PixInit::Noise => {
             let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
             let [c, h, w] = train.image_shape();
@@ -551,7 +569,7 @@ pub fn initial_state(cfg: &DistillConfig, train: &Dataset) -> Result<State> {
         images_mom: Array4::zeros(images.raw_dim()),
         images,
         classes: sel.labels,
-        beta: cfg.lr_init,
+        beta: cfg.lr_init.unwrap_or(0.01),
         beta_mom: 0.0,
         label_logits,
         label_mom,
@@ -590,7 +608,7 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
         .with_context(|| format!("the output directory {} is not writable", out.display()))?;
     let _ = std::fs::remove_file(&probe);
     let state_path = out.join("checkpoint").join("state.safetensors");
-    let (cfg, resumed) = if resume && state_path.exists() {
+    let (mut cfg, resumed) = if resume && state_path.exists() {
         let (st, saved) = load_state(&state_path)?;
         let mut c = saved;
         // The run's settings are the saved ones, except where it is now (the directory may have
@@ -618,11 +636,13 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
         z.save(&out.join("zca.safetensors"))?;
     }
     let k = train.num_classes();
-    let mut st = match resumed {
-        Some(s) => s,
-        None => initial_state(&cfg, &train)?,
+    // A start from teacher-agreed images waits for the experts; the others fail fast on bad input.
+    let st = match resumed {
+        Some(s) => Some(s),
+        None if cfg.pix_init == PixInit::RealCorrect => None,
+        None => Some(initial_state(&cfg, &train)?),
     };
-    let n = st.images.shape()[0];
+    let n = st.as_ref().map_or(cfg.ipc * k, |s| s.images.shape()[0]);
     let batch_syn = cfg.batch_syn.unwrap_or(n).min(n);
     if batch_syn == 0 || n % batch_syn != 0 {
         bail!("--batch-syn {batch_syn} must divide the number of synthetic images ({n})");
@@ -668,6 +688,26 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
         cfg.max_start_epoch - 1 + cfg.expert_epochs,
         num_params,
     )?;
+    let mut st = match st {
+        Some(s) => s,
+        None => {
+            let teachers =
+                super::init::target_teachers(&experts, cfg.max_start_epoch, cfg.expert_epochs)?;
+            let exec = store.get(batch_syn)?.0;
+            let sel = super::init::select_teacher_agreed(
+                &train, cfg.ipc, cfg.seed, &teachers, exec, batch_syn,
+            )?;
+            initial_state_from(&cfg, &train, sel)?
+        }
+    };
+    if cfg.lr_init.is_none() {
+        // A fresh run starts β at the teachers' step size; a resumed one keeps its own β.
+        let lr = experts[0].meta.effective_lr();
+        if st.iteration == 0 {
+            st.beta = lr;
+        }
+        cfg.lr_init = Some(lr);
+    }
     let ctx = RunContext {
         cfg: cfg.clone(),
         experts,

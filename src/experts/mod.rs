@@ -199,6 +199,7 @@ fn train_one(
         epochs: cfg.epochs,
         params,
         lr: cfg.lr,
+        momentum: cfg.momentum,
     };
     let pb = ProgressBar::new(train_set.len() as u64);
     pb.set_style(

@@ -26,9 +26,22 @@ pub struct ExpertMeta {
     pub params: Vec<ParamEntry>,
     /// Teacher learning rate.
     pub lr: f64,
+    /// Teacher SGD momentum (absent in files written before it was recorded: 0).
+    #[serde(default)]
+    pub momentum: f64,
 }
 
 impl ExpertMeta {
+    /// The teacher's step size in steady state, `lr / (1 − momentum)`: the student's initial β,
+    /// since the plain-SGD student has to cover the same distance per step.
+    pub fn effective_lr(&self) -> f64 {
+        if self.momentum > 0.0 && self.momentum < 1.0 {
+            self.lr / (1.0 - self.momentum)
+        } else {
+            self.lr
+        }
+    }
+
     /// As the string map safetensors stores.
     pub fn to_map(&self) -> Result<HashMap<String, String>> {
         let mut m = HashMap::new();

@@ -1,0 +1,94 @@
+//! Where the synthetic images start. Besides a random real subset and noise, a run can start from
+//! random real images that every target-step teacher classifies correctly: soft label assignment
+//! then begins from images whose teacher labels name their own class (with a random subset, a
+//! teacher's confusion, a shirt taken for a coat, turns that image into the wrong class for the
+//! whole run).
+
+use super::run::teacher_labels;
+use crate::data::select::Selection;
+use crate::data::Dataset;
+use crate::experts::trajectory::Trajectory;
+use crate::runtime::programs::Exec;
+use anyhow::{bail, Result};
+use ndarray::Axis;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// The teachers whose labels a run can use: epochs `M … max_start_epoch − 1 + M` of every expert.
+pub fn target_teachers(
+    experts: &[Trajectory],
+    max_start_epoch: usize,
+    expert_epochs: usize,
+) -> Result<Vec<Vec<f64>>> {
+    let mut out = Vec::with_capacity(experts.len() * max_start_epoch);
+    for e in experts {
+        for t in 0..max_start_epoch {
+            out.push(e.epoch(t + expert_epochs)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Picks `ipc` images of every class, in a random order fixed by `seed`, keeping only those that
+/// all `teachers` classify as their class. `exec` runs the logits graph on batches of `b`.
+pub fn select_teacher_agreed(
+    train: &Dataset,
+    ipc: usize,
+    seed: u64,
+    teachers: &[Vec<f64>],
+    exec: &mut dyn Exec,
+    b: usize,
+) -> Result<Selection> {
+    let k = train.num_classes();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut indices = Vec::with_capacity(ipc * k);
+    let mut labels = Vec::with_capacity(ipc * k);
+    for c in 0..k {
+        let mut pool = train.class_indices(c).to_vec();
+        if ipc > pool.len() {
+            bail!(
+                "--ipc {ipc} is larger than class {c} ({}), which has {} images",
+                train.class_names()[c],
+                pool.len()
+            );
+        }
+        pool.shuffle(&mut rng);
+        let mut taken = 0;
+        for chunk in pool.chunks(b) {
+            let x = train.batch(chunk).mapv(f64::from);
+            let mut agreed = vec![true; chunk.len()];
+            for theta in teachers {
+                let p = teacher_labels(exec, theta, &x, b, k)?;
+                for (i, row) in p.axis_iter(Axis(0)).enumerate() {
+                    let best = row.iter().enumerate().fold((0, f64::MIN), |m, (j, &v)| {
+                        if v > m.1 {
+                            (j, v)
+                        } else {
+                            m
+                        }
+                    });
+                    agreed[i] &= best.0 == c;
+                }
+            }
+            for (&i, ok) in chunk.iter().zip(agreed) {
+                if ok && taken < ipc {
+                    indices.push(i);
+                    labels.push(c as u32);
+                    taken += 1;
+                }
+            }
+            if taken == ipc {
+                break;
+            }
+        }
+        if taken < ipc {
+            bail!(
+                "only {taken} images of class {c} ({}) are classified correctly by all {} target-step teachers, fewer than --ipc {ipc}; use --pix-init real",
+                train.class_names()[c],
+                teachers.len()
+            );
+        }
+    }
+    Ok(Selection { indices, labels })
+}

@@ -499,7 +499,7 @@ pub fn preset(name: &str) -> Result<Preset> {
         "imagenet-ipc50" => p("imagenet64", "convnet-d4", 50, 100, 3, 25, Some(500), false, 5000.0),
         // The README's reduced-scale Fashion-MNIST runs.
         "fmnist-ipc1" => p("fashion-mnist", "convnet-d3-w32", 1, 20, 2, 4, None, false, 10.0),
-        "fmnist-ipc10" => p("fashion-mnist", "convnet-d3-w32", 10, 20, 2, 4, Some(20), false, 30.0),
+        "fmnist-ipc10" => p("fashion-mnist", "convnet-d3-w32", 10, 20, 2, 5, Some(20), false, 50.0),
         other => bail!("unknown preset '{other}': cifar10-ipc1|10|50, cifar100-ipc1|10|50, imagenet-ipc1|2|10|50, fmnist-ipc1|10"),
     })
 }

@@ -4,7 +4,7 @@
 //! teacher's confusion, a shirt taken for a coat, turns that image into the wrong class for the
 //! whole run).
 
-use super::run::teacher_labels;
+use super::labels::teacher_labels;
 use crate::data::select::Selection;
 use crate::data::Dataset;
 use crate::experts::trajectory::Trajectory;

@@ -1,4 +1,5 @@
 //! TESLA distillation: the two-pass constant-memory loop, the exact reverse sweep and the unrolled baseline.
 pub mod gradient;
 pub mod init;
+pub mod labels;
 pub mod run;

@@ -3,6 +3,8 @@
 //! directory: `distilled.safetensors`, `checkpoint/`, `metrics.jsonl`, `grid.png`.
 
 use super::gradient::{backward, Mode, Segment};
+pub use super::labels::softmax_rows;
+use super::labels::teacher_labels;
 use crate::data::augment::{self, Draw, Strategy};
 use crate::data::bench::peak_rss_kib;
 use crate::data::select::Selection;
@@ -148,18 +150,6 @@ struct Metric {
     eval_acc: Option<f64>,
 }
 
-/// Softmax of each row.
-pub fn softmax_rows(z: &Array2<f64>) -> Array2<f64> {
-    let mut out = z.clone();
-    for mut row in out.rows_mut() {
-        let m = row.fold(f64::MIN, |a, &b| a.max(b));
-        row.mapv_inplace(|v| (v - m).exp());
-        let s = row.sum();
-        row.mapv_inplace(|v| v / s);
-    }
-    out
-}
-
 /// Everything a run needs besides its state.
 pub struct RunContext {
     /// Settings.
@@ -176,30 +166,6 @@ pub struct RunContext {
 
 fn to_f64<D: ndarray::Dimension>(a: &ndarray::Array<f32, D>) -> ndarray::Array<f64, D> {
     a.mapv(f64::from)
-}
-
-/// Softmax of the teacher `theta`'s logits on `images`, in batches of `b`.
-pub(crate) fn teacher_labels(
-    exec: &mut dyn Exec,
-    theta: &[f64],
-    images: &Array4<f64>,
-    b: usize,
-    classes: usize,
-) -> Result<Array2<f64>> {
-    let n = images.shape()[0];
-    let mut z = Array2::<f64>::zeros((n, classes));
-    let th = ndarray::ArrayView1::from(theta).into_dyn();
-    for start in (0..n).step_by(b) {
-        let end = (start + b).min(n);
-        let mut idx: Vec<usize> = (start..end).collect();
-        idx.resize(b, start);
-        let x = images.select(Axis(0), &idx).into_dyn();
-        let out = exec.run(Artifact::Logits, &[th.clone(), x.view()])?;
-        let l = out[0].view().into_dimensionality::<Ix2>()?;
-        z.slice_mut(s![start..end, ..])
-            .assign(&l.slice(s![..end - start, ..]));
-    }
-    Ok(softmax_rows(&z))
 }
 
 /// One iteration of Algorithm 1 on `exec` (whose graphs take batches of `ctx.batch_syn`).

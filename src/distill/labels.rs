@@ -1,0 +1,43 @@
+//! Soft label assignment: the label rows a teacher gives images (the softmax of its logits), shared
+//! by the iteration (TESLA's target-step labels) and by the teacher-agreed start.
+
+use crate::compiler::artifact::Artifact;
+use crate::runtime::programs::Exec;
+use anyhow::Result;
+use ndarray::{s, Array2, Array4, Axis, Ix2};
+
+/// Softmax of each row.
+pub fn softmax_rows(z: &Array2<f64>) -> Array2<f64> {
+    let mut out = z.clone();
+    for mut row in out.rows_mut() {
+        let m = row.fold(f64::MIN, |a, &b| a.max(b));
+        row.mapv_inplace(|v| (v - m).exp());
+        let s = row.sum();
+        row.mapv_inplace(|v| v / s);
+    }
+    out
+}
+
+/// Softmax of the teacher `theta`'s logits on `images`, in batches of `b`.
+pub fn teacher_labels(
+    exec: &mut dyn Exec,
+    theta: &[f64],
+    images: &Array4<f64>,
+    b: usize,
+    classes: usize,
+) -> Result<Array2<f64>> {
+    let n = images.shape()[0];
+    let mut z = Array2::<f64>::zeros((n, classes));
+    let th = ndarray::ArrayView1::from(theta).into_dyn();
+    for start in (0..n).step_by(b) {
+        let end = (start + b).min(n);
+        let mut idx: Vec<usize> = (start..end).collect();
+        idx.resize(b, start);
+        let x = images.select(Axis(0), &idx).into_dyn();
+        let out = exec.run(Artifact::Logits, &[th.clone(), x.view()])?;
+        let l = out[0].view().into_dimensionality::<Ix2>()?;
+        z.slice_mut(s![start..end, ..])
+            .assign(&l.slice(s![..end - start, ..]));
+    }
+    Ok(softmax_rows(&z))
+}

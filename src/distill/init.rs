@@ -68,7 +68,8 @@ pub fn select_teacher_agreed(
                             m
                         }
                     });
-                    agreed[i] &= best.0 == c;
+                    // A diverged teacher (NaN rows) agrees with nothing.
+                    agreed[i] &= best.0 == c && row.iter().all(|v| v.is_finite());
                 }
             }
             for (&i, ok) in chunk.iter().zip(agreed) {

@@ -9,6 +9,7 @@ use crate::data::select::Selection;
 use crate::data::Dataset;
 use crate::experts::trajectory::Trajectory;
 use crate::runtime::programs::Exec;
+use crate::train::argmax;
 use anyhow::{bail, Result};
 use ndarray::Axis;
 use rand::seq::SliceRandom;
@@ -61,15 +62,8 @@ pub fn select_teacher_agreed(
             for theta in teachers {
                 let p = teacher_labels(exec, theta, &x, b, k)?;
                 for (i, row) in p.axis_iter(Axis(0)).enumerate() {
-                    let best = row.iter().enumerate().fold((0, f64::MIN), |m, (j, &v)| {
-                        if v > m.1 {
-                            (j, v)
-                        } else {
-                            m
-                        }
-                    });
                     // A diverged teacher (NaN rows) agrees with nothing.
-                    agreed[i] &= best.0 == c && row.iter().all(|v| v.is_finite());
+                    agreed[i] &= argmax(row) == c && row.iter().all(|v| v.is_finite());
                 }
             }
             for (&i, ok) in chunk.iter().zip(agreed) {

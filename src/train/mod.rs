@@ -48,6 +48,14 @@ impl TrainSet<'_> {
     }
 }
 
+/// Index of the largest entry (the first on ties; NaN entries never win).
+pub fn argmax<'a>(row: impl IntoIterator<Item = &'a f64>) -> usize {
+    row.into_iter()
+        .enumerate()
+        .fold((0, f64::MIN), |m, (k, &v)| if v > m.1 { (k, v) } else { m })
+        .0
+}
+
 /// One-hot rows for hard labels.
 pub fn one_hot(labels: &[u32], classes: usize) -> Array2<f32> {
     let mut y = Array2::zeros((labels.len(), classes));
@@ -189,12 +197,7 @@ pub fn accuracy(
         let labels = ds.batch_labels(chunk);
         for (i, &l) in labels.iter().enumerate() {
             let row = z.row(i);
-            let arg = row
-                .iter()
-                .enumerate()
-                .fold((0, f64::MIN), |m, (k, &v)| if v > m.1 { (k, v) } else { m })
-                .0;
-            correct += usize::from(arg == l as usize);
+            correct += usize::from(argmax(row) == l as usize);
         }
     }
     Ok(correct as f64 / n as f64)

@@ -8,7 +8,7 @@ use crate::data::Dataset;
 use crate::runtime::programs::Artifact;
 use crate::runtime::store::ProgramStore;
 use crate::runtime::BackendKind;
-use crate::train::{accuracy, derive_seed, init_theta, train, Sgd, TrainSet};
+use crate::train::{accuracy, derive_seed, init_theta, train, Sgd, SgdState, TrainSet};
 use crate::zoo::ModelSpec;
 use anyhow::Result;
 use ndarray::{ArrayView2, ArrayView4};
@@ -97,7 +97,7 @@ pub fn evaluate(
     let n = images.shape()[0];
     for run in 0..cfg.runs {
         let seed = derive_seed(cfg.seed, run as u64 + run_offset);
-        let mut theta = init_theta(&mut store, cfg.batch.min(n), seed)?;
+        let mut state = SgdState::new(init_theta(&mut store, cfg.batch.min(n), seed)?);
         let sgd = Sgd {
             lr,
             momentum: 0.9,
@@ -117,12 +117,12 @@ pub fn evaluate(
             &mut store,
             &set,
             classes,
-            &mut theta,
+            &mut state,
             &sgd,
             None,
             &mut |_, _, _, _| Ok(()),
         )?;
-        accs.push(accuracy(&mut store, test, &theta, 500)?);
+        accs.push(accuracy(&mut store, test, &state.theta, 500)?);
     }
     let (mean, std) = mean_std(&accs);
     Ok(ModelResult {

@@ -8,7 +8,7 @@ use crate::data::{zca::Zca, Dataset, Split};
 use crate::runtime::programs::Artifact;
 use crate::runtime::store::ProgramStore;
 use crate::runtime::{write_safetensors, BackendKind};
-use crate::train::{accuracy, derive_seed, init_theta, train, Sgd, TrainSet};
+use crate::train::{accuracy, derive_seed, init_theta, train, Sgd, SgdState, TrainSet};
 use crate::zoo::ModelSpec;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -145,17 +145,24 @@ fn train_one(
     let (_, manifest) = store.get(cfg.batch.min(train_set.len()))?;
     let params = manifest.params.clone();
     let p = manifest.num_params;
-    // Resume from the partial trajectory (an interrupted expert restarts at its last epoch).
+    // Resume from the partial trajectory (an interrupted expert restarts at its last epoch, with
+    // the momentum buffer it had there, so the resumed trajectory is the uninterrupted one).
     let mut snaps: Vec<Vec<f32>> = Vec::new();
+    let mut velocity: Option<Vec<f64>> = None;
     let mut logs: Vec<serde_json::Value> = Vec::new();
     if partial.exists() {
-        let t = crate::runtime::read_safetensors(&partial)?;
-        if let Some((_, a)) = t.into_iter().find(|(n, _)| n == "trajectory") {
-            if a.ndim() == 2 && a.shape()[1] == p {
-                snaps = a
-                    .outer_iter()
-                    .map(|r| r.iter().copied().collect())
-                    .collect();
+        for (name, a) in crate::runtime::read_safetensors(&partial)? {
+            match name.as_str() {
+                "trajectory" if a.ndim() == 2 && a.shape()[1] == p => {
+                    snaps = a
+                        .outer_iter()
+                        .map(|r| r.iter().copied().collect())
+                        .collect();
+                }
+                "velocity" if a.len() == p => {
+                    velocity = Some(a.iter().map(|&v| f64::from(v)).collect());
+                }
+                _ => {}
             }
         }
         if let Ok(s) = std::fs::read_to_string(&log_path) {
@@ -166,6 +173,12 @@ fn train_one(
             "expert {j}: resuming at epoch {}",
             snaps.len().saturating_sub(1)
         );
+        if cfg.momentum != 0.0 && velocity.is_none() && snaps.len() > 1 {
+            eprintln!(
+                "expert {j}: {} holds no momentum buffer; it restarts from zero",
+                partial.display()
+            );
+        }
     }
     if snaps.is_empty() {
         snaps.push(
@@ -174,13 +187,17 @@ fn train_one(
                 .map(|&v| v as f32)
                 .collect(),
         );
+        velocity = None;
     }
-    let mut theta: Vec<f64> = snaps
-        .last()
-        .expect("non-empty")
-        .iter()
-        .map(|&v| f64::from(v))
-        .collect();
+    let mut state = SgdState {
+        theta: snaps
+            .last()
+            .expect("non-empty")
+            .iter()
+            .map(|&v| f64::from(v))
+            .collect(),
+        velocity,
+    };
     let sgd = Sgd {
         lr: cfg.lr,
         momentum: cfg.momentum,
@@ -215,12 +232,12 @@ fn train_one(
         store,
         &TrainSet::Real(train_set),
         classes,
-        &mut theta,
+        &mut state,
         &sgd,
         Some(&pb),
-        &mut |store, epoch, th, loss| {
-            let acc = accuracy(store, test, th, 500)?;
-            snaps.push(th.iter().map(|&v| v as f32).collect());
+        &mut |store, epoch, st, loss| {
+            let acc = accuracy(store, test, &st.theta, 500)?;
+            snaps.push(st.theta.iter().map(|&v| v as f32).collect());
             logs.push(serde_json::to_value(EpochLog {
                 epoch: epoch + 1,
                 train_loss: loss,
@@ -229,16 +246,19 @@ fn train_one(
             })?);
             t0 = std::time::Instant::now();
             let arr = ndarray::Array2::from_shape_vec((snaps.len(), p), snaps.concat())?.into_dyn();
+            let mut tensors = vec![("trajectory".to_string(), arr)];
             let target = if epoch + 1 == cfg.epochs {
                 expert_path(&cfg.out, j)
             } else {
+                // The buffer is kept in f64 bits' f32 rounding like the snapshots; resuming
+                // rounds θ the same way, so both halves of a resumed run see the same state.
+                if let Some(v) = &st.velocity {
+                    let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+                    tensors.push(("velocity".to_string(), ndarray::Array1::from(v).into_dyn()));
+                }
                 partial.clone()
             };
-            write_safetensors(
-                &target,
-                &[("trajectory".to_string(), arr)],
-                Some(meta.to_map()?),
-            )?;
+            write_safetensors(&target, &tensors, Some(meta.to_map()?))?;
             crate::atomic_file::write(&log_path, serde_json::to_string_pretty(&logs)?.as_bytes())?;
             let line = format!(
                 "expert {j} epoch {}: train loss {loss:.4}, test acc {:.2}%",

@@ -48,6 +48,10 @@ impl TrainSet<'_> {
     }
 }
 
+fn round_f32(v: f64) -> f64 {
+    f64::from(v as f32)
+}
+
 /// Index of the largest entry (the first on ties; NaN entries never win).
 pub fn argmax<'a>(row: impl IntoIterator<Item = &'a f64>) -> usize {
     row.into_iter()
@@ -89,16 +93,37 @@ pub struct Sgd {
     pub start_epoch: usize,
 }
 
-/// Called after every epoch with the store, the epoch, the parameters and the mean loss.
-pub type EpochHook<'a> = dyn FnMut(&mut ProgramStore, usize, &[f64], f64) -> Result<()> + 'a;
+/// What SGD carries from one step to the next. A run that resumes mid-training must restore both:
+/// with momentum, the parameters alone do not determine the next step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SgdState {
+    /// The parameters.
+    pub theta: Vec<f64>,
+    /// The momentum buffer: `None` before the first step (PyTorch starts it at the first
+    /// gradient) and always when momentum is 0.
+    pub velocity: Option<Vec<f64>>,
+}
 
-/// Trains `theta` in place; `on_epoch(store, epoch, theta, mean_loss)` runs after every epoch (its
+impl SgdState {
+    /// A fresh start from `theta`.
+    pub fn new(theta: Vec<f64>) -> Self {
+        SgdState {
+            theta,
+            velocity: None,
+        }
+    }
+}
+
+/// Called after every epoch with the store, the epoch, the SGD state and the mean loss.
+pub type EpochHook<'a> = dyn FnMut(&mut ProgramStore, usize, &SgdState, f64) -> Result<()> + 'a;
+
+/// Trains `state` in place; `on_epoch(store, epoch, state, mean_loss)` runs after every epoch (its
 /// error stops training). The last partial batch is kept, as PyTorch's DataLoader does.
 pub fn train(
     store: &mut ProgramStore,
     set: &TrainSet,
     classes: usize,
-    theta: &mut Vec<f64>,
+    state: &mut SgdState,
     cfg: &Sgd,
     progress: Option<&indicatif::ProgressBar>,
     on_epoch: &mut EpochHook,
@@ -108,7 +133,6 @@ pub fn train(
         bail!("nothing to train on: the training set is empty");
     }
     let b = cfg.batch.min(n).max(1);
-    let mut buf: Option<Vec<f64>> = None;
     for epoch in cfg.start_epoch..cfg.epochs {
         // Each epoch's randomness depends only on (seed, epoch), so a resumed run repeats it.
         let mut rng = ChaCha8Rng::seed_from_u64(
@@ -134,7 +158,7 @@ pub fn train(
                 augment::try_apply(&d, x.view())?
             };
             let (exec, _) = store.get(chunk.len())?;
-            let th = ndarray::ArrayView1::from(theta.as_slice()).into_dyn();
+            let th = ndarray::ArrayView1::from(state.theta.as_slice()).into_dyn();
             let xf = x.mapv(f64::from).into_dyn();
             let yf = y.mapv(f64::from).into_dyn();
             let out = exec.run(Artifact::Step, &[th, xf.view(), yf.view()])?;
@@ -148,25 +172,31 @@ pub fn train(
             let g = &out[1];
             let d: Vec<f64> = g
                 .iter()
-                .zip(theta.iter())
+                .zip(state.theta.iter())
                 .map(|(g, t)| g + cfg.weight_decay * t)
                 .collect();
-            // PyTorch's SGD: a buffer of zeros makes the first step the plain gradient.
+            // PyTorch's SGD: a buffer of zeros makes the first step the plain gradient. Parameters
+            // and buffer are rounded to f32 after each step, as PyTorch keeps them, so the f32
+            // snapshots an expert writes are its whole state and a resumed run continues exactly.
             let step: &[f64] = if cfg.momentum == 0.0 {
                 &d
             } else {
-                let v = buf.get_or_insert_with(|| vec![0.0; d.len()]);
+                let v = state.velocity.get_or_insert_with(|| vec![0.0; d.len()]);
                 v.iter_mut()
                     .zip(&d)
-                    .for_each(|(v, d)| *v = cfg.momentum * *v + d);
+                    .for_each(|(v, d)| *v = round_f32(cfg.momentum * *v + d));
                 v
             };
-            theta.iter_mut().zip(step).for_each(|(t, s)| *t -= lr * s);
+            state
+                .theta
+                .iter_mut()
+                .zip(step)
+                .for_each(|(t, s)| *t = round_f32(*t - lr * s));
             if let Some(p) = progress {
                 p.inc(chunk.len() as u64);
             }
         }
-        on_epoch(store, epoch, theta, total / n as f64)?;
+        on_epoch(store, epoch, state, total / n as f64)?;
     }
     Ok(())
 }

@@ -325,7 +325,7 @@ impl Graph {
     }
 
     /// A fresh value name with the given stem.
-    fn fresh_name(&self, stem: &str) -> String {
+    pub(crate) fn fresh_name(&self, stem: &str) -> String {
         format!("{stem}_{}", self.values.len())
     }
 
@@ -339,52 +339,6 @@ impl Graph {
         });
         self.inputs.push(id);
         id
-    }
-
-    /// Appends a node, inferring its output types. Returns the output values.
-    pub fn push(
-        &mut self,
-        name: &str,
-        op: Op,
-        inputs: &[ValueId],
-    ) -> Result<Vec<ValueId>, IrError> {
-        let infos: Vec<&ValueInfo> = inputs.iter().map(|&i| &self.values[i]).collect();
-        let outs = crate::compiler::ops::infer(&op, &infos).map_err(|msg| IrError::Shape {
-            node: name.to_string(),
-            op: op.name(),
-            msg,
-        })?;
-        let stem = if name.is_empty() { op.name() } else { name };
-        let mut ids = Vec::with_capacity(outs.len());
-        for (dtype, shape) in outs {
-            let id = self.values.len();
-            let vname = self.fresh_name(stem);
-            self.values.push(ValueInfo {
-                name: vname,
-                dtype,
-                shape,
-            });
-            ids.push(id);
-        }
-        let node_name = if name.is_empty() {
-            format!("{}_{}", op.name(), self.nodes.len())
-        } else {
-            name.to_string()
-        };
-        self.nodes.push(Node {
-            name: node_name,
-            op,
-            inputs: inputs.to_vec(),
-            outputs: ids.clone(),
-        });
-        Ok(ids)
-    }
-
-    /// Appends a single-output node (panics in debug if the op has several outputs).
-    pub fn push1(&mut self, name: &str, op: Op, inputs: &[ValueId]) -> Result<ValueId, IrError> {
-        let outs = self.push(name, op, inputs)?;
-        debug_assert_eq!(outs.len(), 1);
-        Ok(outs[0])
     }
 
     /// Adds a constant.

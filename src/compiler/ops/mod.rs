@@ -10,6 +10,56 @@ pub mod reduce;
 
 use super::ir::{DType, Graph, IrError, Node, Op, ValueId, ValueInfo};
 
+// Node insertion lives here rather than in `ir`, so the IR stays a plain data structure and the
+// shape rules it consults are the op families' own.
+impl Graph {
+    /// Appends a node, inferring its output types. Returns the output values.
+    pub fn push(
+        &mut self,
+        name: &str,
+        op: Op,
+        inputs: &[ValueId],
+    ) -> Result<Vec<ValueId>, IrError> {
+        let infos: Vec<&ValueInfo> = inputs.iter().map(|&i| &self.values[i]).collect();
+        let outs = infer(&op, &infos).map_err(|msg| IrError::Shape {
+            node: name.to_string(),
+            op: op.name(),
+            msg,
+        })?;
+        let stem = if name.is_empty() { op.name() } else { name };
+        let mut ids = Vec::with_capacity(outs.len());
+        for (dtype, shape) in outs {
+            let id = self.values.len();
+            let vname = self.fresh_name(stem);
+            self.values.push(ValueInfo {
+                name: vname,
+                dtype,
+                shape,
+            });
+            ids.push(id);
+        }
+        let node_name = if name.is_empty() {
+            format!("{}_{}", op.name(), self.nodes.len())
+        } else {
+            name.to_string()
+        };
+        self.nodes.push(Node {
+            name: node_name,
+            op,
+            inputs: inputs.to_vec(),
+            outputs: ids.clone(),
+        });
+        Ok(ids)
+    }
+
+    /// Appends a single-output node (panics in debug if the op has several outputs).
+    pub fn push1(&mut self, name: &str, op: Op, inputs: &[ValueId]) -> Result<ValueId, IrError> {
+        let outs = self.push(name, op, inputs)?;
+        debug_assert_eq!(outs.len(), 1);
+        Ok(outs[0])
+    }
+}
+
 /// Output dtypes and shapes of `op` applied to operands of the given types.
 pub fn infer(op: &Op, inputs: &[&ValueInfo]) -> Result<Vec<(DType, Vec<usize>)>, String> {
     let want = |n: usize| -> Result<(), String> {

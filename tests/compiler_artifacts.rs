@@ -1,5 +1,5 @@
-//! The whole ConvNet-D3 `step` and `pass2` graphs against central finite differences in f64 on the
-//! reference evaluator.
+//! The whole ConvNet-D3 and ResNet `step` and `pass2` graphs against central finite differences in
+//! f64 on the reference evaluator.
 
 mod common;
 use common::*;
@@ -8,6 +8,7 @@ use tesla_distill::compiler::eval::eval;
 use tesla_distill::compiler::ir::{DType, Graph, Tensor};
 use tesla_distill::compiler::model::ForwardModel;
 use tesla_distill::zoo::convnet::{Act, ConvNet, Norm, Pool};
+use tesla_distill::zoo::resnet::ResNet;
 
 fn tiny(c: usize, norm: Norm, act: Act, pool: Pool) -> ForwardModel {
     ConvNet {
@@ -136,6 +137,17 @@ fn convnet_d3_instance_relu_avg() {
 fn convnet_variants() {
     check_model(&tiny(3, Norm::Layer, Act::LeakyRelu, Pool::Max), 3);
     check_model(&tiny(3, Norm::None, Act::Sigmoid, Pool::None), 4);
+}
+
+#[test]
+fn resnet_with_identity_and_projection_shortcuts() {
+    let m = ResNet {
+        width: 1,
+        blocks: [1, 1, 1, 1],
+    }
+    .build(2, [2, 12, 12], 3)
+    .unwrap();
+    check_model(&m, 5);
 }
 
 #[test]

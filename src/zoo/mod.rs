@@ -1,10 +1,12 @@
 //! Built-in architectures, generated as forward graphs whose parameters are graph inputs, and the
 //! `--model` argument that selects one of them or an ONNX file.
 pub mod convnet;
+pub mod resnet;
 
 use crate::compiler::model::ForwardModel;
 use anyhow::{bail, Context, Result};
 use convnet::{Act, ConvNet, Norm, Pool};
+use resnet::ResNet;
 use std::path::PathBuf;
 
 /// What `--model` names: a built-in builder or a forward ONNX file.
@@ -12,20 +14,37 @@ use std::path::PathBuf;
 pub enum ModelSpec {
     /// A ConvNet (`convnet-d3`, `convnet-d4`, with options such as `convnet-d3-w32-ln-max-leaky`).
     ConvNet(ConvNet),
+    /// ResNet-18 with instance norm (`resnet18`, `resnet18-w16` for a narrower one).
+    ResNet(ResNet),
     /// A forward graph exported from PyTorch.
     Onnx(PathBuf),
 }
 
 impl ModelSpec {
-    /// Parses `convnet-dN[-wW][-in|-ln|-nonorm][-relu|-leaky|-sigmoid][-avg|-max|-nopool]` or a
-    /// path ending in `.onnx`.
+    /// Parses `convnet-dN[-wW][-in|-ln|-nonorm][-relu|-leaky|-sigmoid][-avg|-max|-nopool]`,
+    /// `resnet18[-wW]` or a path ending in `.onnx`.
     pub fn parse(s: &str) -> Result<ModelSpec> {
         if s.ends_with(".onnx") {
             return Ok(ModelSpec::Onnx(PathBuf::from(s)));
         }
         let mut parts = s.split('-');
-        if parts.next() != Some("convnet") {
-            bail!("unknown model '{s}': expected convnet-d3, convnet-d4 (options -wN, -ln, -nonorm, -leaky, -sigmoid, -max, -nopool) or a path to a .onnx file");
+        match parts.next() {
+            Some("convnet") => {}
+            Some("resnet18") => {
+                let mut net = ResNet::resnet18();
+                for p in parts {
+                    match p.strip_prefix('w') {
+                        Some(v) => {
+                            net.width = v
+                                .parse()
+                                .with_context(|| format!("bad width in model '{s}'"))?
+                        }
+                        None => bail!("unknown option '{p}' in model '{s}' (resnet18 takes -wN)"),
+                    }
+                }
+                return Ok(ModelSpec::ResNet(net));
+            }
+            _ => bail!("unknown model '{s}': expected convnet-d3, convnet-d4 (options -wN, -ln, -nonorm, -leaky, -sigmoid, -max, -nopool), resnet18 (option -wN) or a path to a .onnx file"),
         }
         let mut net = ConvNet::standard(3);
         for p in parts {
@@ -59,6 +78,7 @@ impl ModelSpec {
     pub fn build(&self, batch: usize, input: [usize; 3], classes: usize) -> Result<ForwardModel> {
         match self {
             ModelSpec::ConvNet(n) => n.build(batch, input, classes),
+            ModelSpec::ResNet(n) => n.build(batch, input, classes),
             ModelSpec::Onnx(p) => {
                 let shape = [batch, input[0], input[1], input[2]];
                 let m = crate::onnx::import::import_onnx(p, &shape, &Default::default()).map_err(
@@ -109,6 +129,8 @@ impl ModelSpec {
                 };
                 s
             }
+            ModelSpec::ResNet(n) if n.width == 64 => "resnet18".to_string(),
+            ModelSpec::ResNet(n) => format!("resnet18-w{}", n.width),
             ModelSpec::Onnx(p) => p.display().to_string(),
         }
     }

@@ -111,6 +111,8 @@ fn backends_match_the_f64_reference() {
     // Strided convolutions, 1×1 projections and residual adds. Seventeen normalised conv layers
     // instead of three: the f32 rounding of the second-order pass-2 graph grows with depth.
     match_reference("resnet18-w2", [3, 12, 12], 5e-4);
+    // Attention, layer norms, GELU, the class token and the patch rearrangement.
+    match_reference("vit-p2-d8-l2-h2-m16", [3, 8, 8], 5e-4);
 }
 
 fn match_reference(model: &str, input: [usize; 3], tol: f64) {
@@ -196,17 +198,19 @@ fn every_artifact_passes_the_onnx_full_check() {
         .unwrap();
     compile_dir(&m, &[Artifact::Unrolled], 3, d.path()).unwrap();
     files.push(d.path().join("unrolled.onnx"));
-    // And the ResNet builder's artifacts.
-    let r = ModelSpec::parse("resnet18-w2")
-        .unwrap()
-        .build(2, [3, 12, 12], 3)
-        .unwrap();
-    let rd = d.path().join("resnet");
-    compile_dir(&r, &standard_set(), 0, &rd).unwrap();
-    for e in std::fs::read_dir(&rd).unwrap() {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "onnx") {
-            files.push(p);
+    // And the ResNet and ViT builders' artifacts.
+    for (model, input) in [
+        ("resnet18-w2", [3, 12, 12]),
+        ("vit-p2-d8-l2-h2-m16", [3, 8, 8]),
+    ] {
+        let r = ModelSpec::parse(model).unwrap().build(2, input, 3).unwrap();
+        let rd = d.path().join(model);
+        compile_dir(&r, &standard_set(), 0, &rd).unwrap();
+        for e in std::fs::read_dir(&rd).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "onnx") {
+                files.push(p);
+            }
         }
     }
     let list: Vec<String> = files

@@ -1,4 +1,4 @@
-//! The whole ConvNet-D3 and ResNet `step` and `pass2` graphs against central finite differences in
+//! The whole ConvNet-D3, ResNet and ViT `step` and `pass2` graphs against central finite differences in
 //! f64 on the reference evaluator.
 
 mod common;
@@ -9,6 +9,7 @@ use tesla_distill::compiler::ir::{DType, Graph, Tensor};
 use tesla_distill::compiler::model::ForwardModel;
 use tesla_distill::zoo::convnet::{Act, ConvNet, Norm, Pool};
 use tesla_distill::zoo::resnet::ResNet;
+use tesla_distill::zoo::vit::Vit;
 
 fn tiny(c: usize, norm: Norm, act: Act, pool: Pool) -> ForwardModel {
     ConvNet {
@@ -148,6 +149,21 @@ fn resnet_with_identity_and_projection_shortcuts() {
     .build(2, [2, 12, 12], 3)
     .unwrap();
     check_model(&m, 5);
+}
+
+#[test]
+fn vit_with_attention_layer_norm_and_gelu() {
+    let m = Vit {
+        patch: 2,
+        dim: 4,
+        depth: 2,
+        heads: 2,
+        dim_head: 3,
+        mlp_dim: 5,
+    }
+    .build(2, [1, 4, 4], 3)
+    .unwrap();
+    check_model(&m, 6);
 }
 
 #[test]

@@ -85,6 +85,17 @@ fn affine(
     Ok(y)
 }
 
+/// The exact GELU, `0.5·x·(1 + erf(x/√2))` (PyTorch's `nn.GELU()`, ONNX `Gelu` without
+/// approximation).
+pub fn gelu(g: &mut Graph, x: ValueId) -> R {
+    let s = g.scale(x, std::f64::consts::FRAC_1_SQRT_2)?;
+    let e = g.unary(Op::Erf, s)?;
+    let one = g.scalar_like(x, 1.0);
+    let p = g.add(one, e)?;
+    let h = g.scale(x, 0.5)?;
+    g.mul(h, p)
+}
+
 /// Non-overlapping k×k pooling with stride k and no padding on \[N,C,H,W\] (H, W divisible by k):
 /// a reshape exposes each window as two axes, then a mean or max reduces them.
 pub fn pool_2d(g: &mut Graph, x: ValueId, k: usize, max: bool) -> R {

@@ -21,6 +21,11 @@ pub enum InitRule {
     Ones,
     /// All zeros (norm shift).
     Zeros,
+    /// Normal(0, std) (`torch.randn` scaled: the ViT's position embedding and class token).
+    Normal {
+        /// Standard deviation.
+        std: f64,
+    },
     /// Normal(0, std), truncated at ±2 std (ViT embeddings).
     TruncNormal {
         /// Standard deviation.
@@ -88,12 +93,13 @@ impl InitRule {
             }
             InitRule::Ones => vec![1.0; n],
             InitRule::Zeros | InitRule::FromFile => vec![0.0; n],
+            InitRule::Normal { std } => (0..n)
+                .map(|_| (standard_normal(rng) * std) as f32)
+                .collect(),
             InitRule::TruncNormal { std } => (0..n)
                 .map(|_| loop {
-                    // Box–Muller, rejecting beyond ±2 std as timm's trunc_normal_ does.
-                    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
-                    let u2: f64 = rng.random_range(0.0..1.0);
-                    let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                    // Rejecting beyond ±2 std, as timm's trunc_normal_ does.
+                    let z = standard_normal(rng);
                     if z.abs() <= 2.0 {
                         break (z * std) as f32;
                     }
@@ -101,4 +107,11 @@ impl InitRule {
                 .collect(),
         }
     }
+}
+
+/// One N(0, 1) draw (Box–Muller).
+fn standard_normal(rng: &mut impl rand::Rng) -> f64 {
+    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.random_range(0.0..1.0);
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }

@@ -2,12 +2,14 @@
 //! `--model` argument that selects one of them or an ONNX file.
 pub mod convnet;
 pub mod resnet;
+pub mod vit;
 
 use crate::compiler::model::ForwardModel;
 use anyhow::{bail, Context, Result};
 use convnet::{Act, ConvNet, Norm, Pool};
 use resnet::ResNet;
 use std::path::PathBuf;
+use vit::Vit;
 
 /// What `--model` names: a built-in builder or a forward ONNX file.
 #[derive(Clone, Debug, PartialEq)]
@@ -16,13 +18,16 @@ pub enum ModelSpec {
     ConvNet(ConvNet),
     /// ResNet-18 with instance norm (`resnet18`, `resnet18-w16` for a narrower one).
     ResNet(ResNet),
+    /// DC-bench's ViT (`vit`, with options `-pN` patch, `-dN` dim, `-lN` layers, `-hN` heads,
+    /// `-mN` MLP width).
+    Vit(Vit),
     /// A forward graph exported from PyTorch.
     Onnx(PathBuf),
 }
 
 impl ModelSpec {
     /// Parses `convnet-dN[-wW][-in|-ln|-nonorm][-relu|-leaky|-sigmoid][-avg|-max|-nopool]`,
-    /// `resnet18[-wW]` or a path ending in `.onnx`.
+    /// `resnet18[-wW]`, `vit[-pP][-dD][-lL][-hH][-mM]` or a path ending in `.onnx`.
     pub fn parse(s: &str) -> Result<ModelSpec> {
         if s.ends_with(".onnx") {
             return Ok(ModelSpec::Onnx(PathBuf::from(s)));
@@ -44,7 +49,25 @@ impl ModelSpec {
                 }
                 return Ok(ModelSpec::ResNet(net));
             }
-            _ => bail!("unknown model '{s}': expected convnet-d3, convnet-d4 (options -wN, -ln, -nonorm, -leaky, -sigmoid, -max, -nopool), resnet18 (option -wN) or a path to a .onnx file"),
+            Some("vit") => {
+                let mut net = Vit::dc_bench();
+                for p in parts {
+                    let (key, val) = p.split_at(p.len().min(1));
+                    let v: usize = val
+                        .parse()
+                        .with_context(|| format!("bad option '{p}' in model '{s}'"))?;
+                    match key {
+                        "p" => net.patch = v,
+                        "d" => net.dim = v,
+                        "l" => net.depth = v,
+                        "h" => net.heads = v,
+                        "m" => net.mlp_dim = v,
+                        _ => bail!("unknown option '{p}' in model '{s}' (vit takes -pN -dN -lN -hN -mN)"),
+                    }
+                }
+                return Ok(ModelSpec::Vit(net));
+            }
+            _ => bail!("unknown model '{s}': expected convnet-d3, convnet-d4 (options -wN, -ln, -nonorm, -leaky, -sigmoid, -max, -nopool), resnet18 (option -wN), vit (options -pN -dN -lN -hN -mN) or a path to a .onnx file"),
         }
         let mut net = ConvNet::standard(3);
         for p in parts {
@@ -79,6 +102,7 @@ impl ModelSpec {
         match self {
             ModelSpec::ConvNet(n) => n.build(batch, input, classes),
             ModelSpec::ResNet(n) => n.build(batch, input, classes),
+            ModelSpec::Vit(n) => n.build(batch, input, classes),
             ModelSpec::Onnx(p) => {
                 let shape = [batch, input[0], input[1], input[2]];
                 let m = crate::onnx::import::import_onnx(p, &shape, &Default::default()).map_err(
@@ -131,6 +155,22 @@ impl ModelSpec {
             }
             ModelSpec::ResNet(n) if n.width == 64 => "resnet18".to_string(),
             ModelSpec::ResNet(n) => format!("resnet18-w{}", n.width),
+            ModelSpec::Vit(n) => {
+                let d = Vit::dc_bench();
+                let mut s = "vit".to_string();
+                for (k, v, dv) in [
+                    ("p", n.patch, d.patch),
+                    ("d", n.dim, d.dim),
+                    ("l", n.depth, d.depth),
+                    ("h", n.heads, d.heads),
+                    ("m", n.mlp_dim, d.mlp_dim),
+                ] {
+                    if v != dv {
+                        s += &format!("-{k}{v}");
+                    }
+                }
+                s
+            }
             ModelSpec::Onnx(p) => p.display().to_string(),
         }
     }

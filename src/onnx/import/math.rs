@@ -180,15 +180,7 @@ pub fn unary(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
         "Gelu" => {
             let g = &mut cx.g;
             match n.string("approximate", "none").as_str() {
-                "none" => {
-                    // 0.5·x·(1 + erf(x/√2))
-                    let s = g.scale(x, std::f64::consts::FRAC_1_SQRT_2)?;
-                    let e = g.unary(Op::Erf, s)?;
-                    let one = g.scalar_like(x, 1.0);
-                    let p = g.add(one, e)?;
-                    let h = g.scale(x, 0.5)?;
-                    g.mul(h, p)?
-                }
+                "none" => crate::compiler::lower::gelu(g, x)?,
                 "tanh" => {
                     // 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
                     let x2 = g.mul(x, x)?;

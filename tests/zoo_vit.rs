@@ -127,7 +127,7 @@ fn reference(
         let mut out: Mat = vec![vec![0.0; inner]; n];
         for hh in 0..hn {
             let at = |t: usize, part: usize, k: usize| qkv[t][part * inner + hh * dh + k];
-            for t in 0..n {
+            for (t, row) in out.iter_mut().enumerate() {
                 let dots: Vec<f64> = (0..n)
                     .map(|s| {
                         (0..dh).map(|k| at(t, 0, k) * at(s, 1, k)).sum::<f64>() / (dh as f64).sqrt()
@@ -137,7 +137,7 @@ fn reference(
                 let e: Vec<f64> = dots.iter().map(|v| (v - m).exp()).collect();
                 let z: f64 = e.iter().sum();
                 for k in 0..dh {
-                    out[t][hh * dh + k] = (0..n).map(|s| e[s] / z * at(s, 2, k)).sum();
+                    row[hh * dh + k] = (0..n).map(|s| e[s] / z * at(s, 2, k)).sum();
                 }
             }
         }

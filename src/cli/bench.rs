@@ -15,7 +15,7 @@ pub struct BenchArgs {
     /// What to measure: `data`, `step` (graph throughput per backend) or `memory` (peak memory
     /// of the gradient modes at two values of T).
     pub what: String,
-    /// Model.
+    /// Model: convnet-dN[-wN…], resnet18[-wN], vit[-pN-dN-lN-hN-mN] or a forward .onnx file.
     #[arg(long, default_value = "convnet-d3")]
     pub model: String,
     /// Image shape.

@@ -69,7 +69,7 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct CompileArgs {
-    /// `convnet-d3`, `convnet-d4` (options: -wN, -ln, -nonorm, -leaky, -sigmoid, -max, -nopool) or PATH.onnx.
+    /// `convnet-d3`, `convnet-d4` (options: -wN, -ln, -nonorm, -leaky, -sigmoid, -max, -nopool), `resnet18[-wN]`, `vit[-pN-dN-lN-hN-mN]` or PATH.onnx.
     #[arg(long)]
     model: String,
     /// Image shape CxHxW.
@@ -94,7 +94,7 @@ struct ExpertsArgs {
     /// Dataset spec (fashion-mnist[:DIR], fmnist-small, cifar10:DIR, …).
     #[arg(long)]
     dataset: String,
-    /// Model.
+    /// Model: convnet-dN[-wN…], resnet18[-wN], vit[-pN-dN-lN-hN-mN] or a forward .onnx file.
     #[arg(long, default_value = "convnet-d3")]
     model: String,
     /// Number of experts.
@@ -147,7 +147,7 @@ pub struct DistillArgs {
     /// Dataset spec.
     #[arg(long)]
     dataset: Option<String>,
-    /// Model.
+    /// Model: convnet-dN[-wN…], resnet18[-wN], vit[-pN-dN-lN-hN-mN] or a forward .onnx file.
     #[arg(long)]
     model: Option<String>,
     /// Experts directory.
@@ -238,7 +238,7 @@ struct EvalArgs {
     /// Dataset spec.
     #[arg(long)]
     dataset: String,
-    /// Models, comma-separated.
+    /// Models, comma-separated (e.g. convnet-d3,resnet18,vit for cross-architecture evaluation).
     #[arg(long, default_value = "convnet-d3")]
     models: String,
     /// Runs per model.

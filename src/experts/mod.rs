@@ -250,8 +250,8 @@ fn train_one(
             let target = if epoch + 1 == cfg.epochs {
                 expert_path(&cfg.out, j)
             } else {
-                // The buffer is kept in f64 bits' f32 rounding like the snapshots; resuming
-                // rounds θ the same way, so both halves of a resumed run see the same state.
+                // Training rounds θ and the buffer to f32 after every step, so these f32 copies
+                // are exact and a resumed run continues bit for bit.
                 if let Some(v) = &st.velocity {
                     let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
                     tensors.push(("velocity".to_string(), ndarray::Array1::from(v).into_dyn()));

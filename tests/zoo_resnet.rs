@@ -169,14 +169,7 @@ fn logits_equal_a_direct_implementation() {
     let mut r = rng(7);
     let theta = uniform(&mut r, &[m.num_params()], -0.5, 0.5);
     let x = uniform(&mut r, &[n, c, h, w], -1.0, 1.0);
-    let mut params = HashMap::new();
-    let mut off = 0;
-    for p in &m.params {
-        let len: usize = p.shape.iter().product();
-        params.insert(p.name.clone(), theta.data[off..off + len].to_vec());
-        off += len;
-    }
-    assert_eq!(off, theta.data.len());
+    let params = params_by_name(&m, &theta.data);
     let img: Act4 = (0..n)
         .map(|a| {
             (0..c)

@@ -195,14 +195,7 @@ fn logits_equal_a_direct_implementation() {
     let mut r = rng(3);
     let theta = uniform(&mut r, &[m.num_params()], -0.7, 0.7);
     let x = uniform(&mut r, &[n, c, h, w], -1.0, 1.0);
-    let mut params = HashMap::new();
-    let mut off = 0;
-    for p in &m.params {
-        let len: usize = p.shape.iter().product();
-        params.insert(p.name.clone(), theta.data[off..off + len].to_vec());
-        off += len;
-    }
-    assert_eq!(off, theta.data.len());
+    let params = params_by_name(&m, &theta.data);
     let got = eval(&logits_graph(&m).unwrap(), &[theta, x.clone()]).unwrap()[0].clone();
     assert_eq!(got.shape, vec![n, classes]);
     let per = c * h * w;

@@ -1,5 +1,6 @@
 //! Built-in architectures, generated as forward graphs whose parameters are graph inputs, and the
 //! `--model` argument that selects one of them or an ONNX file.
+mod builder;
 pub mod convnet;
 pub mod resnet;
 pub mod vit;

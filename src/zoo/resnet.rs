@@ -6,9 +6,10 @@
 //! which is the global average for 28×28 and 32×32 inputs (the last map is 4×4); this builder always
 //! takes the global average, so other input sizes work too.
 
-use crate::compiler::ir::{ConvAttrs, DType, Graph, Op, ValueId};
+use super::builder::ModelBuilder;
+use crate::compiler::ir::{ConvAttrs, DType, Op, ValueId};
 use crate::compiler::lower;
-use crate::compiler::model::{ForwardModel, InitRule, Param};
+use crate::compiler::model::{ForwardModel, InitRule};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
@@ -36,10 +37,7 @@ impl ResNet {
         if self.width == 0 || classes == 0 || batch == 0 || c == 0 || h == 0 || w == 0 {
             bail!("ResNet needs positive width, classes, batch and input size");
         }
-        let mut b = Builder {
-            g: Graph::new(),
-            params: Vec::new(),
-        };
+        let mut b = ModelBuilder::new();
         let x = b.g.input("x", DType::F32, vec![batch, c, h, w]);
         let mut cur = b.conv("conv1", x, c, self.width, 3, 1)?;
         cur = b.norm("bn1", cur, self.width)?;
@@ -54,53 +52,15 @@ impl ResNet {
             }
         }
         let pooled = b.g.reduce_mean(cur, &[2, 3], false)?;
-        let wl = b.param(
-            "classifier.weight",
-            vec![classes, ch],
-            InitRule::KaimingUniform { fan_in: ch },
-        );
-        let bl = b.param(
-            "classifier.bias",
-            vec![classes],
-            InitRule::UniformBias { fan_in: ch },
-        );
-        let wt = b.g.transpose(wl, &[1, 0])?;
-        let z = b.g.matmul(pooled, wt)?;
-        let bl2 = b.g.reshape(bl, &[1, classes])?;
-        let logits = b.g.add(z, bl2)?;
-        b.g.rename(logits, "logits");
-        b.g.outputs = vec![logits];
-        Ok(ForwardModel {
-            graph: b.g,
-            x,
-            logits,
-            params: b.params,
-            source: format!("resnet width={} blocks={:?}", self.width, self.blocks),
-            warnings: vec![],
-        })
+        let logits = b.linear("classifier", pooled, ch, classes, true)?;
+        let source = format!("resnet width={} blocks={:?}", self.width, self.blocks);
+        Ok(b.finish(x, logits, source))
     }
 }
 
-/// The graph under construction and its parameters, in PyTorch `parameters()` order (the order
-/// modules are registered: conv1, bn1, conv2, bn2, shortcut).
-struct Builder {
-    g: Graph,
-    params: Vec<Param>,
-}
-
-impl Builder {
-    fn param(&mut self, name: &str, shape: Vec<usize>, init: InitRule) -> ValueId {
-        let v = self.g.input(name, DType::F32, shape.clone());
-        self.params.push(Param {
-            name: name.to_string(),
-            value: v,
-            shape,
-            init,
-            initial: None,
-        });
-        v
-    }
-
+// The ResNet's layers, in the order its modules register their parameters: conv1, bn1, conv2,
+// bn2, shortcut.
+impl ModelBuilder {
     /// A bias-free k×k convolution with padding k/2.
     fn conv(
         &mut self,

@@ -6,9 +6,10 @@
 //! depth 6, 8 heads of 64, MLP 512. Dropout is left out: the graph is deterministic, as evaluation
 //! and trajectory matching need.
 
-use crate::compiler::ir::{DType, Graph, Op, ValueId};
+use super::builder::ModelBuilder;
+use crate::compiler::ir::{DType, Op, ValueId};
 use crate::compiler::lower;
-use crate::compiler::model::{ForwardModel, InitRule, Param};
+use crate::compiler::model::{ForwardModel, InitRule};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
@@ -67,10 +68,7 @@ impl Vit {
         let (gh, gw) = (h / p, w / p);
         let n = gh * gw + 1;
         let (dim, inner) = (self.dim, self.heads * self.dim_head);
-        let mut b = Builder {
-            g: Graph::new(),
-            params: Vec::new(),
-        };
+        let mut b = ModelBuilder::new();
         let x = b.g.input("x", DType::F32, vec![batch, c, h, w]);
         // The model's own parameters come before its sub-modules' in PyTorch's parameters().
         let pos = b.param(
@@ -138,70 +136,15 @@ impl Vit {
         let first = b.g.reshape(first, &[batch, dim])?;
         let hd = b.layer_norm("mlp_head.0", first, dim)?;
         let logits = b.linear("mlp_head.1", hd, dim, classes, true)?;
-        b.g.rename(logits, "logits");
-        b.g.outputs = vec![logits];
-        Ok(ForwardModel {
-            graph: b.g,
-            x,
-            logits,
-            params: b.params,
-            source: format!(
-                "vit patch={p} dim={dim} depth={} heads={} dim_head={} mlp={}",
-                self.depth, self.heads, self.dim_head, self.mlp_dim
-            ),
-            warnings: vec![],
-        })
-    }
-}
-
-/// The graph under construction and its parameters in PyTorch `parameters()` order.
-struct Builder {
-    g: Graph,
-    params: Vec<Param>,
-}
-
-impl Builder {
-    fn param(&mut self, name: &str, shape: Vec<usize>, init: InitRule) -> ValueId {
-        let v = self.g.input(name, DType::F32, shape.clone());
-        self.params.push(Param {
-            name: name.to_string(),
-            value: v,
-            shape,
-            init,
-            initial: None,
-        });
-        v
-    }
-
-    /// `nn.Linear(din, dout, bias)` on the last axis.
-    fn linear(
-        &mut self,
-        name: &str,
-        x: ValueId,
-        din: usize,
-        dout: usize,
-        bias: bool,
-    ) -> Result<ValueId> {
-        let w = self.param(
-            &format!("{name}.weight"),
-            vec![dout, din],
-            InitRule::KaimingUniform { fan_in: din },
+        let source = format!(
+            "vit patch={p} dim={dim} depth={} heads={} dim_head={} mlp={}",
+            self.depth, self.heads, self.dim_head, self.mlp_dim
         );
-        let bias = bias.then(|| {
-            self.param(
-                &format!("{name}.bias"),
-                vec![dout],
-                InitRule::UniformBias { fan_in: din },
-            )
-        });
-        let wt = self.g.transpose(w, &[1, 0])?;
-        let y = self.g.matmul(x, wt)?;
-        Ok(match bias {
-            Some(b) => self.g.add(y, b)?,
-            None => y,
-        })
+        Ok(b.finish(x, logits, source))
     }
+}
 
+impl ModelBuilder {
     /// `nn.LayerNorm(dim)` over the last axis.
     fn layer_norm(&mut self, name: &str, x: ValueId, dim: usize) -> Result<ValueId> {
         let s = self.param(&format!("{name}.weight"), vec![dim], InitRule::Ones);

@@ -269,3 +269,20 @@ pub fn read_safetensors(path: &Path) -> (Tensors, Value) {
     }
     (out, meta)
 }
+
+/// The flat parameter vector `theta` of `m` cut into its named tensors (row-major, in the model's
+/// parameter order), for hand-written reference forwards.
+pub fn params_by_name(
+    m: &tesla_distill::compiler::model::ForwardModel,
+    theta: &[f64],
+) -> std::collections::HashMap<String, Vec<f64>> {
+    let mut out = std::collections::HashMap::new();
+    let mut off = 0;
+    for p in &m.params {
+        let len: usize = p.shape.iter().product();
+        out.insert(p.name.clone(), theta[off..off + len].to_vec());
+        off += len;
+    }
+    assert_eq!(off, theta.len(), "theta has the model's parameter count");
+    out
+}

@@ -75,6 +75,7 @@ fn role_artifact(role: &str) -> Artifact {
         "pass2" => Artifact::Pass2,
         "pass2_dx" => Artifact::Pass2Dx,
         "logits" => Artifact::Logits,
+        "label_vjp" => Artifact::LabelVjp,
         _ => Artifact::Unrolled,
     }
 }
@@ -119,6 +120,7 @@ fn match_reference(model: &str, input: [usize; 3], tol: f64) {
     let m = ModelSpec::parse(model).unwrap().build(3, input, 4).unwrap();
     let mut which = standard_set();
     which.push(Artifact::Unrolled);
+    which.push(Artifact::LabelVjp);
     let d = tempfile::tempdir().unwrap();
     let man = compile_dir(&m, &which, 2, d.path()).unwrap();
     let mut reference = ReferenceExec::new([
@@ -141,6 +143,10 @@ fn match_reference(model: &str, input: [usize; 3], tol: f64) {
         (
             Artifact::Unrolled,
             tesla_distill::compiler::artifact::unrolled_graph(&m, 2).unwrap(),
+        ),
+        (
+            Artifact::LabelVjp,
+            tesla_distill::compiler::artifact::label_vjp_graph(&m).unwrap(),
         ),
     ]);
     let mut kinds = vec![BackendKind::Tract];
@@ -190,14 +196,15 @@ fn every_artifact_passes_the_onnx_full_check() {
             }
         }
     }
-    // The unrolled graph is not in the committed set: check one too.
+    // The unrolled and label-VJP graphs are not in the committed set: check one of each too.
     let d = tempfile::tempdir().unwrap();
     let m = ModelSpec::parse("convnet-d3-w4")
         .unwrap()
         .build(2, [1, 8, 8], 3)
         .unwrap();
-    compile_dir(&m, &[Artifact::Unrolled], 3, d.path()).unwrap();
+    compile_dir(&m, &[Artifact::Unrolled, Artifact::LabelVjp], 3, d.path()).unwrap();
     files.push(d.path().join("unrolled.onnx"));
+    files.push(d.path().join("label_vjp.onnx"));
     // And the ResNet and ViT builders' artifacts.
     for (model, input) in [
         ("resnet18-w2", [3, 12, 12]),

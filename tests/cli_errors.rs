@@ -352,6 +352,23 @@ fn distill_bad_input() {
         with(&["--experts", e, "--ipc", "1", "--syn-steps", "0", "--out", r]),
         &["syn-steps"],
     );
+    // --label-grad with labels that no teacher assigns.
+    call(
+        with(&[
+            "--experts",
+            e,
+            "--ipc",
+            "1",
+            "--syn-steps",
+            "2",
+            "--labels",
+            "hard",
+            "--label-grad",
+            "--out",
+            r,
+        ]),
+        &["--label-grad", "target"],
+    );
     // Train one tiny expert, then ask for a mismatched model and an impossible IPC.
     let (code, _, err) = tesla(&[
         "experts",

@@ -60,6 +60,7 @@ fn config(experts: &Path, out: &Path, iterations: usize, labels: Labels) -> Dist
         batch_syn: Some(5),
         pix_init: PixInit::Real,
         labels,
+        label_grad: false,
         gradient: Mode::Tesla,
         zca: false,
         dsa_strategy: "color_crop_cutout_flip_scale_rotate".into(),
@@ -172,6 +173,32 @@ fn beta_starts_at_the_experts_step_size_by_default() {
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert!((saved["lr_init"].as_f64().unwrap() - 0.02).abs() < 1e-12);
+}
+
+#[test]
+fn label_grad_runs_on_tract_and_changes_the_image_update() {
+    // The gradient itself is checked against finite differences in tests/distill_label_grad.rs;
+    // here the flag must reach the run: same seed, same labels, a different image update.
+    let d = tempfile::tempdir().unwrap();
+    let ex = d.path().join("experts");
+    experts(&ex);
+    let plain = run(
+        config(&ex, &d.path().join("plain"), 2, Labels::Target),
+        false,
+    )
+    .unwrap();
+    let mut cfg = config(&ex, &d.path().join("lg"), 2, Labels::Target);
+    cfg.label_grad = true;
+    let lg = run(cfg, false).unwrap();
+    assert!(lg.images.iter().all(|v| v.is_finite()));
+    let diff = (&lg.images - &plain.images)
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(
+        diff > 1e-6,
+        "--label-grad left the images unchanged ({diff:e})"
+    );
+    assert!(d.path().join("lg/artifacts/b5/label_vjp.onnx").exists());
 }
 
 /// The teacher `theta`'s logits on `images`, on the f64 reference evaluator.

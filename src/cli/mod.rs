@@ -84,6 +84,9 @@ struct CompileArgs {
     /// Also write `unrolled.onnx` with this many student steps.
     #[arg(long)]
     unrolled_steps: Option<usize>,
+    /// Also write `label_vjp.onnx` (the way back through teacher-assigned soft labels).
+    #[arg(long)]
+    label_vjp: bool,
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
@@ -192,6 +195,10 @@ pub struct DistillArgs {
     /// Gradient mode.
     #[arg(long, value_enum)]
     gradient: Option<Mode>,
+    /// Also differentiate through soft label assignment (labels target|last): the teacher's
+    /// labels depend on the images, and the paper's gradient holds them fixed.
+    #[arg(long)]
+    label_grad: bool,
     /// ZCA whitening.
     #[arg(long)]
     zca: bool,
@@ -308,6 +315,9 @@ pub fn main() -> Result<()> {
             let mut which = standard_set();
             if a.unrolled_steps.is_some() {
                 which.push(Artifact::Unrolled);
+            }
+            if a.label_vjp {
+                which.push(Artifact::LabelVjp);
             }
             let man = compile_dir(&m, &which, a.unrolled_steps.unwrap_or(0), &a.out)?;
             println!(
@@ -545,6 +555,7 @@ fn distill_config(a: DistillArgs) -> Result<DistillConfig> {
         batch_syn: a.batch_syn.or(p.and_then(|p| p.batch_syn)),
         pix_init: a.pix_init.unwrap_or(PixInit::Real),
         labels: a.labels.unwrap_or(Labels::Target),
+        label_grad: a.label_grad,
         gradient: a.gradient.unwrap_or(Mode::Tesla),
         zca: a.zca || p.is_some_and(|p| p.zca),
         dsa_strategy: a

@@ -80,6 +80,7 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         batch_syn: None,
         pix_init: PixInit::Real,
         labels: Labels::Hard,
+        label_grad: false,
         gradient: Mode::Tesla,
         zca: false,
         dsa_strategy: Strategy::default().to_string(),

@@ -5,11 +5,13 @@
 //!   `dy` = ∂⟨v,grad⟩/∂y, and `grad` (free: pass 2 computes it on the way).
 //! - `pass2_dx`: the same, pruned to `dx`.
 //! - `logits`: `theta`, `x` → `logits` \[B,K\].
+//! - `label_vjp`: `theta`, `x`, `w` \[B,K\] → `dx` = ∂⟨w, softmax(f(theta, x))⟩/∂x, the images'
+//!   share of a gradient that flows through teacher-assigned soft labels.
 //! - `unrolled`: T student steps in one graph, the MTT baseline.
 
 use super::autodiff::grad;
 use super::ir::{numel, DType, Graph, IrError, Op, ValueId};
-use super::lower::soft_cross_entropy;
+use super::lower::{soft_cross_entropy, softmax};
 use super::model::ForwardModel;
 use super::passes::{inline, prune, set_outputs, simplify};
 
@@ -24,6 +26,8 @@ pub enum Artifact {
     Pass2Dx,
     /// `logits.onnx`: theta, x → logits.
     Logits,
+    /// `label_vjp.onnx`: theta, x, w → dx = ∂⟨w, softmax(f(theta, x))⟩/∂x.
+    LabelVjp,
     /// `unrolled.onnx`: theta0, target, beta, xs, ys → loss, dxs, dys, dbeta.
     Unrolled,
 }
@@ -36,6 +40,7 @@ impl Artifact {
             Artifact::Pass2 => "pass2.onnx",
             Artifact::Pass2Dx => "pass2_dx.onnx",
             Artifact::Logits => "logits.onnx",
+            Artifact::LabelVjp => "label_vjp.onnx",
             Artifact::Unrolled => "unrolled.onnx",
         }
     }
@@ -152,6 +157,24 @@ pub fn logits_graph(m: &ForwardModel) -> Result<Graph, IrError> {
     let x = g.input("x", DType::F32, m.graph.shape(m.x).to_vec());
     let z = forward_from_theta(&mut g, m, theta, x)?;
     set_outputs(&mut g, &[(z, "logits")])?;
+    Ok(simplify(&g))
+}
+
+/// The label VJP graph: how a cotangent `w` on a teacher's soft labels `softmax(f(theta, x))`
+/// moves the images. Soft label assignment makes the labels a function of the images; this graph
+/// carries ∂L/∂Y back to ∂L/∂X̃ for the runs that differentiate through it.
+pub fn label_vjp_graph(m: &ForwardModel) -> Result<Graph, IrError> {
+    let mut g = Graph::new();
+    let theta = g.input("theta", DType::F32, vec![m.num_params()]);
+    let x = g.input("x", DType::F32, m.graph.shape(m.x).to_vec());
+    let ls = m.graph.shape(m.logits).to_vec();
+    let w = g.input("w", DType::F32, ls);
+    let z = forward_from_theta(&mut g, m, theta, x)?;
+    let p = softmax(&mut g, z, &[1])?;
+    let wp = g.mul(w, p)?;
+    let dot = g.sum_all(wp)?;
+    let dx = grad(&mut g, dot, &[x], None)?[0];
+    set_outputs(&mut g, &[(dx, "dx")])?;
     Ok(simplify(&g))
 }
 

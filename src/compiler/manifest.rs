@@ -2,7 +2,8 @@
 //! beside the ONNX files.
 
 use super::artifact::{
-    flops_per_sample, logits_graph, pass2_graph, step_graph, unrolled_graph, Artifact,
+    flops_per_sample, label_vjp_graph, logits_graph, pass2_graph, step_graph, unrolled_graph,
+    Artifact,
 };
 use super::ir::{numel, Graph};
 use super::model::{ForwardModel, InitRule};
@@ -178,6 +179,7 @@ pub fn compile_dir(
             Artifact::Pass2 => pass2_graph(m, false)?,
             Artifact::Pass2Dx => pass2_graph(m, true)?,
             Artifact::Logits => logits_graph(m)?,
+            Artifact::LabelVjp => label_vjp_graph(m)?,
             Artifact::Unrolled => unrolled_graph(m, unrolled_steps)?,
         };
         export::write(&g, &dir.join(a.file()))?;

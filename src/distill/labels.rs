@@ -1,5 +1,6 @@
 //! Soft label assignment: the label rows a teacher gives images (the softmax of its logits), shared
 //! by the iteration (TESLA's target-step labels) and by the teacher-agreed start.
+//! Also the way back through them, for runs that differentiate through the assignment.
 
 use crate::compiler::artifact::Artifact;
 use crate::runtime::programs::Exec;
@@ -40,4 +41,39 @@ pub fn teacher_labels(
             .assign(&l.slice(s![..end - start, ..]));
     }
     Ok(softmax_rows(&z))
+}
+
+/// The images' share of a gradient that reaches the teacher's soft labels: with
+/// `Y = softmax(f(theta, X))` and `dy = ∂L/∂Y`, returns `∂L/∂X` along that path, in batches of `b`
+/// (the padding rows of a short last batch carry a zero cotangent).
+pub fn label_path_grad(
+    exec: &mut dyn Exec,
+    theta: &[f64],
+    images: &Array4<f64>,
+    dy: &Array2<f64>,
+    b: usize,
+) -> Result<Array4<f64>> {
+    let n = images.shape()[0];
+    let mut out = Array4::<f64>::zeros(images.raw_dim());
+    let th = ndarray::ArrayView1::from(theta).into_dyn();
+    for start in (0..n).step_by(b.max(1)) {
+        let end = (start + b).min(n);
+        let mut idx: Vec<usize> = (start..end).collect();
+        idx.resize(b, start);
+        let x = images.select(Axis(0), &idx).into_dyn();
+        let mut w = dy.select(Axis(0), &idx);
+        w.slice_mut(s![end - start.., ..]).fill(0.0);
+        let res = exec.run(
+            Artifact::LabelVjp,
+            &[th.clone(), x.view(), w.view().into_dyn()],
+        )?;
+        let dx = res
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("label_vjp returned no output"))?
+            .into_dimensionality::<ndarray::Ix4>()?;
+        out.slice_mut(s![start..end, .., .., ..])
+            .assign(&dx.slice(s![..end - start, .., .., ..]));
+    }
+    Ok(out)
 }

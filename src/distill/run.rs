@@ -4,7 +4,7 @@
 
 use super::gradient::{backward, Mode, Segment};
 pub use super::labels::softmax_rows;
-use super::labels::teacher_labels;
+use super::labels::{label_path_grad, teacher_labels};
 use crate::data::augment::{self, Draw, Strategy};
 use crate::data::bench::peak_rss_kib;
 use crate::data::select::Selection;
@@ -91,6 +91,10 @@ pub struct DistillConfig {
     pub pix_init: PixInit,
     /// Label source.
     pub labels: Labels,
+    /// Differentiate through soft label assignment as well: the teacher's labels are a function of
+    /// the images, and this adds that path to the image gradient (the paper holds them fixed).
+    #[serde(default)]
+    pub label_grad: bool,
     /// Gradient mode.
     pub gradient: Mode,
     /// ZCA whitening.
@@ -186,15 +190,16 @@ pub fn iteration(
     let start = traj.epoch(t)?;
     let target = traj.epoch(t + cfg.expert_epochs)?;
     let n = st.images.shape()[0];
+    let teacher = match cfg.labels {
+        Labels::Target => Some(target.clone()),
+        Labels::Last => Some(traj.epoch(traj.snapshots - 1)?),
+        Labels::Hard | Labels::Learned => None,
+    };
     let labels: Array2<f64> = match cfg.labels {
-        Labels::Target => teacher_labels(exec, &target, &st.images, ctx.batch_syn, ctx.classes)?,
-        Labels::Last => teacher_labels(
-            exec,
-            &traj.epoch(traj.snapshots - 1)?,
-            &st.images,
-            ctx.batch_syn,
-            ctx.classes,
-        )?,
+        Labels::Target | Labels::Last => {
+            let th = teacher.as_deref().unwrap_or(&target);
+            teacher_labels(exec, th, &st.images, ctx.batch_syn, ctx.classes)?
+        }
         Labels::Hard => {
             let y = one_hot(&st.classes, ctx.classes);
             to_f64(&y)
@@ -232,7 +237,7 @@ pub fn iteration(
     let images = &st.images;
     let mut grad = Array4::<f64>::zeros(images.raw_dim());
     let mut grad_y = Array2::<f64>::zeros((n, ctx.classes));
-    let need_dy = cfg.labels == Labels::Learned;
+    let need_dy = cfg.labels == Labels::Learned || cfg.label_grad;
     {
         let mut batch = |i: usize| -> Result<(ArrayD<f64>, ArrayD<f64>)> {
             let x = images.select(Axis(0), &order[i]);
@@ -273,6 +278,9 @@ pub fn iteration(
             steps: cfg.syn_steps,
         };
         let ig = backward(cfg.gradient, exec, &seg, &mut batch, &mut sink, need_dy)?;
+        if let (true, Some(th)) = (cfg.label_grad, teacher.as_deref()) {
+            grad += &label_path_grad(exec, th, images, &grad_y, ctx.batch_syn)?;
+        }
         let gnorm = grad.iter().map(|v| v * v).sum::<f64>().sqrt();
         if !gnorm.is_finite() || !ig.dbeta.is_finite() {
             bail!("the run diverged at iteration {}: the image gradient is not finite; lower --lr-img or resume from the last checkpoint", st.iteration);
@@ -560,6 +568,9 @@ pub fn validate(cfg: &DistillConfig) -> Result<()> {
     if cfg.checkpoint_every == 0 {
         bail!("--checkpoint-every must be at least 1");
     }
+    if cfg.label_grad && !matches!(cfg.labels, Labels::Target | Labels::Last) {
+        bail!("--label-grad differentiates through teacher-assigned labels: it needs --labels target or last");
+    }
     Ok(())
 }
 
@@ -621,8 +632,11 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
             Artifact::Pass2Dx
         },
     );
-    if cfg.gradient == Mode::Tesla && cfg.labels == Labels::Learned {
+    if cfg.gradient == Mode::Tesla && (cfg.labels == Labels::Learned || cfg.label_grad) {
         which.push(Artifact::Pass2);
+    }
+    if cfg.label_grad {
+        which.push(Artifact::LabelVjp);
     }
     let [c, h, w] = train.image_shape();
     let mut store = ProgramStore::new(

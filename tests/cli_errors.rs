@@ -369,6 +369,23 @@ fn distill_bad_input() {
         ]),
         &["--label-grad", "target"],
     );
+    call(
+        with(&[
+            "--experts",
+            e,
+            "--ipc",
+            "1",
+            "--syn-steps",
+            "2",
+            "--labels",
+            "learned",
+            "--final-labels",
+            "mean",
+            "--out",
+            r,
+        ]),
+        &["--final-labels mean", "target"],
+    );
     // Train one tiny expert, then ask for a mismatched model and an impossible IPC.
     let (code, _, err) = tesla(&[
         "experts",

@@ -6,7 +6,7 @@ use tesla_distill::compiler::artifact::logits_graph;
 use tesla_distill::compiler::eval::eval;
 use tesla_distill::compiler::ir::{DType, Tensor};
 use tesla_distill::distill::gradient::Mode;
-use tesla_distill::distill::run::{run, DistillConfig, Labels, PixInit};
+use tesla_distill::distill::run::{run, DistillConfig, FinalLabels, Labels, PixInit};
 use tesla_distill::experts::trajectory::{list, Trajectory};
 use tesla_distill::experts::{run_experts, ExpertsConfig};
 use tesla_distill::runtime::{read_safetensors, BackendKind};
@@ -61,6 +61,7 @@ fn config(experts: &Path, out: &Path, iterations: usize, labels: Labels) -> Dist
         pix_init: PixInit::Real,
         labels,
         label_grad: false,
+        final_labels: Default::default(),
         gradient: Mode::Tesla,
         zca: false,
         dsa_strategy: "color_crop_cutout_flip_scale_rotate".into(),
@@ -199,6 +200,48 @@ fn label_grad_runs_on_tract_and_changes_the_image_update() {
         "--label-grad left the images unchanged ({diff:e})"
     );
     assert!(d.path().join("lg/artifacts/b5/label_vjp.onnx").exists());
+}
+
+#[test]
+fn final_labels_mean_averages_every_target_teacher_on_the_final_images() {
+    let d = tempfile::tempdir().unwrap();
+    let ex = d.path().join("experts");
+    experts(&ex);
+    let out = d.path().join("run");
+    let mut cfg = config(&ex, &out, 2, Labels::Target);
+    cfg.max_start_epoch = 2;
+    cfg.final_labels = FinalLabels::Mean;
+    let st = run(cfg, false).unwrap();
+    let saved = read_safetensors(&out.join("distilled.safetensors")).unwrap();
+    let labels = &saved.iter().find(|(k, _)| k == "labels").unwrap().1;
+    // Two experts × target epochs 1 and 2, each a softmax of its logits on the saved images.
+    let mut want = vec![0.0f64; 10 * 10];
+    for f in list(&ex).unwrap() {
+        let traj = Trajectory::open(&f).unwrap();
+        for e in 1..=2 {
+            let z = teacher_logits(traj.epoch(e).unwrap(), &st.images);
+            for (i, row) in z.data.chunks(10).enumerate() {
+                let mx = row.iter().cloned().fold(f64::MIN, f64::max);
+                let s: f64 = row.iter().map(|v| (v - mx).exp()).sum();
+                for (k, v) in row.iter().enumerate() {
+                    want[i * 10 + k] += (v - mx).exp() / s / 4.0;
+                }
+            }
+        }
+    }
+    for (got, want) in labels.iter().zip(&want) {
+        assert!((f64::from(*got) - want).abs() < 1e-5, "{got} vs {want}");
+    }
+    // Not what the last iteration alone assigned.
+    let last = st
+        .last_labels
+        .iter()
+        .zip(&want)
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        last > 1e-4,
+        "the mean equals the last iteration's rows ({last:e})"
+    );
 }
 
 /// The teacher `theta`'s logits on `images`, on the f64 reference evaluator.

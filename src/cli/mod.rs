@@ -7,7 +7,7 @@ use crate::compiler::manifest::{compile_dir, standard_set, Manifest};
 use crate::data::augment::Strategy;
 use crate::data::Split;
 use crate::distill::gradient::Mode;
-use crate::distill::run::{DistillConfig, Labels, PixInit};
+use crate::distill::run::{DistillConfig, FinalLabels, Labels, PixInit};
 use crate::eval::{evaluate, mean_std, EvalConfig, ModelResult};
 use crate::experts::ExpertsConfig;
 use crate::runtime::programs::Artifact;
@@ -199,6 +199,10 @@ pub struct DistillArgs {
     /// labels depend on the images, and the paper's gradient holds them fixed.
     #[arg(long)]
     label_grad: bool,
+    /// The label rows the distilled set is saved with: the last iteration's (default) or the
+    /// mean over every teacher the run samples from.
+    #[arg(long, value_enum)]
+    final_labels: Option<FinalLabels>,
     /// ZCA whitening.
     #[arg(long)]
     zca: bool,
@@ -556,6 +560,7 @@ fn distill_config(a: DistillArgs) -> Result<DistillConfig> {
         pix_init: a.pix_init.unwrap_or(PixInit::Real),
         labels: a.labels.unwrap_or(Labels::Target),
         label_grad: a.label_grad,
+        final_labels: a.final_labels.unwrap_or_default(),
         gradient: a.gradient.unwrap_or(Mode::Tesla),
         zca: a.zca || p.is_some_and(|p| p.zca),
         dsa_strategy: a

@@ -81,6 +81,7 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         pix_init: PixInit::Real,
         labels: Labels::Hard,
         label_grad: false,
+        final_labels: Default::default(),
         gradient: Mode::Tesla,
         zca: false,
         dsa_strategy: Strategy::default().to_string(),

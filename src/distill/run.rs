@@ -41,6 +41,19 @@ pub enum Labels {
     Learned,
 }
 
+/// Which label rows the distilled set is saved (and evaluated) with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FinalLabels {
+    /// The rows the last iteration assigned (method.md; the official code): one randomly drawn
+    /// teacher's opinion.
+    #[default]
+    Last,
+    /// The mean of the rows every teacher the run samples from (each expert at each target epoch
+    /// for `--labels target`, at its last epoch for `--labels last`) gives the current images.
+    Mean,
+}
+
 /// How synthetic images start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -95,6 +108,9 @@ pub struct DistillConfig {
     /// the images, and this adds that path to the image gradient (the paper holds them fixed).
     #[serde(default)]
     pub label_grad: bool,
+    /// The label rows written to `distilled.safetensors`.
+    #[serde(default)]
+    pub final_labels: FinalLabels,
     /// Gradient mode.
     pub gradient: Mode,
     /// ZCA whitening.
@@ -322,6 +338,33 @@ pub fn iteration(
     }
 }
 
+/// The label rows the distilled set is written with (see [`FinalLabels`]), at f32 precision.
+pub fn saved_labels(ctx: &RunContext, exec: &mut dyn Exec, st: &State) -> Result<Array2<f64>> {
+    let cfg = &ctx.cfg;
+    if cfg.final_labels == FinalLabels::Last {
+        return Ok(st.last_labels.clone());
+    }
+    let mut sum = Array2::<f64>::zeros(st.last_labels.raw_dim());
+    let mut count = 0usize;
+    for traj in &ctx.experts {
+        let epochs: Vec<usize> = match cfg.labels {
+            Labels::Last => vec![traj.snapshots - 1],
+            _ => (cfg.expert_epochs..cfg.max_start_epoch + cfg.expert_epochs).collect(),
+        };
+        for e in epochs {
+            sum += &teacher_labels(
+                exec,
+                &traj.epoch(e)?,
+                &st.images,
+                ctx.batch_syn,
+                ctx.classes,
+            )?;
+            count += 1;
+        }
+    }
+    Ok((sum / count.max(1) as f64).mapv(|v| f64::from(v as f32)))
+}
+
 /// Opens and validates the experts for a run.
 pub fn open_experts(
     dir: &Path,
@@ -390,6 +433,7 @@ fn arr_f32<D: ndarray::Dimension>(a: &ndarray::Array<f64, D>) -> ArrayD<f32> {
 pub fn save(
     ctx: &RunContext,
     st: &State,
+    labels: &Array2<f64>,
     ds_mean: &[f32],
     ds_std: &[f32],
     zca: Option<&Zca>,
@@ -433,6 +477,10 @@ pub fn save(
         "label_mode".to_string(),
         format!("{:?}", ctx.cfg.labels).to_lowercase(),
     );
+    dm.insert(
+        "final_labels".to_string(),
+        format!("{:?}", ctx.cfg.final_labels).to_lowercase(),
+    );
     dm.insert("mean".to_string(), serde_json::to_string(ds_mean)?);
     dm.insert("std".to_string(), serde_json::to_string(ds_std)?);
     dm.insert(
@@ -446,7 +494,7 @@ pub fn save(
     dm.insert("ipc".to_string(), ctx.cfg.ipc.to_string());
     let dist = vec![
         ("images".to_string(), arr_f32(&st.images)),
-        ("labels".to_string(), arr_f32(&st.last_labels)),
+        ("labels".to_string(), arr_f32(labels)),
         ("classes".to_string(), arr_f32(&classes)),
         ("lr".to_string(), arr_f32(&Array1::from(vec![st.beta]))),
     ];
@@ -570,6 +618,10 @@ pub fn validate(cfg: &DistillConfig) -> Result<()> {
     }
     if cfg.label_grad && !matches!(cfg.labels, Labels::Target | Labels::Last) {
         bail!("--label-grad differentiates through teacher-assigned labels: it needs --labels target or last");
+    }
+    if cfg.final_labels == FinalLabels::Mean && !matches!(cfg.labels, Labels::Target | Labels::Last)
+    {
+        bail!("--final-labels mean averages teacher-assigned labels: it needs --labels target or last");
     }
     Ok(())
 }
@@ -696,7 +748,8 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
         batch_syn,
     };
     if st.iteration == 0 {
-        save(&ctx, &st, train.mean(), train.std(), zca.as_ref())?;
+        let y = saved_labels(&ctx, store.get(batch_syn)?.0, &st)?;
+        save(&ctx, &st, &y, train.mean(), train.std(), zca.as_ref())?;
     }
     let cfg_path = out.join("config.json");
     crate::atomic_file::write(&cfg_path, serde_json::to_string_pretty(&cfg)?.as_bytes())?;
@@ -724,11 +777,17 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
                 )));
             }
         };
+        let evaluate = cfg.eval_every > 0
+            && (st.iteration % cfg.eval_every == 0 || st.iteration == cfg.iterations);
+        let checkpoint = st.iteration % cfg.checkpoint_every == 0 || st.iteration == cfg.iterations;
+        let y = if evaluate || checkpoint {
+            Some(saved_labels(&ctx, store.get(batch_syn)?.0, &st)?)
+        } else {
+            None
+        };
         let mut eval_acc = None;
-        if cfg.eval_every > 0
-            && (st.iteration % cfg.eval_every == 0 || st.iteration == cfg.iterations)
-        {
-            eval_acc = Some(quick_eval(&ctx, &st, &model, &test, &out, kind)?);
+        if let (true, Some(y)) = (evaluate, y.as_ref()) {
+            eval_acc = Some(quick_eval(&ctx, &st, y, &model, &test, &out, kind)?);
         }
         let m = Metric {
             iteration: st.iteration,
@@ -744,8 +803,8 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
         writeln!(metrics, "{}", serde_json::to_string(&m)?).context("writing metrics.jsonl")?;
         pb.set_message(format!("loss {loss:.4}, lr {:.5}", st.beta));
         pb.inc(1);
-        if st.iteration % cfg.checkpoint_every == 0 || st.iteration == cfg.iterations {
-            save(&ctx, &st, train.mean(), train.std(), zca.as_ref())?;
+        if let (true, Some(y)) = (checkpoint, y.as_ref()) {
+            save(&ctx, &st, y, train.mean(), train.std(), zca.as_ref())?;
         }
     }
     pb.finish_and_clear();
@@ -755,6 +814,7 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
 fn quick_eval(
     ctx: &RunContext,
     st: &State,
+    labels: &Array2<f64>,
     model: &ModelSpec,
     test: &Dataset,
     out: &Path,
@@ -769,7 +829,7 @@ fn quick_eval(
         backend: kind,
     };
     let images = st.images.mapv(|v| v as f32);
-    let labels = st.last_labels.mapv(|v| v as f32);
+    let labels = labels.mapv(|v| v as f32);
     let r = crate::eval::evaluate(
         model,
         images.view(),

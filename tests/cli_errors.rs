@@ -352,40 +352,19 @@ fn distill_bad_input() {
         with(&["--experts", e, "--ipc", "1", "--syn-steps", "0", "--out", r]),
         &["syn-steps"],
     );
-    // --label-grad with labels that no teacher assigns.
-    call(
-        with(&[
-            "--experts",
-            e,
-            "--ipc",
-            "1",
-            "--syn-steps",
-            "2",
-            "--labels",
-            "hard",
-            "--label-grad",
-            "--out",
-            r,
-        ]),
-        &["--label-grad", "target"],
-    );
-    call(
-        with(&[
-            "--experts",
-            e,
-            "--ipc",
-            "1",
-            "--syn-steps",
-            "2",
-            "--labels",
-            "learned",
-            "--final-labels",
-            "mean",
-            "--out",
-            r,
-        ]),
-        &["--final-labels mean", "target"],
-    );
+    // Teacher-label options with labels that no teacher assigns.
+    let cases: [(&[&str], &str); 2] = [
+        (&["--labels", "hard", "--label-grad"], "--label-grad"),
+        (
+            &["--labels", "learned", "--final-labels", "mean"],
+            "--final-labels mean",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let mut args = vec!["--experts", e, "--ipc", "1", "--syn-steps", "2", "--out", r];
+        args.extend_from_slice(extra);
+        call(with(&args), &[needle, "target"]);
+    }
     // Train one tiny expert, then ask for a mismatched model and an impossible IPC.
     let (code, _, err) = tesla(&[
         "experts",

@@ -46,11 +46,7 @@ fn run(g: &Graph, ins: &[Tensor]) -> Vec<Tensor> {
 }
 
 fn rel_err(ad: &[f64], fd: &[f64]) -> f64 {
-    let norm = fd.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-6);
-    ad.iter()
-        .zip(fd)
-        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()))
-        / norm
+    max_rel_err(ad, fd, 1e-6)
 }
 
 /// Central differences of `f` with respect to input `k` of `ins`.

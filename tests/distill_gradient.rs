@@ -12,7 +12,6 @@ use tesla_distill::compiler::eval::eval;
 use tesla_distill::compiler::ir::{DType, Graph, Tensor};
 use tesla_distill::distill::gradient::{backward, Mode, Segment};
 use tesla_distill::runtime::programs::{Artifact, ReferenceExec};
-use tesla_distill::zoo::convnet::{Act, ConvNet, Norm, Pool};
 
 const B: usize = 2;
 const K: usize = 3;
@@ -29,15 +28,7 @@ struct Setup {
 }
 
 fn setup(steps: usize) -> Setup {
-    let m = ConvNet {
-        width: 2,
-        depth: 2,
-        norm: Norm::Instance,
-        act: Act::Relu,
-        pool: Pool::Avg,
-    }
-    .build(B, [1, 6, 6], K)
-    .unwrap();
+    let m = tiny_convnet(B, K);
     let step = step_graph(&m).unwrap();
     let exec = ReferenceExec::new([
         (Artifact::Step, step.clone()),
@@ -141,11 +132,7 @@ fn matching_loss(s: &Setup, images: &Array4<f64>, beta: f64, steps: usize) -> f6
 }
 
 fn rel(a: &[f64], b: &[f64]) -> f64 {
-    let n = b.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-12);
-    a.iter()
-        .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
-        / n
+    max_rel_err(a, b, 1e-12)
 }
 
 #[test]

@@ -14,7 +14,6 @@ use tesla_distill::compiler::ir::{DType, Graph, Tensor};
 use tesla_distill::distill::gradient::{backward, Mode, Segment};
 use tesla_distill::distill::labels::{label_path_grad, teacher_labels};
 use tesla_distill::runtime::programs::{Artifact, ReferenceExec};
-use tesla_distill::zoo::convnet::{Act, ConvNet, Norm, Pool};
 
 const B: usize = 2;
 const K: usize = 3;
@@ -35,15 +34,7 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let m = ConvNet {
-        width: 2,
-        depth: 2,
-        norm: Norm::Instance,
-        act: Act::Relu,
-        pool: Pool::Avg,
-    }
-    .build(B, [1, 6, 6], K)
-    .unwrap();
+    let m = tiny_convnet(B, K);
     let step = step_graph(&m).unwrap();
     let logits = logits_graph(&m).unwrap();
     let exec = ReferenceExec::new([
@@ -162,11 +153,7 @@ fn fixed_label_grads(s: &mut Setup, mode: Mode) -> (Array4<f64>, Array2<f64>) {
 }
 
 fn rel(a: &[f64], b: &[f64]) -> f64 {
-    let n = b.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-12);
-    a.iter()
-        .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
-        / n
+    max_rel_err(a, b, 1e-12)
 }
 
 #[test]

@@ -19,6 +19,17 @@ pub fn softmax_rows(z: &Array2<f64>) -> Array2<f64> {
     out
 }
 
+/// The batches of `b` rows covering `n` rows, as (start, end, row indices): the graphs take exactly
+/// `b` rows, so a short last batch repeats its first row.
+fn padded_batches(n: usize, b: usize) -> impl Iterator<Item = (usize, usize, Vec<usize>)> {
+    (0..n).step_by(b.max(1)).map(move |start| {
+        let end = (start + b).min(n);
+        let mut idx: Vec<usize> = (start..end).collect();
+        idx.resize(b, start);
+        (start, end, idx)
+    })
+}
+
 /// Softmax of the teacher `theta`'s logits on `images`, in batches of `b`.
 pub fn teacher_labels(
     exec: &mut dyn Exec,
@@ -30,10 +41,7 @@ pub fn teacher_labels(
     let n = images.shape()[0];
     let mut z = Array2::<f64>::zeros((n, classes));
     let th = ndarray::ArrayView1::from(theta).into_dyn();
-    for start in (0..n).step_by(b) {
-        let end = (start + b).min(n);
-        let mut idx: Vec<usize> = (start..end).collect();
-        idx.resize(b, start);
+    for (start, end, idx) in padded_batches(n, b) {
         let x = images.select(Axis(0), &idx).into_dyn();
         let out = exec.run(Artifact::Logits, &[th.clone(), x.view()])?;
         let l = out[0].view().into_dimensionality::<Ix2>()?;
@@ -56,10 +64,7 @@ pub fn label_path_grad(
     let n = images.shape()[0];
     let mut out = Array4::<f64>::zeros(images.raw_dim());
     let th = ndarray::ArrayView1::from(theta).into_dyn();
-    for start in (0..n).step_by(b.max(1)) {
-        let end = (start + b).min(n);
-        let mut idx: Vec<usize> = (start..end).collect();
-        idx.resize(b, start);
+    for (start, end, idx) in padded_batches(n, b) {
         let x = images.select(Axis(0), &idx).into_dyn();
         let mut w = dy.select(Axis(0), &idx);
         w.slice_mut(s![end - start.., ..]).fill(0.0);

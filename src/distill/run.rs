@@ -206,14 +206,18 @@ pub fn iteration(
     let start = traj.epoch(t)?;
     let target = traj.epoch(t + cfg.expert_epochs)?;
     let n = st.images.shape()[0];
-    let teacher = match cfg.labels {
-        Labels::Target => Some(target.clone()),
-        Labels::Last => Some(traj.epoch(traj.snapshots - 1)?),
+    let last;
+    let teacher: Option<&[f64]> = match cfg.labels {
+        Labels::Target => Some(&target),
+        Labels::Last => {
+            last = traj.epoch(traj.snapshots - 1)?;
+            Some(&last)
+        }
         Labels::Hard | Labels::Learned => None,
     };
     let labels: Array2<f64> = match cfg.labels {
         Labels::Target | Labels::Last => {
-            let th = teacher.as_deref().unwrap_or(&target);
+            let th = teacher.ok_or_else(|| anyhow!("no teacher for soft labels"))?;
             teacher_labels(exec, th, &st.images, ctx.batch_syn, ctx.classes)?
         }
         Labels::Hard => {
@@ -253,7 +257,7 @@ pub fn iteration(
     let images = &st.images;
     let mut grad = Array4::<f64>::zeros(images.raw_dim());
     let mut grad_y = Array2::<f64>::zeros((n, ctx.classes));
-    let need_dy = cfg.labels == Labels::Learned || cfg.label_grad;
+    let need_dy = cfg.needs_label_grad();
     {
         let mut batch = |i: usize| -> Result<(ArrayD<f64>, ArrayD<f64>)> {
             let x = images.select(Axis(0), &order[i]);
@@ -294,7 +298,7 @@ pub fn iteration(
             steps: cfg.syn_steps,
         };
         let ig = backward(cfg.gradient, exec, &seg, &mut batch, &mut sink, need_dy)?;
-        if let (true, Some(th)) = (cfg.label_grad, teacher.as_deref()) {
+        if let (true, Some(th)) = (cfg.label_grad, teacher) {
             grad += &label_path_grad(exec, th, images, &grad_y, ctx.batch_syn)?;
         }
         let gnorm = grad.iter().map(|v| v * v).sum::<f64>().sqrt();
@@ -599,6 +603,14 @@ pub fn initial_state_from(cfg: &DistillConfig, train: &Dataset, sel: Selection) 
     })
 }
 
+impl DistillConfig {
+    /// Whether the backward must also return ∂L/∂Y (learned labels, or `--label-grad`), which
+    /// only the full pass-2 graph computes.
+    pub fn needs_label_grad(&self) -> bool {
+        self.labels == Labels::Learned || self.label_grad
+    }
+}
+
 /// Checks settings that do not need data.
 pub fn validate(cfg: &DistillConfig) -> Result<()> {
     if cfg.syn_steps == 0 {
@@ -677,16 +689,11 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
         bail!("--batch-syn {batch_syn} must divide the number of synthetic images ({n})");
     }
     let mut which = vec![Artifact::Step, Artifact::Logits];
-    which.push(
-        if cfg.gradient == Mode::Exact || cfg.labels == Labels::Learned {
-            Artifact::Pass2
-        } else {
-            Artifact::Pass2Dx
-        },
-    );
-    if cfg.gradient == Mode::Tesla && (cfg.labels == Labels::Learned || cfg.label_grad) {
-        which.push(Artifact::Pass2);
-    }
+    which.push(if cfg.gradient == Mode::Exact || cfg.needs_label_grad() {
+        Artifact::Pass2
+    } else {
+        Artifact::Pass2Dx
+    });
     if cfg.label_grad {
         which.push(Artifact::LabelVjp);
     }

@@ -11,6 +11,30 @@ use tesla_distill::compiler::autodiff::grad;
 use tesla_distill::compiler::eval::eval;
 use tesla_distill::compiler::ir::{numel, DType, Graph, Tensor, ValueId};
 
+/// max |a − b| over max |b| (at least `floor`): the relative error the gradient checks bound.
+pub fn max_rel_err(a: &[f64], b: &[f64], floor: f64) -> f64 {
+    let n = b.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(floor);
+    a.iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+        / n
+}
+
+/// The small ConvNet (width 2, depth 2, instance norm, ReLU, average pooling) the distillation
+/// gradient tests differentiate through, on `[1, 6, 6]` images.
+pub fn tiny_convnet(batch: usize, classes: usize) -> tesla_distill::compiler::model::ForwardModel {
+    use tesla_distill::zoo::convnet::{Act, ConvNet, Norm, Pool};
+    ConvNet {
+        width: 2,
+        depth: 2,
+        norm: Norm::Instance,
+        act: Act::Relu,
+        pool: Pool::Avg,
+    }
+    .build(batch, [1, 6, 6], classes)
+    .unwrap()
+}
+
 /// A seeded generator.
 pub fn rng(seed: u64) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed)

@@ -8,7 +8,7 @@ use crate::data::augment::Strategy;
 use crate::data::Split;
 use crate::distill::gradient::Mode;
 use crate::distill::run::{DistillConfig, FinalLabels, Labels, PixInit};
-use crate::eval::{evaluate, mean_std, EvalConfig, ModelResult};
+use crate::eval::{eval_store, evaluate, evaluate_run, EvalConfig, ModelResult};
 use crate::experts::ExpertsConfig;
 use crate::runtime::programs::Artifact;
 use crate::runtime::{read_safetensors_with_metadata, BackendKind};
@@ -639,6 +639,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         for m in &models {
             let r = evaluate(m, images.view(), labels.view(), lr, &test, &cfg, &work, 0)?;
             println!("{}", r.line());
+            println!("{}", r.per_class_line(test.class_names()));
             results.push(r);
         }
         (
@@ -656,7 +657,8 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         };
         let lr = a.lr.unwrap_or(0.01);
         for m in &models {
-            let mut accs = Vec::new();
+            let mut store = eval_store(m, &test, train.num_classes(), &cfg, &work);
+            let mut runs = Vec::new();
             for run in 0..a.runs {
                 let (images, labels) = match a.random {
                     Some(k) => {
@@ -675,31 +677,19 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
                     }
                     None => bail!("give one of --distilled FILE, --random K or --whole"),
                 };
-                let one = EvalConfig {
-                    runs: 1,
-                    ..cfg.clone()
-                };
-                let r = evaluate(
-                    m,
+                runs.push(evaluate_run(
+                    &mut store,
                     images.view(),
                     labels.view(),
                     lr,
                     &test,
-                    &one,
-                    &work,
+                    &cfg,
                     run as u64,
-                )?;
-                accs.extend(r.accuracies);
+                )?);
             }
-            let (mean, std) = mean_std(&accs);
-            let r = ModelResult {
-                model: m.name(),
-                accuracies: accs,
-                mean,
-                std,
-                lr,
-            };
+            let r = ModelResult::from_runs(m.name(), lr, &runs);
             println!("{}", r.line());
+            println!("{}", r.per_class_line(test.class_names()));
             results.push(r);
         }
         let what = match a.random {

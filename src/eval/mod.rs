@@ -8,7 +8,9 @@ use crate::data::Dataset;
 use crate::runtime::programs::Artifact;
 use crate::runtime::store::ProgramStore;
 use crate::runtime::BackendKind;
-use crate::train::{accuracy, derive_seed, init_theta, train, Sgd, SgdState, TrainSet};
+use crate::train::{
+    class_accuracy, derive_seed, init_theta, train, ClassCounts, Sgd, SgdState, TrainSet,
+};
 use crate::zoo::ModelSpec;
 use anyhow::Result;
 use ndarray::{ArrayView2, ArrayView4};
@@ -45,9 +47,56 @@ pub struct ModelResult {
     pub std: f64,
     /// Learning rate used.
     pub lr: f64,
+    /// Mean accuracy of each class over the runs (0–1; `None` for a class without test images).
+    #[serde(default)]
+    pub per_class: Vec<Option<f64>>,
 }
 
 impl ModelResult {
+    /// Summarises the per-class counts of every run of `model` trained with `lr`.
+    pub fn from_runs(model: String, lr: f64, runs: &[ClassCounts]) -> Self {
+        let accuracies: Vec<f64> = runs.iter().map(ClassCounts::accuracy).collect();
+        let (mean, std) = mean_std(&accuracies);
+        let classes = runs.iter().map(|r| r.total.len()).max().unwrap_or(0);
+        let per_class = (0..classes)
+            .map(|k| {
+                let v: Vec<f64> = runs
+                    .iter()
+                    .filter_map(|r| r.per_class().get(k).copied().flatten())
+                    .collect();
+                (!v.is_empty()).then(|| mean_std(&v).0)
+            })
+            .collect();
+        Self {
+            model,
+            accuracies,
+            mean,
+            std,
+            lr,
+            per_class,
+        }
+    }
+
+    /// `  per class: T-shirt/top 71.2 · Trouser 93.4 · …` (class names where known).
+    pub fn per_class_line(&self, names: &[String]) -> String {
+        let cells: Vec<String> = self
+            .per_class
+            .iter()
+            .enumerate()
+            .map(|(k, a)| {
+                let name = names
+                    .get(k)
+                    .cloned()
+                    .unwrap_or_else(|| format!("class {k}"));
+                match a {
+                    Some(a) => format!("{name} {:.1}", a * 100.0),
+                    None => format!("{name} –"),
+                }
+            })
+            .collect();
+        format!("  per class: {}", cells.join(" · "))
+    }
+
     /// `name: 71.23 ± 0.45 % (5 runs)`.
     pub fn line(&self) -> String {
         format!(
@@ -70,8 +119,8 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
 }
 
 /// Trains `cfg.runs` fresh networks of `model` on `images`/`labels` with learning rate `lr` and
-/// returns their test accuracies. `label_fn(run)` may swap the training set per run (the random
-/// baseline draws a new subset each run); artifacts are cached under `work`.
+/// returns their test accuracies; run `r` is seeded by `run_offset + r`. Artifacts are cached
+/// under `work`.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &ModelSpec,
@@ -83,53 +132,67 @@ pub fn evaluate(
     work: &Path,
     run_offset: u64,
 ) -> Result<ModelResult> {
-    let [c, h, w] = test.image_shape();
-    let classes = labels.shape()[1];
-    let mut store = ProgramStore::new(
+    let mut store = eval_store(model, test, labels.shape()[1], cfg, work);
+    let runs = (0..cfg.runs as u64)
+        .map(|r| evaluate_run(&mut store, images, labels, lr, test, cfg, run_offset + r))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ModelResult::from_runs(model.name(), lr, &runs))
+}
+
+/// The step and logits programs of `model` for evaluation on `test`'s image shape, cached under
+/// `work`.
+pub fn eval_store(
+    model: &ModelSpec,
+    test: &Dataset,
+    classes: usize,
+    cfg: &EvalConfig,
+    work: &Path,
+) -> ProgramStore {
+    ProgramStore::new(
         model.clone(),
-        [c, h, w],
+        test.image_shape(),
         classes,
         cfg.backend,
         &work.join(model.name().replace(['/', '.'], "_")),
         &[Artifact::Step, Artifact::Logits],
-    );
-    let mut accs = Vec::with_capacity(cfg.runs);
+    )
+}
+
+/// Trains one freshly initialised network (seeded by `cfg.seed` and `run`) on `images`/`labels`
+/// with the protocol's optimiser and returns its per-class test counts.
+pub fn evaluate_run(
+    store: &mut ProgramStore,
+    images: ArrayView4<f32>,
+    labels: ArrayView2<f32>,
+    lr: f64,
+    test: &Dataset,
+    cfg: &EvalConfig,
+    run: u64,
+) -> Result<ClassCounts> {
+    let classes = labels.shape()[1];
     let n = images.shape()[0];
-    for run in 0..cfg.runs {
-        let seed = derive_seed(cfg.seed, run as u64 + run_offset);
-        let mut state = SgdState::new(init_theta(&mut store, cfg.batch.min(n), seed)?);
-        let sgd = Sgd {
-            lr,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            batch: cfg.batch,
-            epochs: cfg.epochs,
-            decay_at_half: true,
-            strategy: cfg.strategy.clone(),
-            seed,
-            start_epoch: 0,
-        };
-        let set = TrainSet::Memory {
-            images: images.view(),
-            labels: labels.view(),
-        };
-        train(
-            &mut store,
-            &set,
-            classes,
-            &mut state,
-            &sgd,
-            None,
-            &mut |_, _, _, _| Ok(()),
-        )?;
-        accs.push(accuracy(&mut store, test, &state.theta, 500)?);
-    }
-    let (mean, std) = mean_std(&accs);
-    Ok(ModelResult {
-        model: model.name(),
-        accuracies: accs,
-        mean,
-        std,
+    let seed = derive_seed(cfg.seed, run);
+    let mut state = SgdState::new(init_theta(store, cfg.batch.min(n), seed)?);
+    let sgd = Sgd {
         lr,
-    })
+        momentum: 0.9,
+        weight_decay: 5e-4,
+        batch: cfg.batch,
+        epochs: cfg.epochs,
+        decay_at_half: true,
+        strategy: cfg.strategy.clone(),
+        seed,
+        start_epoch: 0,
+    };
+    let set = TrainSet::Memory { images, labels };
+    train(
+        store,
+        &set,
+        classes,
+        &mut state,
+        &sgd,
+        None,
+        &mut |_, _, _, _| Ok(()),
+    )?;
+    class_accuracy(store, test, &state.theta, 500)
 }

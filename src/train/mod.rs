@@ -201,20 +201,61 @@ pub fn train(
     Ok(())
 }
 
-/// Top-1 accuracy of `theta` on a dataset, evaluated in batches of `batch` (the last batch is
-/// padded; logits of the padding are ignored, which is exact because no op mixes samples).
+/// Correct top-1 predictions and images, per class, of one network on a test set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassCounts {
+    /// Correctly classified test images of each class.
+    pub correct: Vec<usize>,
+    /// Test images of each class.
+    pub total: Vec<usize>,
+}
+
+impl ClassCounts {
+    /// Overall top-1 accuracy (0–1).
+    pub fn accuracy(&self) -> f64 {
+        let n: usize = self.total.iter().sum();
+        self.correct.iter().sum::<usize>() as f64 / n.max(1) as f64
+    }
+
+    /// Accuracy of each class (0–1); `None` for a class without test images.
+    pub fn per_class(&self) -> Vec<Option<f64>> {
+        self.correct
+            .iter()
+            .zip(&self.total)
+            .map(|(&c, &t)| (t > 0).then(|| c as f64 / t as f64))
+            .collect()
+    }
+}
+
+/// Top-1 accuracy of `theta` on a dataset (see [`class_accuracy`]).
 pub fn accuracy(
     store: &mut ProgramStore,
     ds: &Dataset,
     theta: &[f64],
     batch: usize,
 ) -> Result<f64> {
+    Ok(class_accuracy(store, ds, theta, batch)?.accuracy())
+}
+
+/// Per-class top-1 counts of `theta` on a dataset, evaluated in batches of `batch` (the last
+/// batch is padded; logits of the padding are ignored, which is exact because no op mixes
+/// samples).
+pub fn class_accuracy(
+    store: &mut ProgramStore,
+    ds: &Dataset,
+    theta: &[f64],
+    batch: usize,
+) -> Result<ClassCounts> {
     let n = ds.len();
     if n == 0 {
         bail!("the test set is empty");
     }
+    let k = ds.num_classes();
+    let mut counts = ClassCounts {
+        correct: vec![0; k],
+        total: vec![0; k],
+    };
     let b = batch.min(n);
-    let mut correct = 0usize;
     let th = ndarray::ArrayView1::from(theta).into_dyn();
     let idx: Vec<usize> = (0..n).collect();
     for chunk in idx.chunks(b) {
@@ -224,13 +265,13 @@ pub fn accuracy(
         let (exec, _) = store.get(b)?;
         let out = exec.run(Artifact::Logits, &[th.clone(), x.view()])?;
         let z = out[0].view().into_dimensionality::<ndarray::Ix2>()?;
-        let labels = ds.batch_labels(chunk);
-        for (i, &l) in labels.iter().enumerate() {
-            let row = z.row(i);
-            correct += usize::from(argmax(row) == l as usize);
+        for (i, &l) in ds.batch_labels(chunk).iter().enumerate() {
+            let l = l as usize;
+            counts.total[l] += 1;
+            counts.correct[l] += usize::from(argmax(z.row(i)) == l);
         }
     }
-    Ok(correct as f64 / n as f64)
+    Ok(counts)
 }
 
 /// Fresh initial parameters for a model, from the manifest's init rules.

@@ -1,0 +1,102 @@
+//! The evaluation's test accuracy: per-class counts agree with argmax over logits computed
+//! independently (f64 reference evaluator, no batching), and runs are summarised per class.
+
+use ndarray::Array4;
+use rand::Rng;
+use tesla_distill::compiler::artifact::logits_graph;
+use tesla_distill::compiler::eval::eval;
+use tesla_distill::compiler::ir::{DType, Tensor};
+use tesla_distill::data::Dataset;
+use tesla_distill::eval::{eval_store, EvalConfig, ModelResult};
+use tesla_distill::runtime::BackendKind;
+use tesla_distill::train::{class_accuracy, init_theta, ClassCounts};
+use tesla_distill::zoo::ModelSpec;
+
+mod common;
+
+const MODEL: &str = "convnet-d3-w4";
+
+#[test]
+fn class_counts_match_reference_argmax() {
+    // 23 images in batches of 10: the last batch is padded, and class 2 has a single image.
+    let labels: Vec<u32> = (0..23).map(|i| if i == 22 { 2 } else { i % 2 }).collect();
+    let mut r = common::rng(11);
+    let images = Array4::from_shape_fn((23, 1, 28, 28), |_| r.random_range(-1.0f32..1.0));
+    let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    let ds = Dataset::from_f32(
+        "toy",
+        images.clone(),
+        labels.clone(),
+        names,
+        vec![0.0],
+        vec![1.0],
+    )
+    .unwrap();
+    let spec = ModelSpec::parse(MODEL).unwrap();
+    let cfg = EvalConfig {
+        runs: 1,
+        epochs: 1,
+        batch: 10,
+        strategy: Default::default(),
+        seed: 0,
+        backend: BackendKind::Tract,
+    };
+    let work = tempfile::tempdir().unwrap();
+    let mut store = eval_store(&spec, &ds, 3, &cfg, work.path());
+    let theta = init_theta(&mut store, 10, 5).unwrap();
+    let counts = class_accuracy(&mut store, &ds, &theta, 10).unwrap();
+
+    let m = spec.build(23, [1, 28, 28], 3).unwrap();
+    let z = eval(
+        &logits_graph(&m).unwrap(),
+        &[
+            Tensor::new(DType::F64, vec![theta.len()], theta.clone()),
+            Tensor::new(
+                DType::F64,
+                vec![23, 1, 28, 28],
+                images.iter().map(|&v| f64::from(v)).collect(),
+            ),
+        ],
+    )
+    .unwrap()
+    .remove(0);
+    let mut want = ClassCounts {
+        correct: vec![0; 3],
+        total: vec![0; 3],
+    };
+    for (row, &l) in z.data.chunks(3).zip(&labels) {
+        let best = (0..3).fold(0, |b, k| if row[k] > row[b] { k } else { b });
+        want.total[l as usize] += 1;
+        want.correct[l as usize] += usize::from(best == l as usize);
+    }
+    assert_eq!(counts, want);
+    assert_eq!(want.total, vec![11, 11, 1]);
+    let overall = want.correct.iter().sum::<usize>() as f64 / 23.0;
+    assert!((counts.accuracy() - overall).abs() < 1e-12);
+}
+
+#[test]
+fn runs_are_summarised_per_class() {
+    let runs = [
+        ClassCounts {
+            correct: vec![3, 0, 0],
+            total: vec![4, 2, 0],
+        },
+        ClassCounts {
+            correct: vec![2, 2, 0],
+            total: vec![4, 2, 0],
+        },
+    ];
+    let r = ModelResult::from_runs("m".into(), 0.1, &runs);
+    assert_eq!(r.accuracies, vec![3.0 / 6.0, 4.0 / 6.0]);
+    assert_eq!(r.per_class, vec![Some(0.625), Some(0.5), None]);
+    assert!((r.mean - 7.0 / 12.0).abs() < 1e-12 && (r.std - 1.0 / 12.0).abs() < 1e-12);
+    assert_eq!(
+        r.per_class_line(&["x".into(), "y".into()]),
+        "  per class: x 62.5 · y 50.0 · class 2 –"
+    );
+    // Older eval.json files carry no per-class field.
+    let old = r#"{"model":"m","accuracies":[0.5],"mean":0.5,"std":0.0,"lr":0.1}"#;
+    let back: ModelResult = serde_json::from_str(old).unwrap();
+    assert!(back.per_class.is_empty());
+}

@@ -16,7 +16,12 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-/// The teachers whose labels a run can use: epochs `M … max_start_epoch − 1 + M` of every expert.
+/// The epochs of each expert that serve as target-step teachers: `M … max_start_epoch − 1 + M`.
+pub fn target_epochs(max_start_epoch: usize, expert_epochs: usize) -> std::ops::Range<usize> {
+    expert_epochs..max_start_epoch + expert_epochs
+}
+
+/// The teachers whose labels a run can use: the [`target_epochs`] of every expert.
 pub fn target_teachers(
     experts: &[Trajectory],
     max_start_epoch: usize,
@@ -24,8 +29,8 @@ pub fn target_teachers(
 ) -> Result<Vec<Vec<f64>>> {
     let mut out = Vec::with_capacity(experts.len() * max_start_epoch);
     for e in experts {
-        for t in 0..max_start_epoch {
-            out.push(e.epoch(t + expert_epochs)?);
+        for t in target_epochs(max_start_epoch, expert_epochs) {
+            out.push(e.epoch(t)?);
         }
     }
     Ok(out)

@@ -215,16 +215,10 @@ pub fn iteration(
         }
         Labels::Hard | Labels::Learned => None,
     };
-    let labels: Array2<f64> = match cfg.labels {
-        Labels::Target | Labels::Last => {
-            let th = teacher.ok_or_else(|| anyhow!("no teacher for soft labels"))?;
-            teacher_labels(exec, th, &st.images, ctx.batch_syn, ctx.classes)?
-        }
-        Labels::Hard => {
-            let y = one_hot(&st.classes, ctx.classes);
-            to_f64(&y)
-        }
-        Labels::Learned => softmax_rows(
+    let labels: Array2<f64> = match teacher {
+        Some(th) => teacher_labels(exec, th, &st.images, ctx.batch_syn, ctx.classes)?,
+        None if cfg.labels == Labels::Hard => to_f64(&one_hot(&st.classes, ctx.classes)),
+        None => softmax_rows(
             st.label_logits
                 .as_ref()
                 .ok_or_else(|| anyhow!("learned labels missing from the state"))?,
@@ -351,9 +345,10 @@ pub fn saved_labels(ctx: &RunContext, exec: &mut dyn Exec, st: &State) -> Result
     let mut sum = Array2::<f64>::zeros(st.last_labels.raw_dim());
     let mut count = 0usize;
     for traj in &ctx.experts {
-        let epochs: Vec<usize> = match cfg.labels {
-            Labels::Last => vec![traj.snapshots - 1],
-            _ => (cfg.expert_epochs..cfg.max_start_epoch + cfg.expert_epochs).collect(),
+        // One teacher at a time: the whole set can be large (ImageNet-size trajectories).
+        let epochs = match cfg.labels {
+            Labels::Last => traj.snapshots - 1..traj.snapshots,
+            _ => super::init::target_epochs(cfg.max_start_epoch, cfg.expert_epochs),
         };
         for e in epochs {
             sum += &teacher_labels(
@@ -792,10 +787,10 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
         } else {
             None
         };
-        let mut eval_acc = None;
-        if let (true, Some(y)) = (evaluate, y.as_ref()) {
-            eval_acc = Some(quick_eval(&ctx, &st, y, &model, &test, &out, kind)?);
-        }
+        let eval_acc = match y.as_ref().filter(|_| evaluate) {
+            Some(y) => Some(quick_eval(&ctx, &st, y, &model, &test, &out, kind)?),
+            None => None,
+        };
         let m = Metric {
             iteration: st.iteration,
             loss,
@@ -810,7 +805,7 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
         writeln!(metrics, "{}", serde_json::to_string(&m)?).context("writing metrics.jsonl")?;
         pb.set_message(format!("loss {loss:.4}, lr {:.5}", st.beta));
         pb.inc(1);
-        if let (true, Some(y)) = (checkpoint, y.as_ref()) {
+        if let Some(y) = y.as_ref().filter(|_| checkpoint) {
             save(&ctx, &st, y, train.mean(), train.std(), zca.as_ref())?;
         }
     }

@@ -57,12 +57,13 @@ impl ModelResult {
     pub fn from_runs(model: String, lr: f64, runs: &[ClassCounts]) -> Self {
         let accuracies: Vec<f64> = runs.iter().map(ClassCounts::accuracy).collect();
         let (mean, std) = mean_std(&accuracies);
-        let classes = runs.iter().map(|r| r.total.len()).max().unwrap_or(0);
+        let rows: Vec<Vec<Option<f64>>> = runs.iter().map(ClassCounts::per_class).collect();
+        let classes = rows.iter().map(Vec::len).max().unwrap_or(0);
         let per_class = (0..classes)
             .map(|k| {
-                let v: Vec<f64> = runs
+                let v: Vec<f64> = rows
                     .iter()
-                    .filter_map(|r| r.per_class().get(k).copied().flatten())
+                    .filter_map(|r| r.get(k).copied().flatten())
                     .collect();
                 (!v.is_empty()).then(|| mean_std(&v).0)
             })

@@ -82,3 +82,68 @@ pub fn label_path_grad(
     }
     Ok(out)
 }
+
+/// A synthetic image whose saved soft label no longer gives its own class the majority.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WeakLabel {
+    /// Row of the image in the distilled set.
+    pub row: usize,
+    /// The class the image stands for.
+    pub class: usize,
+    /// The label's mass on that class.
+    pub own: f64,
+    /// The other class the label gives the most mass to, and that mass.
+    pub rival: (usize, f64),
+}
+
+/// The rows of `labels` that give their own class (`classes[row]`) less than half the mass.
+/// An evaluation network trained on such a row learns the image mostly as another class, and a
+/// class whose only image this is (IPC 1) can vanish from its predictions altogether.
+pub fn weak_labels(labels: &Array2<f64>, classes: &[u32]) -> Vec<WeakLabel> {
+    labels
+        .rows()
+        .into_iter()
+        .zip(classes)
+        .enumerate()
+        .filter_map(|(row, (y, &c))| {
+            let class = c as usize;
+            let own = y.get(class).copied().unwrap_or(0.0);
+            let rival = y
+                .iter()
+                .copied()
+                .enumerate()
+                .filter(|&(k, _)| k != class)
+                .fold((class, 0.0), |a, b| if b.1 > a.1 { b } else { a });
+            (own < 0.5).then_some(WeakLabel {
+                row,
+                class,
+                own,
+                rival,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn weak_labels_names_rows_below_half_their_own_class() {
+        let y = array![
+            [0.9, 0.05, 0.05],
+            [0.38, 0.43, 0.19], // own class 1 leads but holds under half
+            [0.1, 0.2, 0.7],    // labelled class 0, mostly class 2
+            [0.0, 0.0, 1.0],
+        ];
+        let weak = weak_labels(&y, &[0, 1, 0, 2]);
+        assert_eq!(weak.len(), 2);
+        assert_eq!((weak[0].row, weak[0].class, weak[0].rival.0), (1, 1, 0));
+        assert!((weak[0].own - 0.43).abs() < 1e-12);
+        assert!((weak[0].rival.1 - 0.38).abs() < 1e-12);
+        assert_eq!((weak[1].row, weak[1].class, weak[1].rival.0), (2, 0, 2));
+        assert!((weak[1].rival.1 - 0.7).abs() < 1e-12);
+        assert!(weak_labels(&array![[1.0, 0.0], [0.0, 1.0]], &[0, 1]).is_empty());
+    }
+}

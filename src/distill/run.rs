@@ -4,7 +4,7 @@
 
 use super::gradient::{backward, Mode, Segment};
 pub use super::labels::softmax_rows;
-use super::labels::{label_path_grad, teacher_labels};
+use super::labels::{label_path_grad, teacher_labels, weak_labels};
 use crate::data::augment::{self, Draw, Strategy};
 use crate::data::bench::peak_rss_kib;
 use crate::data::select::Selection;
@@ -766,6 +766,7 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     pb.set_position(st.iteration as u64);
+    let mut written_labels = None;
     while st.iteration < cfg.iterations {
         let t0 = Instant::now();
         let exec = store.get(batch_syn)?.0;
@@ -805,12 +806,38 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
         writeln!(metrics, "{}", serde_json::to_string(&m)?).context("writing metrics.jsonl")?;
         pb.set_message(format!("loss {loss:.4}, lr {:.5}", st.beta));
         pb.inc(1);
-        if let Some(y) = y.as_ref().filter(|_| checkpoint) {
-            save(&ctx, &st, y, train.mean(), train.std(), zca.as_ref())?;
+        if let Some(y) = y.filter(|_| checkpoint) {
+            save(&ctx, &st, &y, train.mean(), train.std(), zca.as_ref())?;
+            written_labels = Some(y);
         }
     }
     pb.finish_and_clear();
+    if let Some(y) = written_labels.filter(|_| cfg.labels != Labels::Hard) {
+        warn_weak_labels(&y, &st.classes, train.class_names());
+    }
     Ok(st)
+}
+
+/// One warning line per saved soft label whose own class holds under half the mass: at IPC 1 the
+/// evaluation networks can then lose that class entirely, which the run's loss does not show.
+fn warn_weak_labels(labels: &Array2<f64>, classes: &[u32], names: &[String]) {
+    let name = |c: usize| {
+        names
+            .get(c)
+            .cloned()
+            .unwrap_or_else(|| format!("class {c}"))
+    };
+    for w in weak_labels(labels, classes) {
+        eprintln!(
+            "warning: the label of synthetic image {} ({}) gives its own class only {:.2} ({} {:.2}); \
+             networks trained on the set may miss this class: try another --seed, or --labels hard",
+            w.row,
+            name(w.class),
+            w.own,
+            name(w.rival.0),
+            w.rival.1
+        );
+    }
 }
 
 fn quick_eval(

@@ -113,7 +113,8 @@ pub fn weak_labels(labels: &Array2<f64>, classes: &[u32]) -> Vec<WeakLabel> {
                 .copied()
                 .enumerate()
                 .filter(|&(k, _)| k != class)
-                .fold((class, 0.0), |a, b| if b.1 > a.1 { b } else { a });
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap_or((class, 0.0));
             (own < 0.5).then_some(WeakLabel {
                 row,
                 class,

@@ -812,7 +812,8 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
         }
     }
     pb.finish_and_clear();
-    if let Some(y) = written_labels.filter(|_| cfg.labels != Labels::Hard) {
+    // One-hot rows never warn, so hard-label runs need no special case.
+    if let Some(y) = written_labels {
         warn_weak_labels(&y, &st.classes, train.class_names());
     }
     Ok(st)

@@ -232,6 +232,62 @@ fn final_labels_mean_averages_every_target_teacher_on_the_final_images() {
     for (got, want) in labels.iter().zip(&want) {
         assert!((f64::from(*got) - want).abs() < 1e-5, "{got} vs {want}");
     }
+    // `tesla eval --teacher-labels` recomputes the same rows for any set's images.
+    let set = out.join("distilled.safetensors");
+    let eval = |epochs: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tesla"))
+            .args(["eval", "--distilled", set.to_str().unwrap()])
+            .args([
+                "--teacher-labels",
+                ex.to_str().unwrap(),
+                "--teacher-epochs",
+                epochs,
+            ])
+            .args([
+                "--dataset",
+                "fmnist-small",
+                "--models",
+                MODEL,
+                "--epochs",
+                "1",
+            ])
+            .args([
+                "--runs",
+                "1",
+                "--out",
+                d.path().join("e.json").to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let o = eval("1-2");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let shares: Vec<f64> = stdout
+        .lines()
+        .find_map(|l| l.split_once("own-class share per image: "))
+        .unwrap_or_else(|| panic!("no own-class line in {stdout}"))
+        .1
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(shares.len(), 10);
+    for (i, got) in shares.iter().enumerate() {
+        // One image per class, in class order: image i's own class is i.
+        assert!(
+            (got - want[i * 10 + i]).abs() <= 0.0051,
+            "{got} vs {}",
+            want[i * 10 + i]
+        );
+    }
+    // Epochs the experts do not have, or backwards: one error line, no panic.
+    for (epochs, needle) in [("1-5", "epoch 5"), ("2-1", "--teacher-epochs")] {
+        let o = eval(epochs);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && !err.contains("panicked"), "{err}");
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+        assert!(lines.len() == 1 && lines[0].contains(needle), "{err}");
+    }
     // Not what the last iteration alone assigned.
     let last = st
         .last_labels

@@ -7,10 +7,12 @@ use crate::compiler::manifest::{compile_dir, standard_set, Manifest};
 use crate::data::augment::Strategy;
 use crate::data::Split;
 use crate::distill::gradient::Mode;
-use crate::distill::run::{DistillConfig, FinalLabels, Labels, PixInit};
+use crate::distill::labels::mean_teacher_labels;
+use crate::distill::run::{open_experts, DistillConfig, FinalLabels, Labels, PixInit};
 use crate::eval::{eval_store, evaluate, evaluate_run, EvalConfig, ModelResult};
 use crate::experts::ExpertsConfig;
 use crate::runtime::programs::Artifact;
+use crate::runtime::store::ProgramStore;
 use crate::runtime::{read_safetensors_with_metadata, BackendKind};
 use crate::train::{derive_seed, one_hot};
 use crate::zoo::ModelSpec;
@@ -264,6 +266,14 @@ struct EvalArgs {
     /// Use hard labels even if the distilled set has soft ones.
     #[arg(long)]
     hard_labels: bool,
+    /// Give the distilled images the mean soft labels of these experts' `--teacher-epochs` instead
+    /// of their own labels (what `--final-labels mean` saves), to compare labels on equal images.
+    #[arg(long, requires_all = ["distilled", "teacher_epochs"], conflicts_with = "hard_labels")]
+    teacher_labels: Option<PathBuf>,
+    /// The teachers' epochs for `--teacher-labels`, FIRST-LAST (a run's target-step teachers are
+    /// epochs M to S−1+M).
+    #[arg(long, requires = "teacher_labels")]
+    teacher_epochs: Option<String>,
     /// DSA strategy.
     #[arg(long, default_value = "color_crop_cutout_flip_scale_rotate")]
     dsa_strategy: String,
@@ -624,6 +634,11 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
             let classes: Vec<u32> = get("classes")?.iter().map(|&c| c as u32).collect();
             labels = one_hot(&classes, labels.shape()[1]);
         }
+        if a.teacher_labels.is_some() {
+            let classes: Vec<usize> = get("classes")?.iter().map(|&c| c as usize).collect();
+            let k = labels.shape()[1];
+            labels = teacher_mean_labels(f, &meta, &images, &classes, k, &a)?;
+        }
         if images.shape()[1..] != test.image_shape() {
             bail!(
                 "{}: images are {:?}, the dataset's are {:?}",
@@ -642,8 +657,13 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
             println!("{}", r.per_class_line(test.class_names()));
             results.push(r);
         }
+        let with = match (&a.teacher_labels, &a.teacher_epochs, a.hard_labels) {
+            (Some(d), Some(e), _) => format!(", labels of {} epochs {e}", d.display()),
+            (_, _, true) => ", hard labels".to_string(),
+            _ => String::new(),
+        };
         (
-            format!("distilled {}", f.display()),
+            format!("distilled {}{with}", f.display()),
             f.with_file_name("eval.json"),
         )
     } else {
@@ -703,6 +723,80 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     crate::atomic_file::write(&out, serde_json::to_string_pretty(&json)?.as_bytes())?;
     println!("results in {}", out.display());
     Ok(())
+}
+
+/// Parses `FIRST-LAST` (inclusive) as a range of expert epochs.
+pub fn parse_epochs(s: &str) -> Result<std::ops::Range<usize>> {
+    let bad = || anyhow!("--teacher-epochs '{s}' must look like 2-6 (first and last epoch)");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (a, b): (usize, usize) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a > b {
+        return Err(bad());
+    }
+    Ok(a..b + 1)
+}
+
+/// The mean soft labels that the experts of `--teacher-labels` at `--teacher-epochs` give the
+/// images of the distilled set `f` (the experts are checked against the set's model, dataset and
+/// ZCA), printing each image's own-class share.
+fn teacher_mean_labels(
+    f: &Path,
+    meta: &std::collections::HashMap<String, String>,
+    images: &ndarray::Array4<f32>,
+    classes: &[usize],
+    k: usize,
+    a: &EvalArgs,
+) -> Result<ndarray::Array2<f32>> {
+    let (Some(dir), Some(epochs)) = (&a.teacher_labels, &a.teacher_epochs) else {
+        bail!("--teacher-labels needs --teacher-epochs");
+    };
+    let range = parse_epochs(epochs)?;
+    let field = |key: &str| {
+        meta.get(key).ok_or_else(|| {
+            anyhow!(
+                "{}: no '{key}' in its metadata (not a distilled set?)",
+                f.display()
+            )
+        })
+    };
+    let model = ModelSpec::parse(field("model")?)?;
+    let zca = field("zca").is_ok_and(|z| z != "none");
+    let [n, c, h, w] = [0, 1, 2, 3].map(|i| images.shape()[i]);
+    let b = n.clamp(1, 100);
+    let mut store = ProgramStore::new(
+        model.clone(),
+        [c, h, w],
+        k,
+        a.backend,
+        &std::env::temp_dir().join("tesla-eval-artifacts"),
+        &[Artifact::Logits],
+    );
+    let num_params = store.get(b)?.1.num_params;
+    let experts = open_experts(
+        dir,
+        &model.name(),
+        field("dataset")?,
+        zca,
+        range.end - 1,
+        num_params,
+    )?;
+    let x = images.mapv(f64::from);
+    let y = mean_teacher_labels(store.get(b)?.0, &experts, |_| range.clone(), &x, b, k)?;
+    let own: Vec<String> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| format!("{:.2}", y.get([i, c]).copied().unwrap_or(f64::NAN)))
+        .collect();
+    println!(
+        "labels: the mean of {} teachers (epochs {epochs} of {} experts); own-class share per image: {}",
+        experts.len() * range.len(),
+        experts.len(),
+        own.join(" ")
+    );
+    Ok(y.mapv(|v| v as f32))
 }
 
 fn zca_test(test: &crate::data::Dataset, zca: Option<&Path>) -> Result<crate::data::Dataset> {

@@ -3,9 +3,11 @@
 //! Also the way back through them, for runs that differentiate through the assignment.
 
 use crate::compiler::artifact::Artifact;
+use crate::experts::trajectory::Trajectory;
 use crate::runtime::programs::Exec;
 use anyhow::Result;
 use ndarray::{s, Array2, Array4, Axis, Ix2};
+use std::ops::Range;
 
 /// Softmax of each row.
 pub fn softmax_rows(z: &Array2<f64>) -> Array2<f64> {
@@ -49,6 +51,29 @@ pub fn teacher_labels(
             .assign(&l.slice(s![..end - start, ..]));
     }
     Ok(softmax_rows(&z))
+}
+
+/// The mean of [`teacher_labels`] over `epochs(expert)` of every expert: the rows a set gets from
+/// all its teachers at once (`tesla distill --final-labels mean`, `tesla eval --teacher-labels`),
+/// steadier than the one teacher an iteration draws.
+pub fn mean_teacher_labels(
+    exec: &mut dyn Exec,
+    experts: &[Trajectory],
+    epochs: impl Fn(&Trajectory) -> Range<usize>,
+    images: &Array4<f64>,
+    b: usize,
+    classes: usize,
+) -> Result<Array2<f64>> {
+    let mut sum = Array2::<f64>::zeros((images.shape()[0], classes));
+    let mut count = 0usize;
+    for traj in experts {
+        // One teacher at a time: the whole set can be large (ImageNet-size trajectories).
+        for e in epochs(traj) {
+            sum += &teacher_labels(exec, &traj.epoch(e)?, images, b, classes)?;
+            count += 1;
+        }
+    }
+    Ok(sum / count.max(1) as f64)
 }
 
 /// The images' share of a gradient that reaches the teacher's soft labels: with

@@ -4,7 +4,7 @@
 
 use super::gradient::{backward, Mode, Segment};
 pub use super::labels::softmax_rows;
-use super::labels::{label_path_grad, teacher_labels, weak_labels};
+use super::labels::{label_path_grad, mean_teacher_labels, teacher_labels, weak_labels};
 use crate::data::augment::{self, Draw, Strategy};
 use crate::data::bench::peak_rss_kib;
 use crate::data::select::Selection;
@@ -342,26 +342,19 @@ pub fn saved_labels(ctx: &RunContext, exec: &mut dyn Exec, st: &State) -> Result
     if cfg.final_labels == FinalLabels::Last {
         return Ok(st.last_labels.clone());
     }
-    let mut sum = Array2::<f64>::zeros(st.last_labels.raw_dim());
-    let mut count = 0usize;
-    for traj in &ctx.experts {
-        // One teacher at a time: the whole set can be large (ImageNet-size trajectories).
-        let epochs = match cfg.labels {
-            Labels::Last => traj.snapshots - 1..traj.snapshots,
-            _ => super::init::target_epochs(cfg.max_start_epoch, cfg.expert_epochs),
-        };
-        for e in epochs {
-            sum += &teacher_labels(
-                exec,
-                &traj.epoch(e)?,
-                &st.images,
-                ctx.batch_syn,
-                ctx.classes,
-            )?;
-            count += 1;
-        }
-    }
-    Ok((sum / count.max(1) as f64).mapv(|v| f64::from(v as f32)))
+    let epochs = |traj: &Trajectory| match cfg.labels {
+        Labels::Last => traj.snapshots - 1..traj.snapshots,
+        _ => super::init::target_epochs(cfg.max_start_epoch, cfg.expert_epochs),
+    };
+    let y = mean_teacher_labels(
+        exec,
+        &ctx.experts,
+        epochs,
+        &st.images,
+        ctx.batch_syn,
+        ctx.classes,
+    )?;
+    Ok(y.mapv(|v| f64::from(v as f32)))
 }
 
 /// Opens and validates the experts for a run.
@@ -414,7 +407,7 @@ pub fn open_experts(
         }
         if t.snapshots < need_epochs + 1 {
             bail!(
-                "{} has {} epochs; max-start-epoch + expert-epochs needs {need_epochs}",
+                "{} has {} epochs; this run needs epoch {need_epochs}",
                 f.display(),
                 t.snapshots - 1
             );

@@ -771,7 +771,11 @@ fn teacher_mean_labels(
         [c, h, w],
         k,
         a.backend,
-        &std::env::temp_dir().join("tesla-eval-artifacts"),
+        // Apart from the evaluation's own programs (same model, other artifacts) to keep both cached.
+        &std::env::temp_dir()
+            .join("tesla-eval-artifacts")
+            .join("teachers")
+            .join(model.name().replace(['/', '.'], "_")),
         &[Artifact::Logits],
     );
     let num_params = store.get(b)?.1.num_params;

@@ -775,7 +775,7 @@ fn teacher_mean_labels(
         &std::env::temp_dir()
             .join("tesla-eval-artifacts")
             .join("teachers")
-            .join(model.name().replace(['/', '.'], "_")),
+            .join(model.folder_name()),
         &[Artifact::Logits],
     );
     let num_params = store.get(b)?.1.num_params;

@@ -387,3 +387,11 @@ pub(crate) fn resize_u8(pixels: &[u8], chw: [usize; 3], to: (usize, usize)) -> R
         })?;
     Ok(out)
 }
+
+/// The name of class `k` in `names`, or `class k` where the dataset names none.
+pub fn class_name(names: &[String], k: usize) -> String {
+    names
+        .get(k)
+        .cloned()
+        .unwrap_or_else(|| format!("class {k}"))
+}

@@ -21,7 +21,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-pub use dataset::{Dataset, Split};
+pub use dataset::{class_name, Dataset, Split};
 
 /// The dataset specs [`load`] understands, for help texts.
 pub const SPECS: &str = "fashion-mnist[:DIR], mnist:DIR, cifar10:DIR, cifar100:DIR, \

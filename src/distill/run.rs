@@ -815,12 +815,7 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
 /// One warning line per saved soft label whose own class holds under half the mass: at IPC 1 the
 /// evaluation networks can then lose that class entirely, which the run's loss does not show.
 fn warn_weak_labels(labels: &Array2<f64>, classes: &[u32], names: &[String]) {
-    let name = |c: usize| {
-        names
-            .get(c)
-            .cloned()
-            .unwrap_or_else(|| format!("class {c}"))
-    };
+    let name = |c: usize| crate::data::class_name(names, c);
     for w in weak_labels(labels, classes) {
         eprintln!(
             "warning: the label of synthetic image {} ({}) gives its own class only {:.2} ({} {:.2}); \

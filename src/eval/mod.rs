@@ -85,10 +85,7 @@ impl ModelResult {
             .iter()
             .enumerate()
             .map(|(k, a)| {
-                let name = names
-                    .get(k)
-                    .cloned()
-                    .unwrap_or_else(|| format!("class {k}"));
+                let name = crate::data::class_name(names, k);
                 match a {
                     Some(a) => format!("{name} {:.1}", a * 100.0),
                     None => format!("{name} –"),
@@ -154,7 +151,7 @@ pub fn eval_store(
         test.image_shape(),
         classes,
         cfg.backend,
-        &work.join(model.name().replace(['/', '.'], "_")),
+        &work.join(model.folder_name()),
         &[Artifact::Step, Artifact::Logits],
     )
 }

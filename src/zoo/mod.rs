@@ -129,6 +129,11 @@ impl ModelSpec {
         }
     }
 
+    /// [`ModelSpec::name`] made safe as one folder name (a path-given model's name has `/` and `.`).
+    pub fn folder_name(&self) -> String {
+        self.name().replace(['/', '.'], "_")
+    }
+
     /// A short stable name (for manifests, run metadata and cache keys).
     pub fn name(&self) -> String {
         match self {

@@ -1,0 +1,112 @@
+//! Pins the exact output of a small run (experts, then distillation with soft labels and DSA, on
+//! tract): a restructuring of the library must leave every bit of it unchanged. A change that
+//! moves the numbers on purpose (another precision, another order of operations) updates the
+//! pins here, in its own commit, saying why.
+
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use tesla_distill::distill::gradient::Mode;
+use tesla_distill::distill::run::{run, DistillConfig, Labels, PixInit};
+use tesla_distill::experts::{run_experts, ExpertsConfig};
+use tesla_distill::runtime::{read_safetensors, BackendKind};
+use tesla_distill::zoo::ModelSpec;
+
+const MODEL: &str = "convnet-d3-w4";
+
+/// SHA-256 over the named tensors' f32 values (little-endian), in the order given: independent
+/// of the file's layout and metadata.
+fn tensor_hash(path: &Path, names: &[&str]) -> String {
+    let tensors = read_safetensors(path).unwrap();
+    let mut h = Sha256::new();
+    for n in names {
+        let (_, a) = tensors
+            .iter()
+            .find(|(k, _)| k == n)
+            .unwrap_or_else(|| panic!("{}: no '{n}'", path.display()));
+        h.update(n.as_bytes());
+        for v in a.iter() {
+            h.update(v.to_le_bytes());
+        }
+    }
+    format!("{:x}", h.finalize())
+}
+
+fn distill_config(experts: &Path, out: &Path, gradient: Mode) -> DistillConfig {
+    DistillConfig {
+        dataset: "fmnist-small".into(),
+        model: MODEL.into(),
+        experts: experts.to_path_buf(),
+        ipc: 1,
+        syn_steps: 3,
+        expert_epochs: 1,
+        max_start_epoch: 1,
+        iterations: 4,
+        lr_img: 100.0,
+        lr_lr: 1e-5,
+        lr_init: Some(0.01),
+        lr_label: 2.0,
+        batch_syn: Some(5),
+        pix_init: PixInit::Real,
+        labels: Labels::Target,
+        label_grad: false,
+        final_labels: Default::default(),
+        gradient,
+        zca: false,
+        dsa_strategy: "color_crop_cutout_flip_scale_rotate".into(),
+        backend: "tract".into(),
+        seed: 4,
+        eval_every: 0,
+        eval_epochs: 10,
+        eval_runs: 1,
+        checkpoint_every: 2,
+        out: out.to_path_buf(),
+    }
+}
+
+#[test]
+fn a_small_run_gives_the_pinned_experts_and_images() {
+    let d = tempfile::tempdir().unwrap();
+    let experts = d.path().join("experts");
+    run_experts(&ExpertsConfig {
+        dataset: "fmnist-small".into(),
+        model: ModelSpec::parse(MODEL).unwrap(),
+        experts: 1,
+        epochs: 2,
+        lr: 0.01,
+        batch: 64,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        strategy: Default::default(),
+        zca: false,
+        seed: 1,
+        shard: (0, 1),
+        backend: BackendKind::Tract,
+        out: experts.clone(),
+        limit: Some(200),
+    })
+    .unwrap();
+    let got_expert = tensor_hash(&experts.join("expert_0000.safetensors"), &["trajectory"]);
+    let mut got = vec![("expert".to_string(), got_expert)];
+    for mode in [Mode::Tesla, Mode::Exact] {
+        let out = d.path().join(format!("{mode:?}"));
+        run(distill_config(&experts, &out, mode), false).unwrap();
+        got.push((
+            format!("{mode:?}"),
+            tensor_hash(
+                &out.join("distilled.safetensors"),
+                &["images", "labels", "classes", "lr"],
+            ),
+        ));
+    }
+    let want = [("expert", PIN_EXPERT), ("Tesla", PIN_TESLA), ("Exact", PIN_EXACT)];
+    for (name, h) in &got {
+        eprintln!("{name}: {h}");
+    }
+    for ((name, h), (_, w)) in got.iter().zip(want) {
+        assert_eq!(h, w, "{name}: the output moved");
+    }
+}
+
+const PIN_EXPERT: &str = "ceea25421e412d4fe40044b7f86aeeea255e7da6dd778e61ed839374444b5ff3";
+const PIN_TESLA: &str = "7dd011f379a2bbd9dbadc5b527aa49d6910e8c8c678ee541eca2abee278cc367";
+const PIN_EXACT: &str = "bab161bde6deb7ac036816f9d0795fdc29550432756cfcde749ed725db860940";

@@ -5,6 +5,27 @@ use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::Path;
 
+/// Checks, before any work, that [`write`] will be able to write `path`: its directory exists
+/// and takes a new file. Nothing is left behind.
+pub fn check_writable(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    if path.is_dir() {
+        anyhow::bail!("{} is a directory, not a file to write", path.display());
+    }
+    let probe = dir.join(format!(".write-test.{}.tmp", std::process::id()));
+    std::fs::File::create(&probe).with_context(|| {
+        format!(
+            "cannot write {}: its folder does not take files",
+            path.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same directory, synced, then renamed.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {

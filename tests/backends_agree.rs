@@ -19,7 +19,7 @@ fn ort_available() -> bool {
     match ort_library_path() {
         Ok(_) => true,
         Err(e) => {
-            eprintln!("skipped the ONNX Runtime half: {e}");
+            common::missing(&format!("the ONNX Runtime half: {e}"));
             false
         }
     }
@@ -234,14 +234,14 @@ fn every_artifact_passes_the_onnx_full_check() {
         .output();
     match out {
         Ok(o) if String::from_utf8_lossy(&o.stderr).contains("No module named 'onnx'") => {
-            eprintln!("skipped: the python onnx package is not installed (pip install onnx)");
+            common::missing("the python onnx package (pip install onnx)");
         }
         Ok(o) => assert!(
             o.status.success(),
             "onnx.checker failed: {}",
             String::from_utf8_lossy(&o.stderr)
         ),
-        Err(e) => eprintln!("skipped: python3 is not available ({e})"),
+        Err(e) => common::missing(&format!("python3 ({e})")),
     }
 }
 

@@ -1,39 +1,10 @@
 //! Bad input gets one clear line on stderr and a non-zero exit, never a panic.
 
+mod common;
+
+use common::{fails_with, tesla};
 use std::path::Path;
 use std::process::Command;
-
-fn tesla(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tesla"))
-        .args(args)
-        .output()
-        .expect("runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Asserts a failure with one `error:` line mentioning every needle.
-fn fails_with(args: &[&str], needles: &[&str]) {
-    let (code, _, err) = tesla(args);
-    assert_ne!(code, 0, "{args:?} should fail");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{args:?}: expected one error line, got: {err}"
-    );
-    for n in needles {
-        assert!(
-            lines[0].contains(n),
-            "{args:?}: '{}' does not mention '{n}'",
-            lines[0]
-        );
-    }
-}
 
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
@@ -139,7 +110,7 @@ fn python_model(dir: &Path, name: &str, body: &str) -> Option<std::path::PathBuf
         .map(|s| s.success())
         .unwrap_or(false);
     if !ok {
-        eprintln!("skipped: python3 with the onnx package is not available");
+        common::missing("python3 with the onnx package");
         return None;
     }
     Some(path)

@@ -1,6 +1,8 @@
 //! The embedded `fmnist-small` set: class-balanced, and exactly the first 500/100 images per
 //! class of the installed Fashion-MNIST (what `tools/make_fmnist_small.py` selects).
 
+mod common;
+
 use tesla_distill::data::{load, Split};
 
 #[test]
@@ -36,11 +38,10 @@ fn embedded_set_is_class_balanced() {
 fn embedded_set_matches_the_installed_fashion_mnist() {
     let dir = std::path::Path::new("/usr/share/datasets/fashion-mnist");
     if !dir.join("train-images-idx3-ubyte.gz").is_file() {
-        eprintln!(
-            "SKIPPED embedded_set_matches_the_installed_fashion_mnist: {} is absent \
-             (Debian package dataset-fashion-mnist)",
+        common::missing(&format!(
+            "{} (Debian package dataset-fashion-mnist)",
             dir.display()
-        );
+        ));
         return;
     }
     for (split, k) in [(Split::Train, 500), (Split::Test, 100)] {

@@ -1,6 +1,8 @@
 //! Readers: every format round-trips fixture files written here in that exact format; corrupt
 //! or truncated files give one error naming the file; real Fashion-MNIST loads in full.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -592,11 +594,10 @@ fn spec_errors() {
 fn real_fashion_mnist() {
     let dir = PathBuf::from("/usr/share/datasets/fashion-mnist");
     if !dir.join("train-images-idx3-ubyte.gz").is_file() {
-        eprintln!(
-            "SKIPPED real_fashion_mnist: {} is absent (install the Debian package \
-             dataset-fashion-mnist)",
+        common::missing(&format!(
+            "{} (Debian package dataset-fashion-mnist)",
             dir.display()
-        );
+        ));
         return;
     }
     let train = load("fashion-mnist", Split::Train, None).unwrap();
@@ -607,7 +608,7 @@ fn real_fashion_mnist() {
         assert_eq!(train.class_indices(c).len(), 6000);
         assert_eq!(test.class_indices(c).len(), 1000);
     }
-    // The normalised training set has mean ≈ 0 and std ≈ 1 with the method.md constants.
+    // The normalised training set has mean ≈ 0 and std ≈ 1 with the docs/method.md constants.
     let x = train.batch(&(0..60000).step_by(7).collect::<Vec<_>>());
     let n = x.len() as f64;
     let m = x.iter().map(|&v| v as f64).sum::<f64>() / n;

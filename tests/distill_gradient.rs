@@ -1,5 +1,5 @@
 //! The three gradient modes on one full iteration, in f64 on the reference evaluator:
-//! `exact` = `unrolled` = central finite differences of L (images and β); `tesla` = the method.md
+//! `exact` = `unrolled` = central finite differences of L (images and β); `tesla` = the docs/method.md
 //! formula computed independently; with T = 1 all three agree.
 
 #![allow(clippy::needless_range_loop)]

@@ -98,7 +98,11 @@ fn a_small_run_gives_the_pinned_experts_and_images() {
             ),
         ));
     }
-    let want = [("expert", PIN_EXPERT), ("Tesla", PIN_TESLA), ("Exact", PIN_EXACT)];
+    let want = [
+        ("expert", PIN_EXPERT),
+        ("Tesla", PIN_TESLA),
+        ("Exact", PIN_EXACT),
+    ];
     for (name, h) in &got {
         eprintln!("{name}: {h}");
     }

@@ -57,16 +57,13 @@ fn imported_ops_match_finite_differences() {
         Ok(o) => {
             let err = String::from_utf8_lossy(&o.stderr);
             if err.contains("No module named") {
-                eprintln!(
-                    "skipped: the python onnx package is not installed ({})",
-                    err.trim()
-                );
+                common::missing(&format!("the python onnx package ({})", err.trim()));
                 return;
             }
             panic!("writing the models failed: {err}");
         }
         Err(e) => {
-            eprintln!("skipped: python3 is not available ({e})");
+            common::missing(&format!("python3 ({e})"));
             return;
         }
     }
@@ -77,7 +74,10 @@ fn imported_ops_match_finite_differences() {
             &proto,
             Some(d.path()),
             shape,
-            &ImportOptions { dtype: DType::F64 },
+            &ImportOptions {
+                dtype: DType::F64,
+                ..Default::default()
+            },
             name,
         )
         .unwrap_or_else(|e| panic!("{name}: {e:#}"));

@@ -2,6 +2,8 @@
 //! computations and each other, binding errors, bad files, the CUDA error, and `tesla run`'s
 //! library entry point.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -174,7 +176,7 @@ fn backends() -> Vec<Box<dyn Backend>> {
     let mut out = vec![backend(BackendKind::Tract).expect("tract backend")];
     match ort_library_path() {
         Ok(_) => out.push(backend(BackendKind::Ort).expect("ort backend (library was found)")),
-        Err(e) => eprintln!("SKIPPING ONNX Runtime checks: {e:#}"),
+        Err(e) => common::missing(&format!("ONNX Runtime: {e:#}")),
     }
     out
 }
@@ -482,7 +484,7 @@ fn symbolic_and_non_f32_io_are_rejected_at_load() {
 #[test]
 fn ort_cuda_is_a_clear_error_without_a_gpu() {
     if let Err(e) = ort_library_path() {
-        eprintln!("SKIPPING ort-cuda check: {e:#}");
+        common::missing(&format!("ONNX Runtime for the ort-cuda check: {e:#}"));
         return;
     }
     match backend(BackendKind::OrtCuda) {
@@ -543,8 +545,9 @@ fn run_graph_file_round_trip() {
 
     let reference = conv_reference(&x, &w, &b);
     let mut kinds = vec![BackendKind::Tract];
-    if ort_library_path().is_ok() {
-        kinds.push(BackendKind::Ort);
+    match ort_library_path() {
+        Ok(_) => kinds.push(BackendKind::Ort),
+        Err(e) => common::missing(&format!("ONNX Runtime: {e:#}")),
     }
     for kind in kinds {
         let out = dir.path().join(format!("out-{kind}.safetensors"));

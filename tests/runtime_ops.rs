@@ -2,6 +2,8 @@
 //! a one- or two-node graph, plus a small ConvNet-shaped forward. Guards against one backend
 //! lacking an op or reading an attribute differently. Skipped (with a message) without ORT.
 
+mod common;
+
 use ndarray::{ArrayD, IxDyn};
 use prost::Message;
 use tesla_distill::onnx::pb;
@@ -482,7 +484,7 @@ fn rel_err(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f64 {
 #[test]
 fn tract_and_ort_agree_on_every_op_family() {
     if let Err(e) = ort_library_path() {
-        eprintln!("SKIPPING tract/ORT agreement: {e:#}");
+        common::missing(&format!("ONNX Runtime for the tract/ORT agreement: {e:#}"));
         return;
     }
     let tract = backend(BackendKind::Tract).expect("tract");

@@ -9,11 +9,13 @@ use crate::data::Split;
 use crate::distill::gradient::Mode;
 use crate::distill::labels::mean_teacher_labels;
 use crate::distill::run::{open_experts, DistillConfig, FinalLabels, Labels, PixInit};
+use crate::distill::set_file::DistilledSet;
 use crate::eval::{eval_store, evaluate, evaluate_run, EvalConfig, ModelResult};
 use crate::experts::ExpertsConfig;
+use crate::onnx::import::BatchNormMode;
 use crate::runtime::programs::Artifact;
 use crate::runtime::store::ProgramStore;
-use crate::runtime::{read_safetensors_with_metadata, BackendKind};
+use crate::runtime::BackendKind;
 use crate::train::{derive_seed, one_hot};
 use crate::zoo::ModelSpec;
 use anyhow::{anyhow, bail, Context, Result};
@@ -74,6 +76,11 @@ struct CompileArgs {
     /// `convnet-d3`, `convnet-d4` (options: -wN, -ln, -nonorm, -leaky, -sigmoid, -max, -nopool), `resnet18[-wN]`, `vit[-pN-dN-lN-hN-mN]` or PATH.onnx.
     #[arg(long)]
     model: String,
+    /// Batch norm of an ONNX model: `auto` (batch statistics where the file's running
+    /// statistics are untouched, as the dynamo exporter writes a model exported for training;
+    /// else the file's), `batch` or `running`. Default: auto, or what the model name says.
+    #[arg(long, value_parser = parse_batchnorm)]
+    batchnorm: Option<BatchNormMode>,
     /// Image shape CxHxW.
     #[arg(long, default_value = "3x32x32")]
     input: String,
@@ -102,6 +109,11 @@ struct ExpertsArgs {
     /// Model: convnet-dN[-wN…], resnet18[-wN], vit[-pN-dN-lN-hN-mN] or a forward .onnx file.
     #[arg(long, default_value = "convnet-d3")]
     model: String,
+    /// Batch norm of an ONNX model: `auto` (batch statistics where the file's running
+    /// statistics are untouched, as the dynamo exporter writes a model exported for training;
+    /// else the file's), `batch` or `running`. Default: auto, or what the model name says.
+    #[arg(long, value_parser = parse_batchnorm)]
+    batchnorm: Option<BatchNormMode>,
     /// Number of experts.
     #[arg(long, default_value_t = 5)]
     experts: usize,
@@ -149,52 +161,61 @@ pub struct DistillArgs {
     /// Paper settings: cifar10-ipc1|10|50, cifar100-ipc1|10|50, imagenet-ipc1|2|10|50, fmnist-ipc1|10.
     #[arg(long)]
     preset: Option<String>,
-    /// Dataset spec.
+    /// Dataset: fashion-mnist[:DIR], fmnist-small (embedded), mnist:DIR, cifar10:DIR,
+    /// cifar100:DIR, imagenet64:DIR, imagenet32:DIR, tiny:DIR or folder:DIR. Default: the
+    /// preset's, else the experts' dataset.
     #[arg(long)]
     dataset: Option<String>,
     /// Model: convnet-dN[-wN…], resnet18[-wN], vit[-pN-dN-lN-hN-mN] or a forward .onnx file.
+    /// Default: the preset's, else the experts' model.
     #[arg(long)]
     model: Option<String>,
+    /// Batch norm of an ONNX model: `auto` (batch statistics where the file's running
+    /// statistics are untouched, as the dynamo exporter writes a model exported for training;
+    /// else the file's), `batch` or `running`. Default: auto, or what the model name says.
+    #[arg(long, value_parser = parse_batchnorm)]
+    batchnorm: Option<BatchNormMode>,
     /// Experts directory.
     #[arg(long)]
     experts: PathBuf,
-    /// Images per class.
+    /// Images per class (required unless a preset gives it).
     #[arg(long)]
     ipc: Option<usize>,
-    /// Student steps T.
+    /// Student steps T (required unless a preset gives it).
     #[arg(long)]
     syn_steps: Option<usize>,
-    /// Expert epochs M.
+    /// Expert epochs M (required unless a preset gives it).
     #[arg(long)]
     expert_epochs: Option<usize>,
-    /// Start epochs are drawn below this.
+    /// Start epochs are drawn below this (required unless a preset gives it).
     #[arg(long)]
     max_start_epoch: Option<usize>,
-    /// Iterations.
+    /// Iterations. Default: 5000.
     #[arg(long)]
     iterations: Option<usize>,
-    /// Image learning rate (for the method.md gradient, half the official code's).
+    /// Image learning rate (half the reference code's value, whose image gradient is half of
+    /// the formula's; see docs/method.md). Default: the preset's, else 500.
     #[arg(long)]
     lr_img: Option<f64>,
-    /// Learning rate of β.
+    /// Learning rate of β. Default: 1e-5.
     #[arg(long)]
     lr_lr: Option<f64>,
     /// Initial β (default: the experts' learning rate, divided by 1 − momentum if they used momentum).
     #[arg(long)]
     lr_init: Option<f64>,
-    /// Learning rate of learned labels.
+    /// Learning rate of learned labels. Default: 2.
     #[arg(long)]
     lr_label: Option<f64>,
-    /// Student batch (default: all synthetic images).
+    /// Student batch. Default: the preset's, else all synthetic images.
     #[arg(long)]
     batch_syn: Option<usize>,
-    /// Image initialisation.
+    /// Image initialisation. Default: real.
     #[arg(long, value_enum)]
     pix_init: Option<PixInit>,
-    /// Labels.
+    /// Labels. Default: target.
     #[arg(long, value_enum)]
     labels: Option<Labels>,
-    /// Gradient mode.
+    /// Gradient mode. Default: tesla.
     #[arg(long, value_enum)]
     gradient: Option<Mode>,
     /// Also differentiate through soft label assignment (labels target|last): the teacher's
@@ -205,10 +226,10 @@ pub struct DistillArgs {
     /// mean over every teacher the run samples from.
     #[arg(long, value_enum)]
     final_labels: Option<FinalLabels>,
-    /// ZCA whitening.
+    /// ZCA whitening (also on when the preset says so).
     #[arg(long)]
     zca: bool,
-    /// DSA strategy.
+    /// DSA strategy (`none` disables). Default: color_crop_cutout_flip_scale_rotate.
     #[arg(long)]
     dsa_strategy: Option<String>,
     /// Backend.
@@ -254,6 +275,11 @@ struct EvalArgs {
     /// Models, comma-separated (e.g. convnet-d3,resnet18,vit for cross-architecture evaluation).
     #[arg(long, default_value = "convnet-d3")]
     models: String,
+    /// Batch norm of an ONNX model: `auto` (batch statistics where the file's running
+    /// statistics are untouched, as the dynamo exporter writes a model exported for training;
+    /// else the file's), `batch` or `running`. Default: auto, or what the model name says.
+    #[arg(long, value_parser = parse_batchnorm)]
+    batchnorm: Option<BatchNormMode>,
     /// Runs per model.
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -277,8 +303,9 @@ struct EvalArgs {
     /// DSA strategy.
     #[arg(long, default_value = "color_crop_cutout_flip_scale_rotate")]
     dsa_strategy: String,
-    /// ZCA-whiten with the fit in this file (default: the distilled set's, if it used ZCA).
-    #[arg(long)]
+    /// ZCA-whiten with the fit in this file (default: the distilled set's `zca.safetensors`, if
+    /// it used ZCA).
+    #[arg(long = "zca-file", value_name = "FILE")]
     zca: Option<PathBuf>,
     /// Seed.
     #[arg(long, default_value_t = 0)]
@@ -289,6 +316,10 @@ struct EvalArgs {
     /// Write results here (JSON); default: beside the distilled file, or eval.json.
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+fn parse_batchnorm(s: &str) -> Result<BatchNormMode> {
+    s.parse()
 }
 
 /// Parses `CxHxW`.
@@ -320,7 +351,7 @@ pub fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Compile(a) => {
-            let spec = ModelSpec::parse(&a.model)?;
+            let spec = ModelSpec::parse(&a.model)?.with_batchnorm_given(a.batchnorm);
             let input = parse_shape(&a.input)?;
             let m = spec.build(a.batch, input, a.classes)?;
             for w in &m.warnings {
@@ -364,7 +395,7 @@ pub fn main() -> Result<()> {
         Command::Experts(a) => {
             let cfg = ExpertsConfig {
                 dataset: a.dataset,
-                model: ModelSpec::parse(&a.model)?,
+                model: ModelSpec::parse(&a.model)?.with_batchnorm_given(a.batchnorm),
                 experts: a.experts,
                 epochs: a.epochs,
                 lr: a.lr,
@@ -465,6 +496,14 @@ fn inspect(dir: &Path) -> Result<()> {
         let ops: Vec<String> = g.ops.iter().map(|(k, v)| format!("{k}×{v}")).collect();
         println!("  ops: {}", ops.join(" "));
     }
+    if !m.batchnorm.is_empty() {
+        let nodes: Vec<String> = m
+            .batchnorm
+            .iter()
+            .map(|(n, s)| format!("{n}={}", s.as_str()))
+            .collect();
+        println!("batch norm statistics: {}", nodes.join(" "));
+    }
     for w in &m.warnings {
         println!("warning: {w}");
     }
@@ -490,7 +529,7 @@ pub struct Preset {
     pub batch_syn: Option<usize>,
     /// ZCA.
     pub zca: bool,
-    /// Image learning rate for the method.md gradient (the official value halved).
+    /// Image learning rate for the docs/method.md gradient (the official value halved).
     pub lr_img: f64,
 }
 
@@ -530,16 +569,40 @@ pub fn preset(name: &str) -> Result<Preset> {
 
 fn distill_config(a: DistillArgs) -> Result<DistillConfig> {
     let p = a.preset.as_deref().map(preset).transpose()?;
+    // What the experts were trained with fills what neither the flags nor a preset give, so a
+    // run matches its experts without restating them.
+    let experts_meta = || -> Result<crate::experts::trajectory::ExpertMeta> {
+        let files = crate::experts::trajectory::list(&a.experts)?;
+        let first = files.first().ok_or_else(|| {
+            anyhow!(
+                "no expert files (expert_NNNN.safetensors) in {}; train them with `tesla experts`",
+                a.experts.display()
+            )
+        })?;
+        Ok(crate::experts::trajectory::Trajectory::open(first)?.meta)
+    };
     let dataset = match (&a.dataset, &p) {
         (Some(d), _) => d.clone(),
-        (None, Some(p)) => bail!(
-            "preset '{}' is for {}: give --dataset {}:DIR (or {} for Fashion-MNIST)",
+        (None, Some(p)) if p.dataset != "fashion-mnist" => bail!(
+            "preset '{}' is for {}: give --dataset {}:DIR",
             a.preset.clone().unwrap_or_default(),
             p.dataset,
             p.dataset,
-            "fashion-mnist"
         ),
-        (None, None) => bail!("--dataset is required"),
+        (None, _) => {
+            let d = experts_meta()?.dataset;
+            eprintln!("dataset: {d} (from the experts)");
+            d
+        }
+    };
+    let model = match (&a.model, &p) {
+        (Some(m), _) => m.clone(),
+        (None, Some(p)) => p.model.to_string(),
+        (None, None) => {
+            let m = experts_meta()?.model;
+            eprintln!("model: {m} (from the experts)");
+            m
+        }
     };
     let pick = |v: Option<usize>, pv: Option<usize>, name: &str| {
         v.or(pv)
@@ -547,11 +610,9 @@ fn distill_config(a: DistillArgs) -> Result<DistillConfig> {
     };
     Ok(DistillConfig {
         dataset,
-        model: a
-            .model
-            .clone()
-            .or(p.map(|p| p.model.to_string()))
-            .unwrap_or_else(|| "convnet-d3".into()),
+        model: ModelSpec::parse(&model)?
+            .with_batchnorm_given(a.batchnorm)
+            .name(),
         experts: a.experts,
         ipc: pick(a.ipc, p.map(|p| p.ipc), "ipc")?,
         syn_steps: pick(a.syn_steps, p.map(|p| p.syn_steps), "syn-steps")?,
@@ -590,7 +651,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     let models: Vec<ModelSpec> = a
         .models
         .split(',')
-        .map(|m| ModelSpec::parse(m.trim()))
+        .map(|m| Ok(ModelSpec::parse(m.trim())?.with_batchnorm_given(a.batchnorm)))
         .collect::<Result<_>>()?;
     let cfg = EvalConfig {
         runs: a.runs,
@@ -607,45 +668,26 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     let mut zca_path = a.zca.clone();
     let work = std::env::temp_dir().join("tesla-eval-artifacts");
     let mut results: Vec<ModelResult> = Vec::new();
-    let (what, out_default) = if let Some(f) = &a.distilled {
-        let (t, meta) = read_safetensors_with_metadata(f)?;
-        let get = |n: &str| {
-            t.iter()
-                .find(|(k, _)| k == n)
-                .map(|(_, v)| v.clone())
-                .ok_or_else(|| {
-                    anyhow!("{} has no '{n}' tensor (not a distilled set?)", f.display())
-                })
-        };
-        let images = get("images")?
-            .into_dimensionality::<ndarray::Ix4>()
-            .with_context(|| format!("{}: images must be [N,C,H,W]", f.display()))?;
-        let mut labels = get("labels")?
-            .into_dimensionality::<ndarray::Ix2>()
-            .with_context(|| format!("{}: labels must be [N,K]", f.display()))?;
-        let lr =
-            a.lr.or_else(|| {
-                get("lr")
-                    .ok()
-                    .and_then(|l| l.iter().next().map(|&v| f64::from(v)))
-            })
-            .unwrap_or(0.01);
+    let out = match (&a.out, &a.distilled) {
+        (Some(o), _) => o.clone(),
+        (None, Some(f)) => f.with_file_name("eval.json"),
+        (None, None) => PathBuf::from("eval.json"),
+    };
+    crate::atomic_file::check_writable(&out)?;
+    let what = if let Some(f) = &a.distilled {
+        let set = DistilledSet::read(f)?;
+        set.check_fits(f, test.num_classes(), &test.image_shape())?;
+        let meta = &set.meta;
+        let images = &set.images;
+        let lr = a.lr.or(set.lr).unwrap_or(0.01);
+        let mut labels = set.labels.clone();
         if a.hard_labels {
-            let classes: Vec<u32> = get("classes")?.iter().map(|&c| c as u32).collect();
-            labels = one_hot(&classes, labels.shape()[1]);
+            labels = one_hot(&set.classes, labels.shape()[1]);
         }
         if a.teacher_labels.is_some() {
-            let classes: Vec<usize> = get("classes")?.iter().map(|&c| c as usize).collect();
+            let classes: Vec<usize> = set.classes.iter().map(|&c| c as usize).collect();
             let k = labels.shape()[1];
-            labels = teacher_mean_labels(f, &meta, &images, &classes, k, &a)?;
-        }
-        if images.shape()[1..] != test.image_shape() {
-            bail!(
-                "{}: images are {:?}, the dataset's are {:?}",
-                f.display(),
-                &images.shape()[1..],
-                test.image_shape()
-            );
+            labels = teacher_mean_labels(f, meta, images, &classes, k, &a)?;
         }
         if meta.get("zca").is_some_and(|z| z != "none") && zca_path.is_none() {
             zca_path = Some(f.parent().unwrap_or(Path::new(".")).join("zca.safetensors"));
@@ -662,10 +704,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
             (_, _, true) => ", hard labels".to_string(),
             _ => String::new(),
         };
-        (
-            format!("distilled {}{with}", f.display()),
-            f.with_file_name("eval.json"),
-        )
+        format!("distilled {}{with}", f.display())
     } else {
         let train = crate::data::load(&a.dataset, Split::Train, None)?;
         let (train, test) = match zca_path.as_deref() {
@@ -712,13 +751,11 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
             println!("{}", r.per_class_line(test.class_names()));
             results.push(r);
         }
-        let what = match a.random {
+        match a.random {
             Some(k) => format!("random {k} per class"),
             None => "whole training set".to_string(),
-        };
-        (what, PathBuf::from("eval.json"))
+        }
     };
-    let out = a.out.unwrap_or(out_default);
     let json = serde_json::json!({ "evaluated": what, "dataset": a.dataset, "epochs": a.epochs, "results": results });
     crate::atomic_file::write(&out, serde_json::to_string_pretty(&json)?.as_bytes())?;
     println!("results in {}", out.display());

@@ -140,9 +140,18 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
     )?;
     println!("distilled (trajectory matching, hard labels): {}", d.line());
     println!("random real subset:             {}", r.line());
+    let eval_path = run_dir.join("eval.json");
+    let json = serde_json::json!({
+        "evaluated": "distilled.safetensors against 1 random real image per class",
+        "dataset": dataset,
+        "epochs": a.eval_epochs,
+        "results": { "distilled": d, "random": r },
+    });
+    crate::atomic_file::write(&eval_path, serde_json::to_string_pretty(&json)?.as_bytes())?;
     println!("outputs:");
     for p in crate::distill::run::describe_outputs(&run_dir) {
         println!("  {}", p.display());
     }
+    println!("  {}", eval_path.display());
     Ok(())
 }

@@ -87,6 +87,12 @@ pub fn forward_from_theta(
     Ok(outs[pos])
 }
 
+/// The float type of the model's graph (F32 for artifacts; F64 when imported for checks), which
+/// every artifact input takes.
+fn float_type(m: &ForwardModel) -> DType {
+    m.graph.dtype(m.x)
+}
+
 struct StepParts {
     g: Graph,
     theta: ValueId,
@@ -101,9 +107,9 @@ fn step_parts(m: &ForwardModel) -> Result<StepParts, IrError> {
     let p = m.num_params();
     let xs = m.graph.shape(m.x).to_vec();
     let ls = m.graph.shape(m.logits).to_vec();
-    let theta = g.input("theta", DType::F32, vec![p]);
-    let x = g.input("x", DType::F32, xs);
-    let y = g.input("y", DType::F32, ls);
+    let theta = g.input("theta", float_type(m), vec![p]);
+    let x = g.input("x", float_type(m), xs);
+    let y = g.input("y", float_type(m), ls);
     let logits = forward_from_theta(&mut g, m, theta, x)?;
     let loss = soft_cross_entropy(&mut g, logits, y)?;
     let gr = grad(&mut g, loss, &[theta], None)?[0];
@@ -130,7 +136,7 @@ pub fn pass2_graph(m: &ForwardModel, dx_only: bool) -> Result<Graph, IrError> {
     let mut s = step_parts(m)?;
     let g = &mut s.g;
     let p = m.num_params();
-    let v = g.input("v", DType::F32, vec![p]);
+    let v = g.input("v", float_type(m), vec![p]);
     let prod = g.mul(s.grad, v)?;
     let dot = g.sum_all(prod)?;
     let d = grad(g, dot, &[s.x, s.theta, s.y], None)?;
@@ -153,8 +159,8 @@ pub fn pass2_graph(m: &ForwardModel, dx_only: bool) -> Result<Graph, IrError> {
 /// The logits graph.
 pub fn logits_graph(m: &ForwardModel) -> Result<Graph, IrError> {
     let mut g = Graph::new();
-    let theta = g.input("theta", DType::F32, vec![m.num_params()]);
-    let x = g.input("x", DType::F32, m.graph.shape(m.x).to_vec());
+    let theta = g.input("theta", float_type(m), vec![m.num_params()]);
+    let x = g.input("x", float_type(m), m.graph.shape(m.x).to_vec());
     let z = forward_from_theta(&mut g, m, theta, x)?;
     set_outputs(&mut g, &[(z, "logits")])?;
     Ok(simplify(&g))
@@ -165,10 +171,10 @@ pub fn logits_graph(m: &ForwardModel) -> Result<Graph, IrError> {
 /// carries ∂L/∂Y back to ∂L/∂X̃ for the runs that differentiate through it.
 pub fn label_vjp_graph(m: &ForwardModel) -> Result<Graph, IrError> {
     let mut g = Graph::new();
-    let theta = g.input("theta", DType::F32, vec![m.num_params()]);
-    let x = g.input("x", DType::F32, m.graph.shape(m.x).to_vec());
+    let theta = g.input("theta", float_type(m), vec![m.num_params()]);
+    let x = g.input("x", float_type(m), m.graph.shape(m.x).to_vec());
     let ls = m.graph.shape(m.logits).to_vec();
-    let w = g.input("w", DType::F32, ls);
+    let w = g.input("w", float_type(m), ls);
     let z = forward_from_theta(&mut g, m, theta, x)?;
     let p = softmax(&mut g, z, &[1])?;
     let wp = g.mul(w, p)?;
@@ -193,15 +199,15 @@ pub fn unrolled_graph(m: &ForwardModel, steps: usize) -> Result<Graph, IrError> 
         sg.outputs = vec![s.grad];
         prune(&sg)
     };
-    let theta0 = g.input("theta0", DType::F32, vec![p]);
-    let target = g.input("target", DType::F32, vec![p]);
-    let beta = g.input("beta", DType::F32, vec![1]);
+    let theta0 = g.input("theta0", float_type(m), vec![p]);
+    let target = g.input("target", float_type(m), vec![p]);
+    let beta = g.input("beta", float_type(m), vec![1]);
     let mut tx = vec![steps];
     tx.extend(&xs_shape);
     let mut ty = vec![steps];
     ty.extend(&ls);
-    let xs = g.input("xs", DType::F32, tx);
-    let ys = g.input("ys", DType::F32, ty);
+    let xs = g.input("xs", float_type(m), tx);
+    let ys = g.input("ys", float_type(m), ty);
     let xparts = g.push(
         "split_xs",
         Op::Split {

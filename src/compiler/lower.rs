@@ -163,7 +163,7 @@ pub fn softmax(g: &mut Graph, z: ValueId, axes: &[usize]) -> R {
     g.div(e, s)
 }
 
-/// The loss of method.md: `mean_b −Σ_k Y[b,k] log_softmax(z_b)[k]` (PyTorch's
+/// The loss of docs/method.md: `mean_b −Σ_k Y[b,k] log_softmax(z_b)[k]` (PyTorch's
 /// `CrossEntropyLoss` with probability targets), as a scalar.
 pub fn soft_cross_entropy(g: &mut Graph, logits: ValueId, y: ValueId) -> R {
     let b = g.shape(logits)[0];

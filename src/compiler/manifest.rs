@@ -6,7 +6,7 @@ use super::artifact::{
     Artifact,
 };
 use super::ir::{numel, Graph};
-use super::model::{ForwardModel, InitRule};
+use super::model::{ForwardModel, InitRule, NormStatistics};
 use crate::onnx::export;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -85,6 +85,9 @@ pub struct Manifest {
     pub graphs: BTreeMap<String, GraphEntry>,
     /// Import warnings (folded or shared parameters).
     pub warnings: Vec<String>,
+    /// The statistics each batch-norm node normalises with (empty for models without one).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub batchnorm: BTreeMap<String, NormStatistics>,
 }
 
 impl Manifest {
@@ -227,6 +230,7 @@ pub fn compile_dir(
         params,
         graphs,
         warnings: m.warnings.clone(),
+        batchnorm: m.batchnorm.clone(),
     };
     let json = serde_json::to_string_pretty(&manifest)?;
     crate::atomic_file::write(&dir.join("manifest.json"), json.as_bytes())?;

@@ -2,6 +2,7 @@
 
 use super::ir::{Graph, Tensor, ValueId};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// How a parameter is initialised (PyTorch's defaults for the layer it belongs to).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,7 +32,8 @@ pub enum InitRule {
         /// Standard deviation.
         std: f64,
     },
-    /// Values taken from the imported file (stored in the artifact directory's `init.safetensors`).
+    /// Values taken from the imported file (stored in the artifact directory's `init.safetensors`):
+    /// a parameter of a layer with no recognised PyTorch default.
     FromFile,
 }
 
@@ -65,6 +67,28 @@ pub struct ForwardModel {
     pub source: String,
     /// Messages for the user (folded or shared parameters detected on import, say).
     pub warnings: Vec<String>,
+    /// Which statistics each batch-norm node normalises with, by node name (imported models).
+    pub batchnorm: BTreeMap<String, NormStatistics>,
+}
+
+/// The statistics a batch-norm layer normalises with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormStatistics {
+    /// Mean and variance of the current batch (PyTorch's `train()` forward).
+    Batch,
+    /// The running statistics stored in the file (PyTorch's `eval()` forward).
+    Running,
+}
+
+impl NormStatistics {
+    /// `batch` or `running`, as the manifest writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NormStatistics::Batch => "batch",
+            NormStatistics::Running => "running",
+        }
+    }
 }
 
 impl ForwardModel {

@@ -24,17 +24,17 @@ impl Split {
     }
 }
 
-/// Per-channel normalisation constants (method.md, Preprocessing).
+/// Per-channel normalisation constants (docs/method.md, Preprocessing).
 pub mod norm {
     /// Fashion-MNIST mean.
     pub const FASHION_MNIST_MEAN: [f32; 1] = [0.2861];
     /// Fashion-MNIST std.
     pub const FASHION_MNIST_STD: [f32; 1] = [0.3530];
-    /// MNIST mean (the usual torchvision constant; method.md lists no MNIST value).
+    /// MNIST mean (the usual torchvision constant).
     pub const MNIST_MEAN: [f32; 1] = [0.1307];
     /// MNIST std.
     pub const MNIST_STD: [f32; 1] = [0.3081];
-    /// CIFAR mean (method.md uses the CIFAR-10 constants for CIFAR-100 too).
+    /// CIFAR mean (the CIFAR-10 constants, used for CIFAR-100 too).
     pub const CIFAR_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
     /// CIFAR std.
     pub const CIFAR_STD: [f32; 3] = [0.2023, 0.1994, 0.2010];

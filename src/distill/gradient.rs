@@ -1,5 +1,5 @@
 //! The gradient of the matching loss `L = ‖θ_T − θ*_{t+M}‖² / ‖θ*_t − θ*_{t+M}‖²` with respect to
-//! the student batches and the learning rate β, in the three modes of method.md.
+//! the student batches and the learning rate β, in the three modes of docs/method.md.
 //!
 //! Pass 1 keeps only the T parameter vectors; the batches are rebuilt on demand (from the stored
 //! index set and augmentation draw), so graph and batch memory stay constant in T for the `tesla`
@@ -51,12 +51,23 @@ pub type BatchFn<'a> = dyn FnMut(usize) -> Result<(ArrayD<f64>, ArrayD<f64>)> + 
 /// they are asked for.
 pub type SinkFn<'a> = dyn FnMut(usize, ArrayD<f64>, Option<ArrayD<f64>>) -> Result<()> + 'a;
 
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+/// ⟨a, b⟩ over arrays of any memory layout; the lengths must agree.
+fn dot<'a>(
+    a: impl ExactSizeIterator<Item = &'a f64>,
+    b: impl ExactSizeIterator<Item = &'a f64>,
+) -> Result<f64> {
+    if a.len() != b.len() {
+        bail!(
+            "a parameter vector has {} values, another {}",
+            a.len(),
+            b.len()
+        );
+    }
+    Ok(a.zip(b).map(|(x, y)| x * y).sum())
 }
 
-fn check_finite(what: &str, v: &[f64]) -> Result<()> {
-    if v.iter().any(|x| !x.is_finite()) {
+fn check_finite<'a>(what: &str, v: impl IntoIterator<Item = &'a f64>) -> Result<()> {
+    if v.into_iter().any(|x| !x.is_finite()) {
         bail!("the run diverged: {what} is not finite (NaN or Inf); lower --lr-img or --lr-lr, or resume from the last checkpoint");
     }
     Ok(())
@@ -78,7 +89,7 @@ fn pass1(
             &[theta.view().into_dyn(), x.view(), y.view()],
         )?;
         let g = out[1].view().into_shape_with_order(theta.len())?.to_owned();
-        check_finite("a student gradient", g.as_slice().unwrap_or(&[]))?;
+        check_finite("a student gradient", g.iter())?;
         sum += &g;
         let next = &theta - &(&g * seg.beta);
         thetas.push(std::mem::replace(&mut theta, next));
@@ -113,7 +124,7 @@ pub fn backward(
     let (thetas, sum) = pass1(exec, seg, batch)?;
     let resid = &thetas[seg.steps] - &target;
     let loss = resid.dot(&resid) / denom;
-    check_finite("the matching loss", &[loss])?;
+    check_finite("the matching loss", [&loss])?;
     let lambda_t = &resid * (2.0 / denom);
     let p2 = if need_dy || mode == Mode::Exact {
         Artifact::Pass2
@@ -141,10 +152,7 @@ pub fn backward(
                 sink(i, dx, dy)?;
             }
             // The official update of β holds G constant: ∂L/∂β = 2⟨θ_T − θ*, −G⟩ / D.
-            let dbeta = -dot(
-                lambda_t.as_slice().unwrap_or(&[]),
-                sum.as_slice().unwrap_or(&[]),
-            );
+            let dbeta = -dot(lambda_t.iter(), sum.iter())?;
             Ok(IterGrad { loss, dbeta, denom })
         }
         Mode::Exact => {
@@ -168,12 +176,9 @@ pub fn backward(
                     bail!("pass2 artifact must return dx, dtheta, dy and grad");
                 };
                 // λ here is λ_{i+1}.
-                dbeta -= dot(
-                    lambda.as_slice().unwrap_or(&[]),
-                    g.as_slice().unwrap_or(&[]),
-                );
+                dbeta -= dot(lambda.iter(), g.iter())?;
                 lambda += &dth.into_shape_with_order(lambda.len())?;
-                check_finite("the adjoint", lambda.as_slice().unwrap_or(&[]))?;
+                check_finite("the adjoint", lambda.iter())?;
                 sink(i, dx, need_dy.then_some(dy))?;
             }
             Ok(IterGrad { loss, dbeta, denom })
@@ -208,7 +213,7 @@ fn unrolled(
         &[start, target, beta.view(), xs.view(), ys.view()],
     )?;
     let loss = out[0].iter().next().copied().unwrap_or(f64::NAN);
-    check_finite("the matching loss", &[loss])?;
+    check_finite("the matching loss", [&loss])?;
     for i in 0..seg.steps {
         let dx = out[1].index_axis(Axis(0), i).to_owned();
         let dy = out[2].index_axis(Axis(0), i).to_owned();

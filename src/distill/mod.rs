@@ -3,3 +3,4 @@ pub mod gradient;
 pub mod init;
 pub mod labels;
 pub mod run;
+pub mod set_file;

@@ -5,6 +5,7 @@
 use super::gradient::{backward, Mode, Segment};
 pub use super::labels::softmax_rows;
 use super::labels::{label_path_grad, mean_teacher_labels, teacher_labels, weak_labels};
+use super::set_file::DistilledSet;
 use crate::data::augment::{self, Draw, Strategy};
 use crate::data::bench::peak_rss_kib;
 use crate::data::select::Selection;
@@ -45,7 +46,7 @@ pub enum Labels {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum FinalLabels {
-    /// The rows the last iteration assigned (method.md; the official code): one randomly drawn
+    /// The rows the last iteration assigned (docs/method.md; the official code): one randomly drawn
     /// teacher's opinion.
     #[default]
     Last,
@@ -63,7 +64,7 @@ pub enum PixInit {
     /// Standard normal noise.
     Noise,
     /// A class-balanced random real subset of images that every target-step teacher classifies
-    /// correctly (see [`super::init`]).
+    /// correctly.
     #[value(name = "real-correct")]
     #[serde(rename = "real-correct")]
     RealCorrect,
@@ -92,7 +93,7 @@ pub struct DistillConfig {
     pub lr_img: f64,
     /// Learning rate of β.
     pub lr_lr: f64,
-    /// Initial β (`None`: the experts' step size, as method.md's `β = lr_teacher`; with momentum
+    /// Initial β (`None`: the experts' step size, as docs/method.md's `β = lr_teacher`; with momentum
     /// `lr / (1 − momentum)`).
     #[serde(default)]
     pub lr_init: Option<f64>,
@@ -153,6 +154,34 @@ pub struct State {
     pub label_mom: Option<Array2<f64>>,
     /// The label rows of the last iteration.
     pub last_labels: Array2<f64>,
+}
+
+impl State {
+    /// Checks a state read from `path` against the dataset it will continue on.
+    pub fn check_fits(&self, path: &Path, classes: usize, image_shape: &[usize]) -> Result<()> {
+        let f = path.display();
+        if self.images.shape()[1..] != *image_shape {
+            bail!(
+                "{f}: the checkpoint's images are {:?}, the dataset's {image_shape:?}",
+                &self.images.shape()[1..]
+            );
+        }
+        if self.last_labels.shape()[1] != classes {
+            bail!(
+                "{f}: the checkpoint's labels have {} columns, the dataset has {classes} classes",
+                self.last_labels.shape()[1]
+            );
+        }
+        if let Some((i, c)) = self
+            .classes
+            .iter()
+            .enumerate()
+            .find(|(_, &c)| c as usize >= classes)
+        {
+            bail!("{f}: checkpoint classes[{i}] = {c}, the dataset has {classes} classes");
+        }
+        Ok(())
+    }
 }
 
 /// One line of `metrics.jsonl`.
@@ -454,10 +483,6 @@ pub fn save(
     write_safetensors(&ck.join("state.safetensors"), &tensors, Some(meta))?;
     let soft = ctx.cfg.labels != Labels::Hard;
     let mut dm = HashMap::new();
-    dm.insert(
-        "format".to_string(),
-        "tesla-distill/distilled-v1".to_string(),
-    );
     dm.insert("dataset".to_string(), ctx.cfg.dataset.clone());
     dm.insert("model".to_string(), ctx.cfg.model.clone());
     dm.insert("iteration".to_string(), st.iteration.to_string());
@@ -484,13 +509,14 @@ pub fn save(
         },
     );
     dm.insert("ipc".to_string(), ctx.cfg.ipc.to_string());
-    let dist = vec![
-        ("images".to_string(), arr_f32(&st.images)),
-        ("labels".to_string(), arr_f32(labels)),
-        ("classes".to_string(), arr_f32(&classes)),
-        ("lr".to_string(), arr_f32(&Array1::from(vec![st.beta]))),
-    ];
-    write_safetensors(&out.join("distilled.safetensors"), &dist, Some(dm))?;
+    DistilledSet {
+        images: st.images.mapv(|v| v as f32),
+        labels: labels.mapv(|v| v as f32),
+        classes: st.classes.clone(),
+        lr: Some(st.beta),
+        meta: dm,
+    }
+    .write(&out.join("distilled.safetensors"))?;
     let imgs = st.images.mapv(|v| v as f32);
     crate::data::grid::save_grid(
         &out.join("grid.png"),
@@ -504,37 +530,77 @@ pub fn save(
     Ok(())
 }
 
+/// Reads a checkpoint, checking that its tensors agree with each other (shapes, finite values,
+/// integral class ids); [`State::check_fits`] checks them against the dataset.
 fn load_state(path: &Path) -> Result<(State, DistillConfig)> {
+    let f = path.display();
     let (t, meta) = read_safetensors_with_metadata(path)?;
-    let get = |n: &str| {
-        t.iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, a)| a.mapv(f64::from))
+    let get = |n: &str| -> Result<Option<ArrayD<f64>>> {
+        let Some(a) = t.iter().find(|(k, _)| k == n).map(|(_, a)| a) else {
+            return Ok(None);
+        };
+        if let Some(v) = a.iter().find(|v| !v.is_finite()) {
+            bail!("{f}: checkpoint tensor '{n}' holds {v}");
+        }
+        Ok(Some(a.mapv(f64::from)))
     };
-    let need =
-        |n: &str| get(n).ok_or_else(|| anyhow!("{}: checkpoint lacks '{n}'", path.display()));
+    let need = |n: &str| get(n)?.ok_or_else(|| anyhow!("{f}: checkpoint lacks '{n}'"));
+    let bad_shape = |n: &str| anyhow!("{f}: checkpoint tensor '{n}' has the wrong shape");
     let it: usize = meta
         .get("iteration")
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("{}: no iteration in checkpoint", path.display()))?;
+        .ok_or_else(|| anyhow!("{f}: no iteration in checkpoint"))?;
     let cfg: DistillConfig =
         serde_json::from_str(meta.get("config").map(String::as_str).unwrap_or(""))
-            .with_context(|| format!("{}: bad config", path.display()))?;
+            .with_context(|| format!("{f}: bad config"))?;
     let beta = need("beta")?;
+    let [beta, beta_mom] = beta.as_slice().unwrap_or(&[]) else {
+        bail!("{f}: checkpoint tensor 'beta' must hold β and its momentum");
+    };
+    let images = need("images")?
+        .into_dimensionality::<Ix4>()
+        .map_err(|_| bad_shape("images"))?;
+    let n = images.shape()[0];
+    let mut classes = Vec::with_capacity(n);
+    for (i, &c) in need("classes")?.iter().enumerate() {
+        if c < 0.0 || c.fract() != 0.0 || c > f64::from(u32::MAX) {
+            bail!("{f}: checkpoint classes[{i}] = {c} is not a class id");
+        }
+        classes.push(c as u32);
+    }
+    let images_mom = need("images_mom")?
+        .into_dimensionality::<Ix4>()
+        .map_err(|_| bad_shape("images_mom"))?;
+    let last_labels = need("last_labels")?
+        .into_dimensionality::<Ix2>()
+        .map_err(|_| bad_shape("last_labels"))?;
+    let matrix = |n: &str| -> Result<Option<Array2<f64>>> {
+        get(n)?
+            .map(|a| a.into_dimensionality::<Ix2>().map_err(|_| bad_shape(n)))
+            .transpose()
+    };
+    let label_logits = matrix("label_logits")?;
+    let label_mom = matrix("label_mom")?;
+    let rows_ok =
+        |a: &Option<Array2<f64>>| a.as_ref().is_none_or(|a| a.shape() == last_labels.shape());
+    if images_mom.shape() != images.shape()
+        || classes.len() != n
+        || last_labels.shape()[0] != n
+        || !rows_ok(&label_logits)
+        || !rows_ok(&label_mom)
+    {
+        bail!("{f}: the checkpoint's tensors disagree on the number of images or classes");
+    }
     let st = State {
         iteration: it,
-        images: need("images")?.into_dimensionality::<Ix4>()?,
-        images_mom: need("images_mom")?.into_dimensionality::<Ix4>()?,
-        classes: need("classes")?.iter().map(|&c| c as u32).collect(),
-        beta: beta[[0]],
-        beta_mom: beta[[1]],
-        label_logits: get("label_logits")
-            .map(|a| a.into_dimensionality::<Ix2>())
-            .transpose()?,
-        label_mom: get("label_mom")
-            .map(|a| a.into_dimensionality::<Ix2>())
-            .transpose()?,
-        last_labels: need("last_labels")?.into_dimensionality::<Ix2>()?,
+        images,
+        images_mom,
+        classes,
+        beta: *beta,
+        beta_mom: *beta_mom,
+        label_logits,
+        label_mom,
+        last_labels,
     };
     Ok((st, cfg))
 }
@@ -665,6 +731,9 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
         z.save(&out.join("zca.safetensors"))?;
     }
     let k = train.num_classes();
+    if let Some(st) = &resumed {
+        st.check_fits(&state_path, k, &train.image_shape())?;
+    }
     // A start from teacher-agreed images waits for the experts; the others fail fast on bad input.
     let st = match resumed {
         Some(s) => Some(s),
@@ -748,11 +817,13 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
     }
     let cfg_path = out.join("config.json");
     crate::atomic_file::write(&cfg_path, serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    let metrics_path = out.join("metrics.jsonl");
+    truncate_metrics(&metrics_path, st.iteration)?;
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(out.join("metrics.jsonl"))
-        .with_context(|| format!("cannot open {}", out.join("metrics.jsonl").display()))?;
+        .open(&metrics_path)
+        .with_context(|| format!("cannot open {}", metrics_path.display()))?;
     let pb = ProgressBar::new(cfg.iterations as u64);
     pb.set_style(
         ProgressStyle::with_template("distill [{bar:30}] {pos}/{len} it, {msg}, eta {eta}")
@@ -814,19 +885,62 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
 
 /// One warning line per saved soft label whose own class holds under half the mass: at IPC 1 the
 /// evaluation networks can then lose that class entirely, which the run's loss does not show.
+/// Keeps the lines of `metrics.jsonl` up to iteration `upto` (the checkpoint a run continues
+/// from): the iterations a killed run did after its last checkpoint are done again, and each must
+/// appear once. A line cut by the kill is dropped too.
+fn truncate_metrics(path: &Path, upto: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("iteration").and_then(serde_json::Value::as_u64))
+                .is_some_and(|i| i as usize <= upto)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept.len() != text.len() {
+        crate::atomic_file::write(path, kept.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// One line for every synthetic image whose label gives its own class under half the mass,
+/// naming the three weakest (at 1000 classes there can be hundreds).
 fn warn_weak_labels(labels: &Array2<f64>, classes: &[u32], names: &[String]) {
     let name = |c: usize| crate::data::class_name(names, c);
-    for w in weak_labels(labels, classes) {
-        eprintln!(
-            "warning: the label of synthetic image {} ({}) gives its own class only {:.2} ({} {:.2}); \
-             networks trained on the set may miss this class: try another --seed, or --labels hard",
-            w.row,
-            name(w.class),
-            w.own,
-            name(w.rival.0),
-            w.rival.1
-        );
+    let mut weak = weak_labels(labels, classes);
+    if weak.is_empty() {
+        return;
     }
+    weak.sort_by(|a, b| a.own.total_cmp(&b.own));
+    let shown: Vec<String> = weak
+        .iter()
+        .take(3)
+        .map(|w| {
+            format!(
+                "image {} ({}) {:.2}, {} {:.2}",
+                w.row,
+                name(w.class),
+                w.own,
+                name(w.rival.0),
+                w.rival.1
+            )
+        })
+        .collect();
+    let (count, what) = match weak.len() {
+        1 => ("the label of 1 synthetic image".to_string(), "its"),
+        n => (format!("the labels of {n} synthetic images"), "their"),
+    };
+    eprintln!(
+        "warning: {count} give {what} own class under half the mass ({}{}); networks trained on the set \
+         may miss those classes: try another --seed, or --labels hard",
+        shown.join("; "),
+        if weak.len() > 3 { "; …" } else { "" }
+    );
 }
 
 fn quick_eval(

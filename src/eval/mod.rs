@@ -1,4 +1,4 @@
-//! The evaluation protocol of method.md: train freshly initialised networks on a (distilled)
+//! The evaluation protocol of docs/method.md: train freshly initialised networks on a (distilled)
 //! set — SGD momentum 0.9, weight decay 5e-4, the learned learning rate, ×0.1 after half the
 //! epochs, batch 256, DSA on every batch, soft-label cross-entropy when labels are soft — and
 //! report real test accuracy as mean ± std over runs.
@@ -98,11 +98,12 @@ impl ModelResult {
     /// `name: 71.23 ± 0.45 % (5 runs)`.
     pub fn line(&self) -> String {
         format!(
-            "{}: {:.2} ± {:.2} % ({} runs, lr {:.5})",
+            "{}: {:.2} ± {:.2} % ({} run{}, lr {:.5})",
             self.model,
             self.mean * 100.0,
             self.std * 100.0,
             self.accuracies.len(),
+            if self.accuracies.len() == 1 { "" } else { "s" },
             self.lr
         )
     }

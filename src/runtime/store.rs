@@ -67,6 +67,7 @@ impl ProgramStore {
         if !self.execs.contains_key(&batch) {
             let dir = self.dir(batch);
             let m = self.model.build(batch, self.input, self.classes)?;
+            report_once(&m.warnings);
             let fresh = crate::onnx::export::to_model_proto(&m.graph);
             let hash = {
                 use sha2::Digest;
@@ -97,5 +98,18 @@ impl ProgramStore {
         }
         let (e, m) = self.execs.get_mut(&batch).expect("inserted above");
         Ok((e, m))
+    }
+}
+
+/// Prints each import warning once per process: several stores (evaluation, teachers) and batch
+/// sizes build the same model, and the user needs to read each warning only once.
+fn report_once(warnings: &[String]) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let Ok(mut seen) = SEEN.lock() else { return };
+    for w in warnings {
+        if !seen.contains(w) {
+            eprintln!("warning: {w}");
+            seen.push(w.clone());
+        }
     }
 }

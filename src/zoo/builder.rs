@@ -76,6 +76,7 @@ impl ModelBuilder {
             params: self.params,
             source,
             warnings: vec![],
+            batchnorm: Default::default(),
         }
     }
 }

@@ -207,6 +207,7 @@ impl ConvNet {
                 self.width, self.depth, self.norm, self.act, self.pool
             ),
             warnings: vec![],
+            batchnorm: Default::default(),
         })
     }
 }

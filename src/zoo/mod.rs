@@ -6,6 +6,7 @@ pub mod resnet;
 pub mod vit;
 
 use crate::compiler::model::ForwardModel;
+use crate::onnx::import::{BatchNormMode, ImportOptions};
 use anyhow::{bail, Context, Result};
 use convnet::{Act, ConvNet, Norm, Pool};
 use resnet::ResNet;
@@ -22,16 +23,44 @@ pub enum ModelSpec {
     /// DC-bench's ViT (`vit`, with options `-pN` patch, `-dN` dim, `-lN` layers, `-hN` heads,
     /// `-mN` MLP width).
     Vit(Vit),
-    /// A forward graph exported from PyTorch.
-    Onnx(PathBuf),
+    /// A forward graph exported from PyTorch, and how its batch-norm nodes are lowered.
+    Onnx(PathBuf, BatchNormMode),
 }
 
+/// What follows an ONNX model's path in its name when its batch-norm mode is not `auto`.
+const BATCHNORM_SUFFIX: &str = "[batchnorm=";
+
 impl ModelSpec {
+    /// The same model with its batch-norm nodes lowered as `mode` says (built-in models have
+    /// none: they are returned as they are).
+    pub fn with_batchnorm(self, mode: BatchNormMode) -> ModelSpec {
+        match self {
+            ModelSpec::Onnx(p, _) => ModelSpec::Onnx(p, mode),
+            other => other,
+        }
+    }
+
+    /// [`ModelSpec::with_batchnorm`] when a mode is given, else the model as it is.
+    pub fn with_batchnorm_given(self, mode: Option<BatchNormMode>) -> ModelSpec {
+        match mode {
+            Some(m) => self.with_batchnorm(m),
+            None => self,
+        }
+    }
+
     /// Parses `convnet-dN[-wW][-in|-ln|-nonorm][-relu|-leaky|-sigmoid][-avg|-max|-nopool]`,
-    /// `resnet18[-wW]`, `vit[-pP][-dD][-lL][-hH][-mM]` or a path ending in `.onnx`.
+    /// `resnet18[-wW]`, `vit[-pP][-dD][-lL][-hH][-mM]` or a path ending in `.onnx`, optionally
+    /// followed by `[batchnorm=MODE]` (the form [`ModelSpec::name`] writes into run metadata).
     pub fn parse(s: &str) -> Result<ModelSpec> {
         if s.ends_with(".onnx") {
-            return Ok(ModelSpec::Onnx(PathBuf::from(s)));
+            return Ok(ModelSpec::Onnx(PathBuf::from(s), BatchNormMode::Auto));
+        }
+        if let Some((path, mode)) = s
+            .strip_suffix(']')
+            .and_then(|r| r.rsplit_once(BATCHNORM_SUFFIX))
+            .filter(|(p, _)| p.ends_with(".onnx"))
+        {
+            return Ok(ModelSpec::Onnx(PathBuf::from(path), mode.parse()?));
         }
         let mut parts = s.split('-');
         match parts.next() {
@@ -104,19 +133,21 @@ impl ModelSpec {
             ModelSpec::ConvNet(n) => n.build(batch, input, classes),
             ModelSpec::ResNet(n) => n.build(batch, input, classes),
             ModelSpec::Vit(n) => n.build(batch, input, classes),
-            ModelSpec::Onnx(p) => {
+            ModelSpec::Onnx(p, batchnorm) => {
                 let shape = [batch, input[0], input[1], input[2]];
-                let m = crate::onnx::import::import_onnx(p, &shape, &Default::default()).map_err(
-                    |e| {
-                        // Every import error names the file once.
-                        let file = p.display().to_string();
-                        if format!("{e:#}").contains(&file) {
-                            e
-                        } else {
-                            e.context(file)
-                        }
-                    },
-                )?;
+                let opts = ImportOptions {
+                    batchnorm: *batchnorm,
+                    ..Default::default()
+                };
+                let m = crate::onnx::import::import_onnx(p, &shape, &opts).map_err(|e| {
+                    // Every import error names the file once.
+                    let file = p.display().to_string();
+                    if format!("{e:#}").contains(&file) {
+                        e
+                    } else {
+                        e.context(file)
+                    }
+                })?;
                 let k = m.graph.shape(m.logits).get(1).copied().unwrap_or(0);
                 if k != classes {
                     bail!(
@@ -131,7 +162,7 @@ impl ModelSpec {
 
     /// [`ModelSpec::name`] made safe as one folder name (a path-given model's name has `/` and `.`).
     pub fn folder_name(&self) -> String {
-        self.name().replace(['/', '.'], "_")
+        self.name().replace(['/', '.', '[', ']', '='], "_")
     }
 
     /// A short stable name (for manifests, run metadata and cache keys).
@@ -177,7 +208,10 @@ impl ModelSpec {
                 }
                 s
             }
-            ModelSpec::Onnx(p) => p.display().to_string(),
+            ModelSpec::Onnx(p, BatchNormMode::Auto) => p.display().to_string(),
+            ModelSpec::Onnx(p, mode) => {
+                format!("{}{BATCHNORM_SUFFIX}{}]", p.display(), mode.as_str())
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Shared test helpers: random tensors and finite-difference checks in f64 on the reference
-//! evaluator; running models on ONNX Runtime through the pip packages (skipped when absent).
+//! evaluator; running models on ONNX Runtime through the pip packages (skipped when absent,
+//! except under CI, which installs them: see [`missing`]).
 #![allow(dead_code)]
 
 use rand::{Rng, SeedableRng};
@@ -152,7 +153,17 @@ pub fn hvp_error(g: &Graph, out: ValueId, inputs: &[Tensor], seed: u64) -> f64 {
 
 // ---- ONNX interchange helpers ----
 
-/// Whether python3 can import onnx, onnxruntime and numpy; prints why not.
+/// Reports a missing test prerequisite (ONNX Runtime, Python packages, the Fashion-MNIST
+/// package). `.ci/run` installs them all, so under CI (`CI` set) this fails the test instead of
+/// letting it pass by skipping; elsewhere it says what was skipped.
+pub fn missing(what: &str) {
+    if std::env::var_os("CI").is_some() {
+        panic!("{what}, and CI is set: .ci/run installs it, so this test may not skip");
+    }
+    eprintln!("skipped: {what}");
+}
+
+/// Whether python3 can import onnx, onnxruntime and numpy; reports why not (see [`missing`]).
 pub fn python_ok() -> bool {
     let out = Command::new("python3")
         .args(["-c", "import onnx, onnxruntime, numpy"])
@@ -160,14 +171,14 @@ pub fn python_ok() -> bool {
     match out {
         Ok(o) if o.status.success() => true,
         Ok(o) => {
-            eprintln!(
-                "skipping the ONNX Runtime check: {}",
+            missing(&format!(
+                "python3 cannot import onnx, onnxruntime and numpy ({})",
                 String::from_utf8_lossy(&o.stderr).trim()
-            );
+            ));
             false
         }
         Err(e) => {
-            eprintln!("skipping the ONNX Runtime check: cannot run python3: {e}");
+            missing(&format!("cannot run python3 ({e})"));
             false
         }
     }
@@ -261,7 +272,7 @@ pub fn run_cases(dir: &Path, cases: Vec<Value>) {
 /// Tensors by name: (shape, values).
 pub type Tensors = std::collections::BTreeMap<String, (Vec<usize>, Vec<f64>)>;
 
-/// A minimal f32 safetensors reader (name → (shape, values)) plus the `__metadata__` map.
+/// A minimal f32/f64 safetensors reader (name → (shape, values)) plus the `__metadata__` map.
 pub fn read_safetensors(path: &Path) -> (Tensors, Value) {
     let bytes = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
@@ -274,7 +285,6 @@ pub fn read_safetensors(path: &Path) -> (Tensors, Value) {
             meta = v.clone();
             continue;
         }
-        assert_eq!(v["dtype"], "F32");
         let shape: Vec<usize> = v["shape"]
             .as_array()
             .unwrap()
@@ -285,10 +295,17 @@ pub fn read_safetensors(path: &Path) -> (Tensors, Value) {
             v["data_offsets"][0].as_u64().unwrap() as usize,
             v["data_offsets"][1].as_u64().unwrap() as usize,
         );
-        let vals = data[a..b]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-            .collect();
+        let vals = match v["dtype"].as_str() {
+            Some("F32") => data[a..b]
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            Some("F64") => data[a..b]
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            other => panic!("{}: tensor '{k}' has dtype {other:?}", path.display()),
+        };
         out.insert(k.clone(), (shape, vals));
     }
     (out, meta)
@@ -308,5 +325,42 @@ pub fn params_by_name(
         off += len;
     }
     assert_eq!(off, theta.len(), "theta has the model's parameter count");
+    out
+}
+
+// ---- the command line ----
+
+/// Runs the `tesla` binary: (exit code, stdout, stderr).
+pub fn tesla(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tesla"))
+        .args(args)
+        .output()
+        .expect("runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Asserts a failure with one `error:` line mentioning every needle and no panic; returns
+/// stdout.
+pub fn fails_with(args: &[&str], needles: &[&str]) -> String {
+    let (code, out, err) = tesla(args);
+    assert_ne!(code, 0, "{args:?} should fail");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?}: expected one error line, got: {err}"
+    );
+    for n in needles {
+        assert!(
+            lines[0].contains(n),
+            "{args:?}: '{}' does not mention '{n}'",
+            lines[0]
+        );
+    }
     out
 }

@@ -28,12 +28,12 @@ mod shape;
 mod tensor;
 
 use crate::compiler::ir::{DType, Graph, Tensor, ValueId};
-use crate::compiler::model::{ForwardModel, InitRule, Param};
+use crate::compiler::model::{ForwardModel, InitRule, NormStatistics, Param};
 use crate::onnx::{onnx_dtype_name, pb};
 use anyhow::{anyhow, bail, Context, Result};
 use prost::Message;
 use proto::NodeRef;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// Where the README lists what the importer supports (quoted by error messages).
@@ -61,7 +61,7 @@ pub const SUPPORTED_OPS: &[(&str, &str)] = &[
     ("AveragePool", "pads, auto_pad, strides, dilations, ceil_mode, count_include_pad (exact divisors)"),
     ("MaxPool", "pads, auto_pad, strides, dilations, ceil_mode; not the Indices output"),
     ("GlobalAveragePool, GlobalMaxPool", ""),
-    ("BatchNormalization", "inference form (running statistics) or training_mode = 1 (batch statistics)"),
+    ("BatchNormalization", "batch statistics (training_mode = 1, or the inference form with untouched statistics) or the file's running statistics; --batchnorm auto|batch|running"),
     ("InstanceNormalization, LayerNormalization, GroupNormalization", "GroupNormalization scale per channel or per group"),
     ("Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Expand", "constant shapes and axes; Reshape 0/−1 and allowzero"),
     ("Concat, Split", "Split by sizes, num_outputs or equal parts"),
@@ -78,11 +78,70 @@ pub struct ImportOptions {
     /// The float type the graph is built in: every float tensor of the file is converted to it
     /// (F32 for artifacts, F64 for finite-difference checks).
     pub dtype: DType,
+    /// Which statistics BatchNormalization nodes normalise with.
+    pub batchnorm: BatchNormMode,
 }
 
 impl Default for ImportOptions {
     fn default() -> Self {
-        ImportOptions { dtype: DType::F32 }
+        ImportOptions {
+            dtype: DType::F32,
+            batchnorm: BatchNormMode::Auto,
+        }
+    }
+}
+
+/// On what evidence [`BatchNormMode::Auto`] chose the statistics of an inference-form node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchNormReason {
+    /// The exporter recorded the traced op (train() or eval()) in the node.
+    Traced,
+    /// The running statistics: untouched defaults, or trained values.
+    Statistics,
+}
+
+/// How BatchNormalization nodes are lowered.
+///
+/// PyTorch trains batch norm with batch statistics. The TorchScript exporter in training mode
+/// says so (`training_mode = 1`); the dynamo exporter writes every BatchNormalization in its
+/// inference form (running statistics) even for a model in training mode, so the file alone
+/// describes a network normalised by its initial statistics. `Auto` reads the file: a node the
+/// exporter traced from a model in train() (it names the node after the ATen op) gets batch
+/// statistics and one traced in eval() keeps the running ones; without that evidence, untouched
+/// initial statistics (mean 0, variance 1, or no values at all) mean a network exported to be
+/// trained and get batch statistics, trained statistics mean one exported for inference and are
+/// kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BatchNormMode {
+    /// Decide per node from the file (see above).
+    #[default]
+    Auto,
+    /// Every node normalises with batch statistics.
+    Batch,
+    /// Every node normalises with the running statistics of the file.
+    Running,
+}
+
+impl BatchNormMode {
+    /// The name used on the command line and in model names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchNormMode::Auto => "auto",
+            BatchNormMode::Batch => "batch",
+            BatchNormMode::Running => "running",
+        }
+    }
+}
+
+impl std::str::FromStr for BatchNormMode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(BatchNormMode::Auto),
+            "batch" => Ok(BatchNormMode::Batch),
+            "running" => Ok(BatchNormMode::Running),
+            _ => bail!("unknown batch-norm mode '{s}': expected auto, batch or running"),
+        }
     }
 }
 
@@ -156,6 +215,7 @@ pub fn import_model(
         .and_then(|o| o.version)
         .unwrap_or(1);
     let mut cx = Ctx::new(opts.dtype, opset, base.map(Path::to_path_buf));
+    cx.batchnorm_mode = opts.batchnorm;
     cx.read_interface(graph, input)?;
     let nodes = function::inline(m, &graph.node)?;
     for (i, node) in nodes.iter().enumerate() {
@@ -215,6 +275,11 @@ pub(crate) struct Ctx<'m> {
     x: Option<ValueId>,
     /// Messages for the user.
     pub warnings: Vec<String>,
+    /// The importer's batch-norm option.
+    pub batchnorm_mode: BatchNormMode,
+    /// The statistics each BatchNormalization node got, and on what evidence `Auto` chose them
+    /// for an inference-form node (reported in one line per choice at the end).
+    pub batchnorm: BTreeMap<String, (NormStatistics, Option<BatchNormReason>)>,
 }
 
 /// Largest tensor (elements) the importer accepts in a graph.
@@ -256,6 +321,8 @@ impl<'m> Ctx<'m> {
             reshaped: HashSet::new(),
             x: None,
             warnings: Vec::new(),
+            batchnorm_mode: BatchNormMode::Auto,
+            batchnorm: BTreeMap::new(),
         }
     }
 
@@ -682,9 +749,12 @@ impl<'m> Ctx<'m> {
         for &k in &ks {
             let c = &self.cands[k];
             let initial = self.initial.remove(&k);
+            // A recognised layer gets PyTorch's default rule, so that every expert and every
+            // evaluation network starts from its own draw; the file's values stay the initial
+            // parameters of the artifacts (`init.safetensors`) and of layers without a rule.
             let init = match (&initial, self.roles.get(&k)) {
-                (Some(_), _) => InitRule::FromFile,
-                (None, Some(r)) => r.clone(),
+                (_, Some(r)) => r.clone(),
+                (Some(_), None) => InitRule::FromFile,
                 (None, None) => bail!(
                     "parameter '{}' has no value in the file and its layer is not recognised, so no PyTorch default \
                      initialisation applies; export the model with its weights ({EXPORT_REF})",
@@ -726,6 +796,7 @@ impl<'m> Ctx<'m> {
                 ));
             }
         }
+        self.report_batchnorm();
         let mut inputs = vec![x];
         inputs.extend(params.iter().map(|p| p.value));
         self.g.inputs = inputs;
@@ -736,7 +807,69 @@ impl<'m> Ctx<'m> {
             params,
             source: source.to_string(),
             warnings: self.warnings,
+            batchnorm: self
+                .batchnorm
+                .into_iter()
+                .map(|(k, (s, _))| (k, s))
+                .collect(),
         })
+    }
+
+    /// One line for each choice `Auto` made from the file, naming the nodes it applies to.
+    fn report_batchnorm(&mut self) {
+        use BatchNormReason::{Statistics, Traced};
+        use NormStatistics::{Batch, Running};
+        for (stats, why, what) in [
+            (
+                Batch,
+                Traced,
+                "are in inference form, but the exporter traced them from a model in train(): they \
+                 normalise with batch statistics, as PyTorch trains them (--batchnorm running keeps \
+                 the file's running statistics)",
+            ),
+            (
+                Running,
+                Traced,
+                "were traced from a model in eval(): they normalise with the file's running \
+                 statistics, as PyTorch's eval() does (--batchnorm batch uses batch statistics)",
+            ),
+            (
+                Batch,
+                Statistics,
+                "are in inference form with untouched running statistics (mean 0, variance 1), a \
+                 network exported to be trained: they normalise with batch statistics, as PyTorch's \
+                 train() does (--batchnorm running keeps the file's statistics)",
+            ),
+            (
+                Running,
+                Statistics,
+                "carry trained running statistics (a network exported for inference): they \
+                 normalise with the file's running statistics, as PyTorch's eval() does \
+                 (--batchnorm batch uses batch statistics instead)",
+            ),
+        ] {
+            let nodes: Vec<&str> = self
+                .batchnorm
+                .iter()
+                .filter(|(_, &(s, w))| s == stats && w == Some(why))
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if nodes.is_empty() {
+                continue;
+            }
+            let total = self.batchnorm.len();
+            let shown: Vec<String> = nodes.iter().take(3).map(|n| format!("'{n}'")).collect();
+            let more = match nodes.len() {
+                n if n > 3 => format!(" and {} more", n - 3),
+                _ => String::new(),
+            };
+            let msg = format!(
+                "{} of {total} BatchNormalization nodes ({}{more}) {what}",
+                nodes.len(),
+                shown.join(", ")
+            );
+            self.warn(msg);
+        }
     }
 }
 

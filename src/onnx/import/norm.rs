@@ -5,9 +5,9 @@
 
 use super::proto::{axis, NodeRef};
 use super::tensor::fconst;
-use super::{Ctx, Val, EXPORT_REF};
+use super::{BatchNormMode, BatchNormReason, Ctx, Val, EXPORT_REF};
 use crate::compiler::ir::ValueId;
-use crate::compiler::model::InitRule;
+use crate::compiler::model::{InitRule, NormStatistics};
 use anyhow::{bail, Result};
 
 /// (x − mean) / √(var + ε) over `axes`; returns (y, mean, 1/√(var + ε)) with kept axes.
@@ -157,8 +157,26 @@ pub fn group_norm(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     affine(cx, n, y, Some(sc), Some(sh), &channel_shape(c, s.len()))
 }
 
-/// BatchNormalization: constant statistics (inference form), or batch statistics when the node
-/// is in training mode (PyTorch's TRAINING export).
+/// What the dynamo exporter recorded about the ATen op it traced for an inference-form node: it
+/// names the node (and fills its metadata) after the op, `_native_batch_norm_legit_functional`
+/// for a model in train() and `_native_batch_norm_legit_no_training` for one in eval().
+fn traced_mode(n: &NodeRef) -> Option<NormStatistics> {
+    let texts = std::iter::once(n.name.as_str())
+        .chain(n.p.metadata_props.iter().filter_map(|e| e.value.as_deref()));
+    let mut found = None;
+    for t in texts {
+        if t.contains("batch_norm_legit_no_training") {
+            return Some(NormStatistics::Running);
+        }
+        if t.contains("batch_norm_legit_functional") {
+            found = Some(NormStatistics::Batch);
+        }
+    }
+    found
+}
+
+/// BatchNormalization with batch statistics (PyTorch's `train()` forward) or the file's running
+/// statistics, as [`BatchNormMode`] decides; the choice is recorded per node.
 pub fn batch_norm(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     let xn = n.req(0)?;
     let s = cx.shape(xn)?;
@@ -169,33 +187,50 @@ pub fn batch_norm(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     let shape = channel_shape(c, s.len().max(2));
     let eps = n.float("epsilon", 1e-5);
     let x = cx.ir(xn)?;
-    let y = if n.int("training_mode", 0) != 0 {
-        let mut ax = vec![0];
-        ax.extend(2..s.len());
-        normalise(cx, x, &ax, eps)?.0
-    } else {
-        cx.warn(format!(
-            "BatchNormalization node '{}' normalises with fixed running statistics (inference form), while \
-             PyTorch trains with batch statistics; export in training mode to train it as PyTorch does ({EXPORT_REF})",
-            n.name
-        ));
-        // Running statistics are buffers, not parameters: read them. Without values in the
-        // file they are PyTorch's initial ones (mean 0, variance 1).
-        let stat = |cx: &mut Ctx, i: usize, default: f64| -> Result<Vec<f64>> {
-            match cx.konst(n.req(i)?) {
-                Ok(t) if t.data.len() == c => Ok(t.data),
-                Ok(t) => bail!("statistics of shape {:?} do not fit {c} channels", t.shape),
-                Err(_) if cx.is_valueless_input(n.req(i)?) => Ok(vec![default; c]),
-                Err(e) => Err(e),
+    let training_form = n.int("training_mode", 0) != 0;
+    // Running statistics are buffers, not parameters: read them. Without values in the file they
+    // are PyTorch's initial ones (mean 0, variance 1).
+    let stat = |cx: &mut Ctx, i: usize, default: f64| -> Result<Vec<f64>> {
+        match cx.konst(n.req(i)?) {
+            Ok(t) if t.data.len() == c => Ok(t.data),
+            Ok(t) => bail!("statistics of shape {:?} do not fit {c} channels", t.shape),
+            Err(_) if cx.is_valueless_input(n.req(i)?) => Ok(vec![default; c]),
+            Err(e) => Err(e),
+        }
+    };
+    let (stats, why) = match cx.batchnorm_mode {
+        BatchNormMode::Batch => (NormStatistics::Batch, None),
+        BatchNormMode::Running => (NormStatistics::Running, None),
+        BatchNormMode::Auto if training_form => (NormStatistics::Batch, None),
+        BatchNormMode::Auto => match traced_mode(n) {
+            Some(stats) => (stats, Some(BatchNormReason::Traced)),
+            None => {
+                let untouched = stat(cx, 3, 0.0)?.iter().all(|&v| v == 0.0)
+                    && stat(cx, 4, 1.0)?.iter().all(|&v| v == 1.0);
+                if untouched {
+                    (NormStatistics::Batch, Some(BatchNormReason::Statistics))
+                } else {
+                    (NormStatistics::Running, Some(BatchNormReason::Statistics))
+                }
             }
-        };
-        let mean = stat(cx, 3, 0.0)?;
-        let var = stat(cx, 4, 1.0)?;
-        let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-        let m = fconst(cx, shape.clone(), mean);
-        let i = fconst(cx, shape.clone(), inv);
-        let xc = cx.g.sub(x, m)?;
-        cx.g.mul(xc, i)?
+        },
+    };
+    cx.batchnorm.insert(n.name.clone(), (stats, why));
+    let y = match stats {
+        NormStatistics::Batch => {
+            let mut ax = vec![0];
+            ax.extend(2..s.len());
+            normalise(cx, x, &ax, eps)?.0
+        }
+        NormStatistics::Running => {
+            let mean = stat(cx, 3, 0.0)?;
+            let var = stat(cx, 4, 1.0)?;
+            let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+            let m = fconst(cx, shape.clone(), mean);
+            let i = fconst(cx, shape.clone(), inv);
+            let xc = cx.g.sub(x, m)?;
+            cx.g.mul(xc, i)?
+        }
     };
     affine(cx, n, y, Some(n.req(1)?), Some(n.req(2)?), &shape)
 }

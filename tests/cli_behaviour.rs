@@ -1,0 +1,172 @@
+//! The command line without surprises: help shows every default, a distillation takes its model
+//! and dataset from the experts when not given, a bad output path fails before any work, and a
+//! resumed run lists each iteration once in `metrics.jsonl`.
+
+mod common;
+
+use common::{fails_with, tesla};
+use std::path::Path;
+
+fn experts(dir: &Path, epochs: &str) {
+    let (code, _, err) = tesla(&[
+        "experts",
+        "--dataset",
+        "fmnist-small",
+        "--model",
+        "convnet-d3-w4",
+        "--experts",
+        "1",
+        "--epochs",
+        epochs,
+        "--limit",
+        "100",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn help_shows_the_defaults() {
+    let (code, out, _) = tesla(&["distill", "--help"]);
+    assert_eq!(code, 0);
+    for needle in [
+        "Default: the preset's, else 500",
+        "Default: target",
+        "Default: tesla",
+        "Default: 5000",
+        "Default: the preset's, else the experts' model",
+        "fmnist-small",
+        "[default: 10]",
+    ] {
+        assert!(
+            out.contains(needle),
+            "distill --help lacks '{needle}':\n{out}"
+        );
+    }
+    assert!(
+        !out.contains("[`"),
+        "a rustdoc link leaks into the help:\n{out}"
+    );
+    let (_, out, _) = tesla(&["experts", "--help"]);
+    assert!(out.contains("[default: 50]"), "{out}");
+    let (_, out, _) = tesla(&["eval", "--help"]);
+    assert!(out.contains("--zca-file <FILE>"), "{out}");
+}
+
+#[test]
+fn distill_takes_model_and_dataset_from_the_experts() {
+    let d = tempfile::tempdir().unwrap();
+    let e = d.path().join("experts");
+    experts(&e, "2");
+    let run = d.path().join("run");
+    let (code, _, err) = tesla(&[
+        "distill",
+        "--experts",
+        e.to_str().unwrap(),
+        "--ipc",
+        "1",
+        "--syn-steps",
+        "2",
+        "--expert-epochs",
+        "1",
+        "--max-start-epoch",
+        "1",
+        "--iterations",
+        "1",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("model: convnet-d3-w4 (from the experts)")
+            && err.contains("dataset: fmnist-small (from the experts)"),
+        "{err}"
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model"], "convnet-d3-w4");
+}
+
+#[test]
+fn an_unwritable_eval_output_fails_before_any_work() {
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let bad = file.join("eval.json");
+    let start = std::time::Instant::now();
+    let out = fails_with(
+        &[
+            "eval",
+            "--random",
+            "1",
+            "--dataset",
+            "fmnist-small",
+            "--models",
+            "convnet-d3-w4",
+            "--runs",
+            "1",
+            "--epochs",
+            "300",
+            "--out",
+            bad.to_str().unwrap(),
+        ],
+        &["eval.json"],
+    );
+    assert!(!out.contains('%'), "it evaluated first: {out}");
+    // 300 epochs would take far longer than this.
+    assert!(start.elapsed().as_secs() < 20, "{:?}", start.elapsed());
+}
+
+#[test]
+fn a_resumed_run_lists_each_iteration_once() {
+    let d = tempfile::tempdir().unwrap();
+    let e = d.path().join("experts");
+    experts(&e, "2");
+    let run = d.path().join("run");
+    let args = |iterations: &str| {
+        [
+            "distill",
+            "--experts",
+            e.to_str().unwrap(),
+            "--ipc",
+            "1",
+            "--syn-steps",
+            "2",
+            "--expert-epochs",
+            "1",
+            "--max-start-epoch",
+            "1",
+            "--iterations",
+            iterations,
+            "--checkpoint-every",
+            "2",
+            "--resume",
+            "--out",
+            run.to_str().unwrap(),
+        ]
+        .map(str::to_string)
+    };
+    let call = |a: [String; 18]| {
+        let v: Vec<&str> = a.iter().map(String::as_str).collect();
+        let (code, _, err) = tesla(&v);
+        assert_eq!(code, 0, "{err}");
+    };
+    call(args("2"));
+    // A run killed after iteration 3, before its next checkpoint, mid-way through a line.
+    let metrics = run.join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&metrics).unwrap();
+    text.push_str("{\"iteration\":3,\"loss\":0.5}\n{\"iteration\":4,\"lo");
+    std::fs::write(&metrics, text).unwrap();
+    call(args("4"));
+    let iterations: Vec<u64> = std::fs::read_to_string(&metrics)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["iteration"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(iterations, [1, 2, 3, 4]);
+}

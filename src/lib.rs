@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 pub mod atomic_file;
 pub mod cli;
+pub mod compile_cache;
 pub mod compiler;
 pub mod data;
 pub mod distill;
@@ -10,5 +11,6 @@ pub mod eval;
 pub mod experts;
 pub mod onnx;
 pub mod runtime;
+pub mod tensor_file;
 pub mod train;
 pub mod zoo;

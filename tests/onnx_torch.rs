@@ -366,7 +366,7 @@ fn step_gradient_matches_pytorch() {
         );
         // The exported artifact on tract.
         let d = tempfile::tempdir().unwrap();
-        tesla_distill::compiler::manifest::compile_dir(&m, &[Artifact::Step], 0, d.path()).unwrap();
+        tesla_distill::onnx::artifacts::compile_dir(&m, &[Artifact::Step], 0, d.path()).unwrap();
         let mut ex = BackendExec::new(
             tesla_distill::runtime::backend(tesla_distill::runtime::BackendKind::Tract).unwrap(),
             d.path(),

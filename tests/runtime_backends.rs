@@ -673,8 +673,7 @@ fn non_f32_safetensors_are_rejected_by_name() {
         Some(meta),
     )
     .expect("write");
-    let (t, m) =
-        tesla_distill::runtime::run_file::read_safetensors_with_metadata(&ok).expect("read");
+    let (t, m) = tesla_distill::tensor_file::read_safetensors_with_metadata(&ok).expect("read");
     assert_eq!(t[0].1.shape(), &[] as &[usize]);
     assert_eq!(m.get("k").map(String::as_str), Some("v"));
 }

@@ -1,7 +1,7 @@
 //! `tesla bench`: measurements printed side by side in one run, so ratios are comparable.
 
+use crate::compile_cache::ProgramStore;
 use crate::runtime::programs::{Artifact, Exec};
-use crate::runtime::store::ProgramStore;
 use crate::runtime::BackendKind;
 use crate::zoo::ModelSpec;
 use anyhow::{bail, Context, Result};

@@ -3,7 +3,8 @@
 pub mod bench;
 pub mod quickstart;
 
-use crate::compiler::manifest::{compile_dir, standard_set, Manifest};
+use crate::compile_cache::ProgramStore;
+use crate::compiler::manifest::Manifest;
 use crate::data::augment::Strategy;
 use crate::data::Split;
 use crate::distill::gradient::Mode;
@@ -12,9 +13,9 @@ use crate::distill::run::{open_experts, DistillConfig, FinalLabels, Labels, PixI
 use crate::distill::set_file::DistilledSet;
 use crate::eval::{eval_store, evaluate, evaluate_run, EvalConfig, ModelResult};
 use crate::experts::ExpertsConfig;
+use crate::onnx::artifacts::{compile_dir, standard_set};
 use crate::onnx::import::BatchNormMode;
 use crate::runtime::programs::Artifact;
-use crate::runtime::store::ProgramStore;
 use crate::runtime::BackendKind;
 use crate::train::{derive_seed, one_hot};
 use crate::zoo::ModelSpec;
@@ -49,9 +50,10 @@ enum Command {
         /// Where to write the outputs.
         #[arg(long)]
         out: PathBuf,
-        /// Backend.
-        #[arg(long, value_enum, default_value_t = BackendKind::Tract)]
-        backend: BackendKind,
+        /// Backend. Default: ort when the ONNX Runtime library is found (ORT_DYLIB_PATH, or
+        /// the pip package onnxruntime), else tract.
+        #[arg(long, value_enum)]
+        backend: Option<BackendKind>,
     },
     /// Write the standard artifact set (the committed `graphs/` folder).
     Graphs {
@@ -150,9 +152,10 @@ struct ExpertsArgs {
     /// Train on at most this many real images (class-balanced), for quick runs.
     #[arg(long)]
     limit: Option<usize>,
-    /// Backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Tract)]
-    backend: BackendKind,
+    /// Backend. Default: ort when the ONNX Runtime library is found (ORT_DYLIB_PATH, or the pip
+    /// package onnxruntime), else tract.
+    #[arg(long, value_enum)]
+    backend: Option<BackendKind>,
 }
 
 /// `tesla distill` arguments.
@@ -232,9 +235,10 @@ pub struct DistillArgs {
     /// DSA strategy (`none` disables). Default: color_crop_cutout_flip_scale_rotate.
     #[arg(long)]
     dsa_strategy: Option<String>,
-    /// Backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Tract)]
-    backend: BackendKind,
+    /// Backend. Default: ort when the ONNX Runtime library is found (ORT_DYLIB_PATH, or the pip
+    /// package onnxruntime), else tract.
+    #[arg(long, value_enum)]
+    backend: Option<BackendKind>,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -310,12 +314,29 @@ struct EvalArgs {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Backend.
-    #[arg(long, value_enum, default_value_t = BackendKind::Tract)]
-    backend: BackendKind,
+    /// Backend. Default: ort when the ONNX Runtime library is found (ORT_DYLIB_PATH, or the pip
+    /// package onnxruntime), else tract.
+    #[arg(long, value_enum)]
+    backend: Option<BackendKind>,
     /// Write results here (JSON); default: beside the distilled file, or eval.json.
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+/// The backend asked for, else [`crate::runtime::default_backend`]; says which on stderr, so every
+/// run's log records what computed it.
+pub fn resolve_backend(asked: Option<BackendKind>) -> BackendKind {
+    match asked {
+        Some(k) => {
+            eprintln!("backend: {k}");
+            k
+        }
+        None => {
+            let (k, why) = crate::runtime::default_backend();
+            eprintln!("backend: {k} ({why})");
+            k
+        }
+    }
 }
 
 fn parse_batchnorm(s: &str) -> Result<BatchNormMode> {
@@ -382,7 +403,7 @@ pub fn main() -> Result<()> {
             out,
             backend,
         } => {
-            crate::runtime::run_graph_file(&graph, &inputs, &out, backend)?;
+            crate::runtime::run_graph_file(&graph, &inputs, &out, resolve_backend(backend))?;
             println!("wrote {}", out.display());
             Ok(())
         }
@@ -406,7 +427,7 @@ pub fn main() -> Result<()> {
                 zca: a.zca,
                 seed: a.seed,
                 shard: parse_shard(&a.shard)?,
-                backend: a.backend,
+                backend: resolve_backend(a.backend),
                 out: a.out.clone(),
                 limit: a.limit,
             };
@@ -637,7 +658,7 @@ fn distill_config(a: DistillArgs) -> Result<DistillConfig> {
         dsa_strategy: a
             .dsa_strategy
             .unwrap_or_else(|| "color_crop_cutout_flip_scale_rotate".into()),
-        backend: a.backend.to_string(),
+        backend: resolve_backend(a.backend).to_string(),
         seed: a.seed,
         eval_every: a.eval_every,
         eval_epochs: a.eval_epochs,
@@ -659,7 +680,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         batch: 256,
         strategy: Strategy::parse(&a.dsa_strategy)?,
         seed: a.seed,
-        backend: a.backend,
+        backend: resolve_backend(a.backend),
     };
     if a.runs == 0 || a.epochs == 0 {
         bail!("--runs and --epochs must be at least 1");
@@ -687,7 +708,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         if a.teacher_labels.is_some() {
             let classes: Vec<usize> = set.classes.iter().map(|&c| c as usize).collect();
             let k = labels.shape()[1];
-            labels = teacher_mean_labels(f, meta, images, &classes, k, &a)?;
+            labels = teacher_mean_labels(f, meta, images, &classes, k, &a, cfg.backend)?;
         }
         if meta.get("zca").is_some_and(|z| z != "none") && zca_path.is_none() {
             zca_path = Some(f.parent().unwrap_or(Path::new(".")).join("zca.safetensors"));
@@ -786,6 +807,7 @@ fn teacher_mean_labels(
     classes: &[usize],
     k: usize,
     a: &EvalArgs,
+    backend: BackendKind,
 ) -> Result<ndarray::Array2<f32>> {
     let (Some(dir), Some(epochs)) = (&a.teacher_labels, &a.teacher_epochs) else {
         bail!("--teacher-labels needs --teacher-epochs");
@@ -807,7 +829,7 @@ fn teacher_mean_labels(
         model.clone(),
         [c, h, w],
         k,
-        a.backend,
+        backend,
         // Apart from the evaluation's own programs (same model, other artifacts) to keep both cached.
         &std::env::temp_dir()
             .join("tesla-eval-artifacts")

@@ -145,11 +145,6 @@ impl Graph {
         let shape = self.shape(a).to_vec();
         self.expand(z, &shape)
     }
-    /// Zeros of a dtype and shape.
-    pub fn zeros(&mut self, dtype: DType, shape: &[usize]) -> R {
-        let z = self.scalar(dtype, 0.0);
-        self.expand(z, shape)
-    }
     /// A constant f64-valued tensor of the given dtype.
     pub fn const_tensor(&mut self, dtype: DType, shape: Vec<usize>, data: Vec<f64>) -> ValueId {
         self.constant(Tensor::new(dtype, shape, data))

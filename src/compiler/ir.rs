@@ -290,9 +290,6 @@ pub enum IrError {
         /// What is wrong.
         msg: String,
     },
-    /// A name that is not in the graph.
-    #[error("no value named '{0}' in the graph")]
-    NoSuchValue(String),
 }
 
 impl Graph {
@@ -314,14 +311,6 @@ impl Graph {
     /// The dtype of a value.
     pub fn dtype(&self, v: ValueId) -> DType {
         self.values[v].dtype
-    }
-
-    /// Finds a value by name.
-    pub fn find(&self, name: &str) -> Result<ValueId, IrError> {
-        self.values
-            .iter()
-            .position(|v| v.name == name)
-            .ok_or_else(|| IrError::NoSuchValue(name.to_string()))
     }
 
     /// A fresh value name with the given stem.
@@ -368,13 +357,5 @@ impl Graph {
     /// Renames a value (graph inputs and outputs keep their names on export).
     pub fn rename(&mut self, v: ValueId, name: &str) {
         self.values[v].name = name.to_string();
-    }
-
-    /// The constant behind a value, if its producer is a [`Op::Constant`].
-    pub fn constant_of(&self, v: ValueId) -> Option<&Tensor> {
-        self.nodes.iter().find_map(|n| match &n.op {
-            Op::Constant(t) if n.outputs[0] == v => Some(t),
-            _ => None,
-        })
     }
 }

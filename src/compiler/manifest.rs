@@ -1,16 +1,9 @@
-//! The artifact directory's contract: `manifest.json` (serde) and the compile step that writes it
-//! beside the ONNX files.
+//! The artifact directory's contract: `manifest.json` (serde). `onnx::artifacts` writes it beside
+//! the ONNX files.
 
-use super::artifact::{
-    flops_per_sample, label_vjp_graph, logits_graph, pass2_graph, step_graph, unrolled_graph,
-    Artifact,
-};
-use super::ir::{numel, Graph};
-use super::model::{ForwardModel, InitRule, NormStatistics};
-use crate::onnx::export;
+use super::model::{InitRule, NormStatistics};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -18,6 +11,10 @@ use std::path::Path;
 pub const FORMAT: u32 = 1;
 /// The ONNX opset the artifacts use.
 pub const OPSET: i64 = 17;
+/// The most parameters a manifest may declare: θ is one f32 vector, and 2²⁹ of them (2 GiB) is
+/// far beyond the models this tool trains, so a larger count is taken for a corrupt file rather
+/// than allocated.
+pub const MAX_PARAMS: usize = 1 << 29;
 
 /// One parameter's place in the flat vector `theta`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -71,8 +68,6 @@ pub struct Manifest {
     pub opset: i64,
     /// Batch size every graph is compiled for (fixed, not symbolic).
     pub batch: usize,
-    /// Whether the batch dimension is symbolic (never, in this format).
-    pub batch_symbolic: bool,
     /// Image shape \[C,H,W\].
     pub input: Vec<usize>,
     /// Number of classes.
@@ -91,11 +86,46 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Reads `dir/manifest.json`.
+    /// Reads `dir/manifest.json` and checks its parameter layout (see [`Manifest::check_layout`]).
     pub fn load(dir: &Path) -> Result<Manifest> {
         let p = dir.join("manifest.json");
         let s = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-        serde_json::from_str(&s).with_context(|| format!("{} is not a valid manifest", p.display()))
+        let m: Manifest = serde_json::from_str(&s)
+            .with_context(|| format!("{} is not a valid manifest", p.display()))?;
+        m.check_layout()
+            .with_context(|| format!("{} is not a valid manifest", p.display()))?;
+        Ok(m)
+    }
+
+    /// Checks that `params` tile `theta` as the compiler writes them: in order from offset 0,
+    /// each `len` the product of its shape, `num_params` in all and at most [`MAX_PARAMS`]. The
+    /// file is outside input, and its offsets, lengths and count size and index buffers.
+    pub fn check_layout(&self) -> Result<()> {
+        let mut offset = 0usize;
+        for p in &self.params {
+            let numel = p.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            if numel != Some(p.len) || p.offset != offset {
+                anyhow::bail!(
+                    "parameter '{}' (shape {:?}, {} values at offset {}) does not follow the \
+                     previous ones (expected offset {offset})",
+                    p.name,
+                    p.shape,
+                    p.len,
+                    p.offset
+                );
+            }
+            offset = offset
+                .checked_add(p.len)
+                .filter(|&o| o <= MAX_PARAMS)
+                .with_context(|| format!("more than {MAX_PARAMS} parameters"))?;
+        }
+        if offset != self.num_params {
+            anyhow::bail!(
+                "num_params is {} but the parameters hold {offset} values",
+                self.num_params
+            );
+        }
+        Ok(())
     }
 
     /// Draws initial parameters with the manifest's rules (values stored in `init.safetensors` for
@@ -104,7 +134,7 @@ impl Manifest {
         use rand::SeedableRng;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let stored = if self.params.iter().any(|p| p.init == InitRule::FromFile) {
-            let tensors = crate::runtime::read_safetensors(&dir.join("init.safetensors"))?;
+            let tensors = crate::tensor_file::read_safetensors(&dir.join("init.safetensors"))?;
             tensors
                 .into_iter()
                 .find(|(n, _)| n == "theta")
@@ -112,9 +142,21 @@ impl Manifest {
         } else {
             None
         };
+        // A manifest built in code has not been through `load`'s check; sizes come from it below.
+        self.check_layout()
+            .with_context(|| format!("{}: bad manifest", dir.display()))?;
+        if let Some(s) = stored.as_ref().filter(|s| s.len() != self.num_params) {
+            anyhow::bail!(
+                "{}: init.safetensors holds {} values, the manifest {} parameters",
+                dir.display(),
+                s.len(),
+                self.num_params
+            );
+        }
         let mut theta = Vec::with_capacity(self.num_params);
         for p in &self.params {
             match (&p.init, &stored) {
+                // In range: the layout tiles 0..num_params, the stored length.
                 (InitRule::FromFile, Some(s)) => {
                     theta.extend_from_slice(&s[p.offset..p.offset + p.len])
                 }
@@ -126,113 +168,4 @@ impl Manifest {
         }
         Ok(theta)
     }
-}
-
-fn entry(g: &Graph, file: &str, batch: usize) -> GraphEntry {
-    let io = |ids: &[usize]| {
-        ids.iter()
-            .map(|&i| IoEntry {
-                name: g.info(i).name.clone(),
-                shape: g.shape(i).to_vec(),
-            })
-            .collect()
-    };
-    let mut ops = BTreeMap::new();
-    for n in &g.nodes {
-        *ops.entry(n.op.name().to_string()).or_insert(0) += 1;
-    }
-    GraphEntry {
-        file: file.to_string(),
-        inputs: io(&g.inputs),
-        outputs: io(&g.outputs),
-        flops_per_sample: flops_per_sample(g, batch),
-        ops,
-    }
-}
-
-/// Which artifacts to write.
-pub fn standard_set() -> Vec<Artifact> {
-    vec![
-        Artifact::Step,
-        Artifact::Pass2,
-        Artifact::Pass2Dx,
-        Artifact::Logits,
-    ]
-}
-
-/// Differentiates `m` and writes the requested artifacts, `manifest.json` and (for models with
-/// stored initial values) `init.safetensors` into `dir`. `unrolled_steps` is T for the unrolled
-/// graph.
-pub fn compile_dir(
-    m: &ForwardModel,
-    which: &[Artifact],
-    unrolled_steps: usize,
-    dir: &Path,
-) -> Result<Manifest> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let xs = m.graph.shape(m.x).to_vec();
-    let batch = xs[0];
-    let classes = m.graph.shape(m.logits)[1];
-    let fwd = export::to_model_proto(&m.graph);
-    let source_hash = format!("{:x}", Sha256::digest(prost::Message::encode_to_vec(&fwd)));
-    let mut graphs = BTreeMap::new();
-    for &a in which {
-        let g = match a {
-            Artifact::Step => step_graph(m)?,
-            Artifact::Pass2 => pass2_graph(m, false)?,
-            Artifact::Pass2Dx => pass2_graph(m, true)?,
-            Artifact::Logits => logits_graph(m)?,
-            Artifact::LabelVjp => label_vjp_graph(m)?,
-            Artifact::Unrolled => unrolled_graph(m, unrolled_steps)?,
-        };
-        export::write(&g, &dir.join(a.file()))?;
-        let role = a.file().trim_end_matches(".onnx").to_string();
-        graphs.insert(role, entry(&g, a.file(), batch));
-    }
-    let mut params = Vec::with_capacity(m.params.len());
-    let mut offset = 0;
-    for p in &m.params {
-        let len = numel(&p.shape);
-        params.push(ParamEntry {
-            name: p.name.clone(),
-            shape: p.shape.clone(),
-            offset,
-            len,
-            init: p.init.clone(),
-        });
-        offset += len;
-    }
-    if m.params.iter().any(|p| p.initial.is_some()) {
-        let mut theta = Vec::with_capacity(offset);
-        for p in &m.params {
-            match &p.initial {
-                Some(t) => theta.extend(t.data.iter().map(|&v| v as f32)),
-                None => theta.extend(std::iter::repeat_n(0.0f32, numel(&p.shape))),
-            }
-        }
-        let arr = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[offset]), theta)?;
-        crate::runtime::write_safetensors(
-            &dir.join("init.safetensors"),
-            &[("theta".to_string(), arr)],
-            None,
-        )?;
-    }
-    let manifest = Manifest {
-        format: FORMAT,
-        model: m.source.clone(),
-        source_hash,
-        opset: OPSET,
-        batch,
-        batch_symbolic: false,
-        input: xs[1..].to_vec(),
-        classes,
-        num_params: offset,
-        params,
-        graphs,
-        warnings: m.warnings.clone(),
-        batchnorm: m.batchnorm.clone(),
-    };
-    let json = serde_json::to_string_pretty(&manifest)?;
-    crate::atomic_file::write(&dir.join("manifest.json"), json.as_bytes())?;
-    Ok(manifest)
 }

@@ -1,7 +1,6 @@
 //! Graph passes: functions from a graph to a graph.
 
-use super::eval;
-use super::ir::{Graph, Node, Op, Tensor, ValueId};
+use super::ir::{Graph, Node, Op, ValueId};
 use std::collections::HashMap;
 
 /// Removes the nodes no output needs and renumbers values. Graph inputs are kept even when unused
@@ -52,51 +51,6 @@ pub fn prune(g: &Graph) -> Graph {
     out.inputs = g.inputs.iter().map(|x| map[x]).collect();
     out.outputs = g.outputs.iter().map(|x| map[x]).collect();
     out
-}
-
-/// Replaces every node whose operands are all constants by constants (except cheap broadcasts
-/// of scalars, which would only make files larger), then prunes.
-pub fn fold_constants(g: &Graph) -> Graph {
-    let mut out = g.clone();
-    let mut consts: HashMap<ValueId, Tensor> = HashMap::new();
-    for n in &g.nodes {
-        if let Op::Constant(t) = &n.op {
-            consts.insert(n.outputs[0], t.clone());
-        }
-    }
-    for (i, n) in g.nodes.iter().enumerate() {
-        if matches!(n.op, Op::Constant(_) | Op::Expand { .. }) || n.inputs.is_empty() {
-            continue;
-        }
-        if !n.inputs.iter().all(|x| consts.contains_key(x)) {
-            continue;
-        }
-        let mut sub = Graph::new();
-        let ins: Vec<ValueId> = n
-            .inputs
-            .iter()
-            .map(|&x| sub.constant(consts[&x].clone()))
-            .collect();
-        let Ok(outs) = sub.push(&n.name, n.op.clone(), &ins) else {
-            continue;
-        };
-        sub.outputs = outs;
-        let Ok(vals) = eval::eval(&sub, &[]) else {
-            continue;
-        };
-        if n.outputs.len() != 1 {
-            continue;
-        }
-        let t = vals.into_iter().next().expect("one output");
-        consts.insert(n.outputs[0], t.clone());
-        out.nodes[i] = Node {
-            name: n.name.clone(),
-            op: Op::Constant(t),
-            inputs: vec![],
-            outputs: n.outputs.clone(),
-        };
-    }
-    prune(&out)
 }
 
 /// Copies `src`'s nodes into `dst` with `src`'s inputs bound to `args` (in order); returns the

@@ -41,8 +41,6 @@ pub struct IterGrad {
     pub loss: f64,
     /// ∂L/∂β.
     pub dbeta: f64,
-    /// Start-to-target distance ‖θ*_t − θ*_{t+M}‖² (the normaliser).
-    pub denom: f64,
 }
 
 /// Student batch `i` (augmented images \[B,C,H,W\] and label rows \[B,K\]), rebuilt on demand.
@@ -119,7 +117,7 @@ pub fn backward(
         bail!("the expert did not move between the start and target epochs (‖θ*_t − θ*_t+M‖² = {denom}); check the expert files");
     }
     if mode == Mode::Unrolled {
-        return unrolled(exec, seg, batch, sink, denom);
+        return unrolled(exec, seg, batch, sink);
     }
     let (thetas, sum) = pass1(exec, seg, batch)?;
     let resid = &thetas[seg.steps] - &target;
@@ -153,7 +151,7 @@ pub fn backward(
             }
             // The official update of β holds G constant: ∂L/∂β = 2⟨θ_T − θ*, −G⟩ / D.
             let dbeta = -dot(lambda_t.iter(), sum.iter())?;
-            Ok(IterGrad { loss, dbeta, denom })
+            Ok(IterGrad { loss, dbeta })
         }
         Mode::Exact => {
             let mut lambda = lambda_t;
@@ -181,7 +179,7 @@ pub fn backward(
                 check_finite("the adjoint", lambda.iter())?;
                 sink(i, dx, need_dy.then_some(dy))?;
             }
-            Ok(IterGrad { loss, dbeta, denom })
+            Ok(IterGrad { loss, dbeta })
         }
         Mode::Unrolled => unreachable!("handled above"),
     }
@@ -192,7 +190,6 @@ fn unrolled(
     seg: &Segment,
     batch: &mut BatchFn,
     sink: &mut SinkFn,
-    denom: f64,
 ) -> Result<IterGrad> {
     let mut xs = Vec::with_capacity(seg.steps);
     let mut ys = Vec::with_capacity(seg.steps);
@@ -220,5 +217,5 @@ fn unrolled(
         sink(i, dx, Some(dy))?;
     }
     let dbeta = out[3].iter().next().copied().unwrap_or(f64::NAN);
-    Ok(IterGrad { loss, dbeta, denom })
+    Ok(IterGrad { loss, dbeta })
 }

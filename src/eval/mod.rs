@@ -3,10 +3,10 @@
 //! epochs, batch 256, DSA on every batch, soft-label cross-entropy when labels are soft — and
 //! report real test accuracy as mean ± std over runs.
 
+use crate::compile_cache::ProgramStore;
 use crate::data::augment::Strategy;
 use crate::data::Dataset;
 use crate::runtime::programs::Artifact;
-use crate::runtime::store::ProgramStore;
 use crate::runtime::BackendKind;
 use crate::train::{
     class_accuracy, derive_seed, init_theta, train, ClassCounts, Sgd, SgdState, TrainSet,

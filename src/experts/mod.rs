@@ -3,10 +3,10 @@
 //! snapshotted after every epoch.
 pub mod trajectory;
 
+use crate::compile_cache::ProgramStore;
 use crate::data::augment::Strategy;
 use crate::data::{zca::Zca, Dataset, Split};
 use crate::runtime::programs::Artifact;
-use crate::runtime::store::ProgramStore;
 use crate::runtime::{write_safetensors, BackendKind};
 use crate::train::{accuracy, derive_seed, init_theta, train, Sgd, SgdState, TrainSet};
 use crate::zoo::ModelSpec;

@@ -16,19 +16,17 @@ mod model_info;
 mod ort_backend;
 pub mod programs;
 pub mod run_file;
-pub mod store;
 mod tract_backend;
 
+pub use crate::tensor_file::{read_safetensors, read_safetensors_with_metadata, write_safetensors};
 pub use model_info::ModelInfo;
 pub use ort_backend::ort_library_path;
-pub use run_file::{
-    read_safetensors, read_safetensors_with_metadata, run_graph_file, write_safetensors,
-};
+pub use run_file::run_graph_file;
 
-/// Which engine runs the graphs.
+/// Which engine runs the graphs (see [`default_backend`] for the one a command gets by default).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
 pub enum BackendKind {
-    /// tract, pure Rust (the default: needs nothing installed).
+    /// tract, pure Rust (needs nothing installed).
     #[default]
     Tract,
     /// ONNX Runtime with the CPU execution provider.
@@ -86,6 +84,22 @@ pub fn backend(kind: BackendKind) -> Result<Box<dyn Backend>> {
         BackendKind::Tract => Ok(Box::new(tract_backend::TractBackend::new())),
         BackendKind::Ort => Ok(Box::new(ort_backend::OrtBackend::new(false)?)),
         BackendKind::OrtCuda => Ok(Box::new(ort_backend::OrtBackend::new(true)?)),
+    }
+}
+
+/// The backend a command gets when none is asked for: ONNX Runtime on the CPU when its library
+/// is found and loads (it runs every artifact faster than tract; see docs/results.md), else
+/// tract, which needs nothing installed. Also returns why, for the line every command prints.
+pub fn default_backend() -> (BackendKind, String) {
+    match ort_library_path() {
+        Ok(p) => match backend(BackendKind::Ort) {
+            Ok(_) => (BackendKind::Ort, format!("ONNX Runtime at {}", p.display())),
+            Err(e) => (
+                BackendKind::Tract,
+                format!("ONNX Runtime at {} does not load: {e:#}", p.display()),
+            ),
+        },
+        Err(e) => (BackendKind::Tract, format!("{e:#}")),
     }
 }
 

@@ -1,10 +1,10 @@
 //! Plain SGD training of a network on a set of images (real data for experts, a distilled set for
 //! evaluation) and test accuracy; shared by `experts`, `eval` and `distill --eval-every`.
 
+use crate::compile_cache::ProgramStore;
 use crate::data::augment::{self, Strategy};
 use crate::data::Dataset;
 use crate::runtime::programs::{Artifact, Exec};
-use crate::runtime::store::ProgramStore;
 use anyhow::{bail, Result};
 use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Axis};
 use rand::seq::SliceRandom;

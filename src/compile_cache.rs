@@ -1,9 +1,10 @@
 //! Compiled artifacts for one model at several batch sizes, compiled on first use into a cache
 //! directory and reused while the model's source hash is unchanged.
 
-use super::programs::{Artifact, BackendExec};
-use super::{backend, BackendKind};
-use crate::compiler::manifest::{compile_dir, Manifest};
+use crate::compiler::manifest::Manifest;
+use crate::onnx::artifacts::compile_dir;
+use crate::runtime::programs::{Artifact, BackendExec};
+use crate::runtime::{backend, BackendKind};
 use crate::zoo::ModelSpec;
 use anyhow::{Context, Result};
 use std::collections::HashMap;

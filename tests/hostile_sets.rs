@@ -285,3 +285,53 @@ fn hostile_checkpoints_are_refused_on_resume() {
         refused(&args, &n);
     }
 }
+
+/// A partial expert trajectory or epoch log that does not fit the run is an error naming the
+/// file, never silently restarted over (which would lose the work) or resumed into a mix.
+#[test]
+fn hostile_partial_experts_are_refused_on_resume() {
+    let d = tempfile::tempdir().unwrap();
+    let e = d.path().join("experts");
+    std::fs::create_dir_all(&e).unwrap();
+    let args = [
+        "experts",
+        "--dataset",
+        "fmnist-small",
+        "--model",
+        "convnet-d3-w4",
+        "--experts",
+        "1",
+        "--epochs",
+        "2",
+        "--limit",
+        "100",
+        "--out",
+        e.to_str().unwrap(),
+    ];
+    let partial = e.join("expert_0000.partial.safetensors");
+    let wrong = ndarray::Array2::<f32>::zeros((2, 17)).into_dyn();
+    write_safetensors(&partial, &[("trajectory".to_string(), wrong)], None).unwrap();
+    refused(&args, &["expert_0000.partial.safetensors", "17"]);
+    std::fs::remove_file(&partial).unwrap();
+    // The right width needs the model's parameter count: take it from a finished expert.
+    let (code, _, err) = tesla(&args);
+    assert_eq!(code, 0, "{err}");
+    let done = e.join("expert_0000.safetensors");
+    let (t, meta) = read_safetensors_with_metadata(&done).unwrap();
+    let p = t[0].1.shape()[1];
+    std::fs::rename(&done, d.path().join("done.safetensors")).unwrap();
+    let mut first = t[0].1.clone();
+    first.slice_collapse(ndarray::s![0..1, ..]);
+    let mut bad = first.clone();
+    bad[[0, p / 2]] = f32::NAN;
+    write_safetensors(
+        &partial,
+        &[("trajectory".to_string(), bad)],
+        Some(meta.clone()),
+    )
+    .unwrap();
+    refused(&args, &["expert_0000.partial.safetensors", "NaN"]);
+    write_safetensors(&partial, &[("trajectory".to_string(), first)], Some(meta)).unwrap();
+    std::fs::write(e.join("expert_0000.json"), b"{ not json").unwrap();
+    refused(&args, &["expert_0000.json", "not an epoch log"]);
+}

@@ -14,8 +14,7 @@ evaluation: BatchNorm with batch statistics (the TorchScript exporter writes the
 the dynamo exporter's inference form is recognised by the importer), dropout exported as
 identity. `--mode eval` exports a network for inference (running statistics kept).
 
-The batch size of the export does not matter: tesla-distill re-specialises the graph to the
-batch it compiles for. Stochastic layers (dropout, stochastic depth) are set to zero
+The batch axis is exported as symbolic, so one file serves every batch size tesla compiles for. Stochastic layers (dropout, stochastic depth) are set to zero
 probability so that the exported graph is the deterministic network the artifacts describe.
 """
 import argparse
@@ -87,13 +86,17 @@ def main():
                  f"expected logits [{a.batch}, {a.classes}]")
     if os.path.exists(a.out + ".data"):
         os.remove(a.out + ".data")
+    # The batch axis is symbolic, so one file serves every batch size tesla compiles for.
     if a.exporter == "ts":
         mode = torch.onnx.TrainingMode.TRAINING if a.mode == "train" else torch.onnx.TrainingMode.EVAL
         torch.onnx.export(model, (x,), a.out, dynamo=False, training=mode,
-                          do_constant_folding=False, input_names=["x"], output_names=["logits"])
+                          do_constant_folding=False, input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
     else:
+        batch = torch.export.Dim("batch", min=2)
         torch.onnx.export(model, (x,), a.out, dynamo=True, optimize=False, external_data=False,
-                          input_names=["x"], output_names=["logits"])
+                          input_names=["x"], output_names=["logits"],
+                          dynamic_shapes=({0: batch},))
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {a.out}: {a.name}, {n} parameters, {a.mode} mode, {a.exporter} exporter "
           f"(torch {torch.__version__})")

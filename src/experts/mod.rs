@@ -151,22 +151,52 @@ fn train_one(
     let mut velocity: Option<Vec<f64>> = None;
     let mut logs: Vec<serde_json::Value> = Vec::new();
     if partial.exists() {
+        // Both files are written atomically, so one that does not fit this run is not a cut
+        // write but another run's or a damaged file: resuming over it would lose or mix work.
+        let bad = |what: &str| {
+            anyhow::anyhow!(
+                "{}: {what}; move it away to train expert {j} afresh",
+                partial.display()
+            )
+        };
         for (name, a) in crate::runtime::read_safetensors(&partial)? {
             match name.as_str() {
                 "trajectory" if a.ndim() == 2 && a.shape()[1] == p => {
+                    if let Some(v) = a.iter().find(|v| !v.is_finite()) {
+                        return Err(bad(&format!("its trajectory holds {v}")));
+                    }
                     snaps = a
                         .outer_iter()
                         .map(|r| r.iter().copied().collect())
                         .collect();
                 }
-                "velocity" if a.len() == p => {
+                "trajectory" => {
+                    return Err(bad(&format!(
+                        "its trajectory is {:?}, this model has {p} parameters",
+                        a.shape()
+                    )))
+                }
+                "velocity" if a.len() == p && a.iter().all(|v| v.is_finite()) => {
                     velocity = Some(a.iter().map(|&v| f64::from(v)).collect());
                 }
+                "velocity" => return Err(bad("its momentum buffer does not fit this model")),
                 _ => {}
             }
         }
+        if snaps.len() > cfg.epochs + 1 {
+            return Err(bad(&format!(
+                "it holds {} epochs, this run trains {}",
+                snaps.len().saturating_sub(1),
+                cfg.epochs
+            )));
+        }
         if let Ok(s) = std::fs::read_to_string(&log_path) {
-            logs = serde_json::from_str(&s).unwrap_or_default();
+            logs = serde_json::from_str(&s).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is not an epoch log ({e}); move it away to rewrite it",
+                    log_path.display()
+                )
+            })?;
         }
         logs.truncate(snaps.len().saturating_sub(1));
         eprintln!(

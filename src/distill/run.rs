@@ -479,6 +479,10 @@ pub fn save(
     }
     let mut meta = HashMap::new();
     meta.insert("iteration".to_string(), st.iteration.to_string());
+    // β in full: the state is at f32 precision after the first iteration, but a fresh run's
+    // starting β (the teachers' step size) is not, and a run resumed from iteration 0 must
+    // continue with the very same value.
+    meta.insert("beta".to_string(), format!("{:?}", st.beta));
     meta.insert("config".to_string(), serde_json::to_string(&ctx.cfg)?);
     write_safetensors(&ck.join("state.safetensors"), &tensors, Some(meta))?;
     let soft = ctx.cfg.labels != Labels::Hard;
@@ -557,6 +561,13 @@ fn load_state(path: &Path) -> Result<(State, DistillConfig)> {
     let [beta, beta_mom] = beta.as_slice().unwrap_or(&[]) else {
         bail!("{f}: checkpoint tensor 'beta' must hold β and its momentum");
     };
+    let beta = match meta.get("beta").map(|s| s.parse::<f64>()) {
+        None => *beta,
+        Some(Ok(full)) if full as f32 == *beta as f32 => full,
+        Some(_) => {
+            bail!("{f}: the checkpoint's β in its metadata does not match its 'beta' tensor")
+        }
+    };
     let images = need("images")?
         .into_dimensionality::<Ix4>()
         .map_err(|_| bad_shape("images"))?;
@@ -596,7 +607,7 @@ fn load_state(path: &Path) -> Result<(State, DistillConfig)> {
         images,
         images_mom,
         classes,
-        beta: *beta,
+        beta,
         beta_mom: *beta_mom,
         label_logits,
         label_mom,

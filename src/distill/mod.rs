@@ -1,4 +1,6 @@
 //! TESLA distillation: the two-pass constant-memory loop, the exact reverse sweep and the unrolled baseline.
+pub mod checkpoint;
+pub mod config;
 pub mod gradient;
 pub mod init;
 pub mod labels;

@@ -2,6 +2,8 @@
 //! steps and the chosen backward, updates images, β (and labels), and keeps a resumable run
 //! directory: `distilled.safetensors`, `checkpoint/`, `metrics.jsonl`, `grid.png`.
 
+pub use super::checkpoint::State;
+pub use super::config::{validate, DistillConfig, FinalLabels, Labels, PixInit};
 use super::gradient::{backward, Mode, Segment};
 pub use super::labels::softmax_rows;
 use super::labels::{label_path_grad, mean_teacher_labels, teacher_labels, weak_labels};
@@ -13,176 +15,20 @@ use crate::data::select::Selection;
 use crate::data::{zca::Zca, Dataset};
 use crate::experts::trajectory::{list, Trajectory};
 use crate::runtime::programs::{Artifact, Exec};
-use crate::runtime::{read_safetensors_with_metadata, write_safetensors, BackendKind};
+use crate::runtime::BackendKind;
 use crate::train::one_hot;
 use crate::zoo::ModelSpec;
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use ndarray::{s, Array1, Array2, Array4, ArrayD, Axis, Ix2, Ix4};
+use ndarray::{s, Array2, Array4, ArrayD, Axis, Ix2, Ix4};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// Where the labels of the synthetic images come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Labels {
-    /// Soft labels from the teacher at the target epoch (TESLA's default).
-    Target,
-    /// Soft labels from the teacher at its last epoch.
-    Last,
-    /// One-hot labels.
-    Hard,
-    /// Learned label logits (initialised at 10 for the class, 0 elsewhere).
-    Learned,
-}
-
-/// Which label rows the distilled set is saved (and evaluated) with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum FinalLabels {
-    /// The rows the last iteration assigned (docs/method.md; the official code): one randomly drawn
-    /// teacher's opinion.
-    #[default]
-    Last,
-    /// The mean of the rows every teacher the run samples from (each expert at each target epoch
-    /// for `--labels target`, at its last epoch for `--labels last`) gives the current images.
-    Mean,
-}
-
-/// How synthetic images start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum PixInit {
-    /// A class-balanced random real subset.
-    Real,
-    /// Standard normal noise.
-    Noise,
-    /// A class-balanced random real subset of images that every target-step teacher classifies
-    /// correctly.
-    #[value(name = "real-correct")]
-    #[serde(rename = "real-correct")]
-    RealCorrect,
-}
-
-/// `tesla distill` settings (saved as `config.json` in the run directory).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DistillConfig {
-    /// Dataset spec.
-    pub dataset: String,
-    /// Model name (`--model`).
-    pub model: String,
-    /// Experts directory.
-    pub experts: PathBuf,
-    /// Images per class.
-    pub ipc: usize,
-    /// T.
-    pub syn_steps: usize,
-    /// M.
-    pub expert_epochs: usize,
-    /// Start epochs are drawn from `[0, max_start_epoch)`.
-    pub max_start_epoch: usize,
-    /// Iterations.
-    pub iterations: usize,
-    /// Image learning rate (of the formula's gradient; the official code's is twice this).
-    pub lr_img: f64,
-    /// Learning rate of β.
-    pub lr_lr: f64,
-    /// Initial β (`None`: the experts' step size, as docs/method.md's `β = lr_teacher`; with momentum
-    /// `lr / (1 − momentum)`).
-    #[serde(default)]
-    pub lr_init: Option<f64>,
-    /// Learning rate of learned label logits.
-    pub lr_label: f64,
-    /// Student batch (`None`: all synthetic images).
-    pub batch_syn: Option<usize>,
-    /// Image initialisation.
-    pub pix_init: PixInit,
-    /// Label source.
-    pub labels: Labels,
-    /// Differentiate through soft label assignment as well: the teacher's labels are a function of
-    /// the images, and this adds that path to the image gradient (the paper holds them fixed).
-    #[serde(default)]
-    pub label_grad: bool,
-    /// The label rows written to `distilled.safetensors`.
-    #[serde(default)]
-    pub final_labels: FinalLabels,
-    /// Gradient mode.
-    pub gradient: Mode,
-    /// ZCA whitening.
-    pub zca: bool,
-    /// DSA strategy string.
-    pub dsa_strategy: String,
-    /// Backend.
-    pub backend: String,
-    /// Seed.
-    pub seed: u64,
-    /// Evaluate every this many iterations (0: never).
-    pub eval_every: usize,
-    /// Evaluation epochs for `eval_every`.
-    pub eval_epochs: usize,
-    /// Evaluation runs for `eval_every`.
-    pub eval_runs: usize,
-    /// Checkpoint every this many iterations.
-    pub checkpoint_every: usize,
-    /// Output directory.
-    pub out: PathBuf,
-}
-
-/// The mutable state of a run (what a checkpoint holds).
-pub struct State {
-    /// Iterations done.
-    pub iteration: usize,
-    /// Synthetic images \[N,C,H,W\] (f64: the exactness tests run the loop in f64).
-    pub images: Array4<f64>,
-    /// Class of each synthetic image.
-    pub classes: Vec<u32>,
-    /// Image momentum buffer.
-    pub images_mom: Array4<f64>,
-    /// β.
-    pub beta: f64,
-    /// β's momentum buffer.
-    pub beta_mom: f64,
-    /// Learned label logits \[N,K\] (learned labels only).
-    pub label_logits: Option<Array2<f64>>,
-    /// Their momentum buffer.
-    pub label_mom: Option<Array2<f64>>,
-    /// The label rows of the last iteration.
-    pub last_labels: Array2<f64>,
-}
-
-impl State {
-    /// Checks a state read from `path` against the dataset it will continue on.
-    pub fn check_fits(&self, path: &Path, classes: usize, image_shape: &[usize]) -> Result<()> {
-        let f = path.display();
-        if self.images.shape()[1..] != *image_shape {
-            bail!(
-                "{f}: the checkpoint's images are {:?}, the dataset's {image_shape:?}",
-                &self.images.shape()[1..]
-            );
-        }
-        if self.last_labels.shape()[1] != classes {
-            bail!(
-                "{f}: the checkpoint's labels have {} columns, the dataset has {classes} classes",
-                self.last_labels.shape()[1]
-            );
-        }
-        if let Some((i, c)) = self
-            .classes
-            .iter()
-            .enumerate()
-            .find(|(_, &c)| c as usize >= classes)
-        {
-            bail!("{f}: checkpoint classes[{i}] = {c}, the dataset has {classes} classes");
-        }
-        Ok(())
-    }
-}
 
 /// One line of `metrics.jsonl`.
 #[derive(Serialize)]
@@ -446,10 +292,6 @@ pub fn open_experts(
     Ok(v)
 }
 
-fn arr_f32<D: ndarray::Dimension>(a: &ndarray::Array<f64, D>) -> ArrayD<f32> {
-    a.mapv(|v| v as f32).into_dyn()
-}
-
 /// Writes the checkpoint, `distilled.safetensors` and the grid, each atomically.
 pub fn save(
     ctx: &RunContext,
@@ -460,31 +302,7 @@ pub fn save(
     zca: Option<&Zca>,
 ) -> Result<()> {
     let out = &ctx.cfg.out;
-    let ck = out.join("checkpoint");
-    std::fs::create_dir_all(&ck).with_context(|| format!("cannot create {}", ck.display()))?;
-    let classes = Array1::from(st.classes.iter().map(|&c| f64::from(c)).collect::<Vec<_>>());
-    let mut tensors = vec![
-        ("images".to_string(), arr_f32(&st.images)),
-        ("images_mom".to_string(), arr_f32(&st.images_mom)),
-        ("classes".to_string(), arr_f32(&classes)),
-        (
-            "beta".to_string(),
-            arr_f32(&Array1::from(vec![st.beta, st.beta_mom])),
-        ),
-        ("last_labels".to_string(), arr_f32(&st.last_labels)),
-    ];
-    if let (Some(l), Some(m)) = (&st.label_logits, &st.label_mom) {
-        tensors.push(("label_logits".to_string(), arr_f32(l)));
-        tensors.push(("label_mom".to_string(), arr_f32(m)));
-    }
-    let mut meta = HashMap::new();
-    meta.insert("iteration".to_string(), st.iteration.to_string());
-    // β in full: the state is at f32 precision after the first iteration, but a fresh run's
-    // starting β (the teachers' step size) is not, and a run resumed from iteration 0 must
-    // continue with the very same value.
-    meta.insert("beta".to_string(), format!("{:?}", st.beta));
-    meta.insert("config".to_string(), serde_json::to_string(&ctx.cfg)?);
-    write_safetensors(&ck.join("state.safetensors"), &tensors, Some(meta))?;
+    super::checkpoint::write(&out.join("checkpoint"), st, &ctx.cfg)?;
     let soft = ctx.cfg.labels != Labels::Hard;
     let mut dm = HashMap::new();
     dm.insert("dataset".to_string(), ctx.cfg.dataset.clone());
@@ -532,88 +350,6 @@ pub fn save(
         &Default::default(),
     )?;
     Ok(())
-}
-
-/// Reads a checkpoint, checking that its tensors agree with each other (shapes, finite values,
-/// integral class ids); [`State::check_fits`] checks them against the dataset.
-fn load_state(path: &Path) -> Result<(State, DistillConfig)> {
-    let f = path.display();
-    let (t, meta) = read_safetensors_with_metadata(path)?;
-    let get = |n: &str| -> Result<Option<ArrayD<f64>>> {
-        let Some(a) = t.iter().find(|(k, _)| k == n).map(|(_, a)| a) else {
-            return Ok(None);
-        };
-        if let Some(v) = a.iter().find(|v| !v.is_finite()) {
-            bail!("{f}: checkpoint tensor '{n}' holds {v}");
-        }
-        Ok(Some(a.mapv(f64::from)))
-    };
-    let need = |n: &str| get(n)?.ok_or_else(|| anyhow!("{f}: checkpoint lacks '{n}'"));
-    let bad_shape = |n: &str| anyhow!("{f}: checkpoint tensor '{n}' has the wrong shape");
-    let it: usize = meta
-        .get("iteration")
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("{f}: no iteration in checkpoint"))?;
-    let cfg: DistillConfig =
-        serde_json::from_str(meta.get("config").map(String::as_str).unwrap_or(""))
-            .with_context(|| format!("{f}: bad config"))?;
-    let beta = need("beta")?;
-    let [beta, beta_mom] = beta.as_slice().unwrap_or(&[]) else {
-        bail!("{f}: checkpoint tensor 'beta' must hold β and its momentum");
-    };
-    let beta = match meta.get("beta").map(|s| s.parse::<f64>()) {
-        None => *beta,
-        Some(Ok(full)) if full as f32 == *beta as f32 => full,
-        Some(_) => {
-            bail!("{f}: the checkpoint's β in its metadata does not match its 'beta' tensor")
-        }
-    };
-    let images = need("images")?
-        .into_dimensionality::<Ix4>()
-        .map_err(|_| bad_shape("images"))?;
-    let n = images.shape()[0];
-    let mut classes = Vec::with_capacity(n);
-    for (i, &c) in need("classes")?.iter().enumerate() {
-        if c < 0.0 || c.fract() != 0.0 || c > f64::from(u32::MAX) {
-            bail!("{f}: checkpoint classes[{i}] = {c} is not a class id");
-        }
-        classes.push(c as u32);
-    }
-    let images_mom = need("images_mom")?
-        .into_dimensionality::<Ix4>()
-        .map_err(|_| bad_shape("images_mom"))?;
-    let last_labels = need("last_labels")?
-        .into_dimensionality::<Ix2>()
-        .map_err(|_| bad_shape("last_labels"))?;
-    let matrix = |n: &str| -> Result<Option<Array2<f64>>> {
-        get(n)?
-            .map(|a| a.into_dimensionality::<Ix2>().map_err(|_| bad_shape(n)))
-            .transpose()
-    };
-    let label_logits = matrix("label_logits")?;
-    let label_mom = matrix("label_mom")?;
-    let rows_ok =
-        |a: &Option<Array2<f64>>| a.as_ref().is_none_or(|a| a.shape() == last_labels.shape());
-    if images_mom.shape() != images.shape()
-        || classes.len() != n
-        || last_labels.shape()[0] != n
-        || !rows_ok(&label_logits)
-        || !rows_ok(&label_mom)
-    {
-        bail!("{f}: the checkpoint's tensors disagree on the number of images or classes");
-    }
-    let st = State {
-        iteration: it,
-        images,
-        images_mom,
-        classes,
-        beta,
-        beta_mom: *beta_mom,
-        label_logits,
-        label_mom,
-        last_labels,
-    };
-    Ok((st, cfg))
 }
 
 /// The initial state: real or noise images, class-balanced, β = `lr_init` (the teacher's 0.01 when
@@ -668,41 +404,6 @@ pub fn initial_state_from(cfg: &DistillConfig, train: &Dataset, sel: Selection) 
     })
 }
 
-impl DistillConfig {
-    /// Whether the backward must also return ∂L/∂Y (learned labels, or `--label-grad`), which
-    /// only the full pass-2 graph computes.
-    pub fn needs_label_grad(&self) -> bool {
-        self.labels == Labels::Learned || self.label_grad
-    }
-}
-
-/// Checks settings that do not need data.
-pub fn validate(cfg: &DistillConfig) -> Result<()> {
-    if cfg.syn_steps == 0 {
-        bail!("--syn-steps must be at least 1");
-    }
-    if cfg.ipc == 0 {
-        bail!("--ipc must be at least 1");
-    }
-    if cfg.expert_epochs == 0 || cfg.max_start_epoch == 0 {
-        bail!("--expert-epochs and --max-start-epoch must be at least 1");
-    }
-    if cfg.iterations == 0 {
-        bail!("--iterations must be at least 1");
-    }
-    if cfg.checkpoint_every == 0 {
-        bail!("--checkpoint-every must be at least 1");
-    }
-    if cfg.label_grad && !matches!(cfg.labels, Labels::Target | Labels::Last) {
-        bail!("--label-grad differentiates through teacher-assigned labels: it needs --labels target or last");
-    }
-    if cfg.final_labels == FinalLabels::Mean && !matches!(cfg.labels, Labels::Target | Labels::Last)
-    {
-        bail!("--final-labels mean averages teacher-assigned labels: it needs --labels target or last");
-    }
-    Ok(())
-}
-
 /// Runs (or resumes) a distillation. Returns the final state.
 pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
     validate(&cfg)?;
@@ -715,7 +416,7 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
     let _ = std::fs::remove_file(&probe);
     let state_path = out.join("checkpoint").join("state.safetensors");
     let (mut cfg, resumed) = if resume && state_path.exists() {
-        let (st, saved) = load_state(&state_path)?;
+        let (st, saved) = super::checkpoint::read(&state_path)?;
         let mut c = saved;
         // The run's settings are the saved ones, except where it is now (the directory may have
         // been moved or copied), what runs it, how long and how often it reports.
@@ -894,8 +595,6 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
     Ok(st)
 }
 
-/// One warning line per saved soft label whose own class holds under half the mass: at IPC 1 the
-/// evaluation networks can then lose that class entirely, which the run's loss does not show.
 /// Keeps the lines of `metrics.jsonl` up to iteration `upto` (the checkpoint a run continues
 /// from): the iterations a killed run did after its last checkpoint are done again, and each must
 /// appear once. A line cut by the kill is dropped too.
@@ -919,8 +618,9 @@ fn truncate_metrics(path: &Path, upto: usize) -> Result<()> {
     Ok(())
 }
 
-/// One line for every synthetic image whose label gives its own class under half the mass,
-/// naming the three weakest (at 1000 classes there can be hundreds).
+/// One warning line for every synthetic image whose saved soft label gives its own class under
+/// half the mass, naming the three weakest (at 1000 classes there can be hundreds): at IPC 1 the
+/// evaluation networks can then lose that class entirely, which the run's loss does not show.
 fn warn_weak_labels(labels: &Array2<f64>, classes: &[u32], names: &[String]) {
     let name = |c: usize| crate::data::class_name(names, c);
     let mut weak = weak_labels(labels, classes);

@@ -111,7 +111,7 @@ fn init_environment() -> Result<Environment> {
             .with_intra_threads(threads)
             .and_then(|p| p.with_inter_threads(1))
             // Spinning between parallel regions measured ~25% faster on a 300-op elementwise
-            // chain (tests/runtime_bench.rs), the shape of a backward graph.
+            // chain (benches/runtime.rs), the shape of a backward graph.
             .and_then(|p| p.with_spin_control(true))
             .map_err(|e| anyhow!("cannot configure ONNX Runtime threads: {e}"))?;
         builder

@@ -590,6 +590,33 @@ fn spec_errors() {
     assert!(e.contains("unknown dataset"), "{e}");
 }
 
+/// Found by the fuzzer (`examples/fuzz.rs`): a 370-byte JPEG whose header claims 49827×9625
+/// pixels took over 10 s and 1.2 GiB to decode and resize. Headers are checked first now.
+#[test]
+fn images_declaring_huge_sizes_are_refused_before_decoding() {
+    let d = tempfile::tempdir().unwrap();
+    write_class_pngs(d.path(), &["a", "b"], 1, false, 3);
+    let p = d.path().join("b/huge.jpg");
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    image::GrayImage::from_fn(8, 8, |x, y| image::Luma([(x * 30 + y) as u8]))
+        .write_to(&mut jpeg, image::ImageFormat::Jpeg)
+        .unwrap();
+    let mut jpeg = jpeg.into_inner();
+    // Start of frame: marker, length, precision, then height and width (big-endian).
+    let sof = jpeg.windows(2).position(|w| w == [0xff, 0xc0]).unwrap();
+    jpeg[sof + 5..sof + 7].copy_from_slice(&49827u16.to_be_bytes());
+    jpeg[sof + 7..sof + 9].copy_from_slice(&9625u16.to_be_bytes());
+    std::fs::write(&p, &jpeg).unwrap();
+    let t0 = std::time::Instant::now();
+    let e = err_text(load(
+        &format!("folder:{}", d.path().display()),
+        Split::Train,
+        None,
+    ));
+    assert!(e.contains("huge.jpg") && e.contains("declares"), "{e}");
+    assert!(t0.elapsed().as_secs() < 5, "took {:?}", t0.elapsed());
+}
+
 #[test]
 fn real_fashion_mnist() {
     let dir = PathBuf::from("/usr/share/datasets/fashion-mnist");

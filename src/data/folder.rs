@@ -39,6 +39,45 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// The most bytes one image may take as RGB: the image crate's default decoding budget.
+const MAX_IMAGE_BYTES: u64 = 512 << 20;
+
+/// The most pixels a PNG or JPEG file can hold per byte. A PNG's scanlines take at least one bit
+/// per pixel and deflate expands at most 1032:1, so a PNG holds at most 8 · 1032 pixels per byte;
+/// a JPEG codes every 8×8 block with at least one bit, at most 512 pixels per byte.
+const MAX_PIXELS_PER_BYTE: u64 = 8 * 1032;
+
+/// The size in a header, checked against the file's length ([`MAX_PIXELS_PER_BYTE`]) and
+/// [`MAX_IMAGE_BYTES`]: headers are read before pixels, and a corrupt one (a 700-byte JPEG
+/// claiming 137 megapixels) is refused there instead of being decoded for seconds into gigabytes
+/// of buffers.
+fn checked_dimensions(p: &Path) -> Result<(u32, u32)> {
+    let (w, h) =
+        image::image_dimensions(p).with_context(|| format!("reading image {}", p.display()))?;
+    let len = std::fs::metadata(p)
+        .with_context(|| format!("reading image {}", p.display()))?
+        .len();
+    let pixels = u64::from(w) * u64::from(h);
+    ensure!(
+        pixels <= len.saturating_mul(MAX_PIXELS_PER_BYTE),
+        "image {} declares {w}×{h} pixels, more than its {len} bytes can hold (corrupt?)",
+        p.display()
+    );
+    ensure!(
+        pixels.checked_mul(3).is_some_and(|b| b <= MAX_IMAGE_BYTES),
+        "image {} declares {w}×{h} pixels, more than {} MiB as RGB",
+        p.display(),
+        MAX_IMAGE_BYTES >> 20
+    );
+    Ok((w, h))
+}
+
+/// Decodes one image whose header passes [`checked_dimensions`].
+fn open_image(p: &Path) -> Result<image::DynamicImage> {
+    checked_dimensions(p)?;
+    image::open(p).with_context(|| format!("decoding image {}", p.display()))
+}
+
 /// Decodes every file to planar u8 at `size` (default: the first image's size); 1 channel when
 /// `allow_grey` and every image is grey-level, else RGB.
 fn decode_all(
@@ -50,8 +89,7 @@ fn decode_all(
     let (h, w) = match size {
         Some(s) => s,
         None => {
-            let (w, h) = image::image_dimensions(first)
-                .with_context(|| format!("reading image {}", first.display()))?;
+            let (w, h) = checked_dimensions(first)?;
             (h as usize, w as usize)
         }
     };
@@ -59,7 +97,7 @@ fn decode_all(
     let decoded: Vec<(Vec<u8>, bool)> = items
         .par_iter()
         .map(|(p, _)| -> Result<(Vec<u8>, bool)> {
-            let img = image::open(p).with_context(|| format!("decoding image {}", p.display()))?;
+            let img = open_image(p)?;
             let grey = !img.color().has_color();
             let mut rgb = img.to_rgb8();
             if rgb.dimensions() != (w as u32, h as u32) {
@@ -179,7 +217,7 @@ pub fn load_folder(
 fn load_is_grey(train_dir: &Path) -> Result<bool> {
     for (_, cdir) in subdirs(train_dir)? {
         for p in image_files(&cdir)? {
-            let img = image::open(&p).with_context(|| format!("decoding image {}", p.display()))?;
+            let img = open_image(&p)?;
             if img.color().has_color() {
                 return Ok(false);
             }

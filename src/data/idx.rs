@@ -33,17 +33,24 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
+/// The most deflate can expand its input (RFC 1951's longest match per shortest code, about
+/// 1032:1): an upper bound on a gzip file's uncompressed size that does not trust its trailer.
+const MAX_DEFLATE_RATIO: usize = 1032;
+
 /// Decompresses `bytes` when they start with the gzip magic, else returns them as they are.
 pub(crate) fn maybe_gunzip(bytes: Vec<u8>) -> std::io::Result<Vec<u8>> {
     if bytes.starts_with(&[0x1f, 0x8b]) {
         // The gzip trailer holds the uncompressed size mod 2³²: reserving it exactly avoids the
-        // doubling growth of the output buffer (peak memory during loading).
+        // doubling growth of the output buffer (peak memory during loading). The trailer is
+        // read from the file unchecked, so the reservation is bounded by what deflate can
+        // expand to (at most 1032:1); a corrupt trailer then costs growth, not a 4 GiB buffer.
         let isize = bytes
             .len()
             .checked_sub(4)
             .and_then(|at| bytes.get(at..))
             .map(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) as usize)
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .min(bytes.len().saturating_mul(MAX_DEFLATE_RATIO));
         let cap = if isize >= bytes.len() {
             isize
         } else {

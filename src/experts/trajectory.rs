@@ -99,8 +99,14 @@ impl Trajectory {
             );
         }
         let (snapshots, num_params) = (t.shape()[0], t.shape()[1]);
-        let want: usize = meta.params.iter().map(|p| p.len).sum();
-        if want != num_params || snapshots != meta.epochs + 1 {
+        // Counts from the metadata are outside input: summed and incremented without overflow
+        // (a wrapped sum could match the tensor and pass).
+        let want = meta
+            .params
+            .iter()
+            .try_fold(0usize, |a, p| a.checked_add(p.len));
+        if want != Some(num_params) || meta.epochs.checked_add(1) != Some(snapshots) {
+            let want = want.map_or("too many".to_string(), |w| w.to_string());
             bail!(
                 "{}: trajectory shape {:?} does not match its metadata ({} epochs, {want} params)",
                 path.display(),

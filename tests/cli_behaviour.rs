@@ -7,23 +7,8 @@ mod common;
 use common::{fails_with, tesla};
 use std::path::Path;
 
-fn experts(dir: &Path, epochs: &str) {
-    let (code, _, err) = tesla(&[
-        "experts",
-        "--dataset",
-        "fmnist-small",
-        "--model",
-        "convnet-d3-w4",
-        "--experts",
-        "1",
-        "--epochs",
-        epochs,
-        "--limit",
-        "100",
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
+fn experts(dir: &Path, epochs: usize) {
+    common::tesla_ok(&common::tiny_experts_args(dir, 1, epochs, 100));
 }
 
 #[test]
@@ -58,25 +43,10 @@ fn help_shows_the_defaults() {
 fn distill_takes_model_and_dataset_from_the_experts() {
     let d = tempfile::tempdir().unwrap();
     let e = d.path().join("experts");
-    experts(&e, "2");
+    experts(&e, 2);
     let run = d.path().join("run");
-    let (code, _, err) = tesla(&[
-        "distill",
-        "--experts",
-        e.to_str().unwrap(),
-        "--ipc",
-        "1",
-        "--syn-steps",
-        "2",
-        "--expert-epochs",
-        "1",
-        "--max-start-epoch",
-        "1",
-        "--iterations",
-        "1",
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+    let a = common::tiny_distill_args(&e, &run, 1, &[]);
+    let (code, _, err) = tesla(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("model: convnet-d3-w4 (from the experts)")
@@ -122,43 +92,24 @@ fn an_unwritable_eval_output_fails_before_any_work() {
 fn a_resumed_run_lists_each_iteration_once() {
     let d = tempfile::tempdir().unwrap();
     let e = d.path().join("experts");
-    experts(&e, "2");
+    experts(&e, 2);
     let run = d.path().join("run");
-    let args = |iterations: &str| {
-        [
-            "distill",
-            "--experts",
-            e.to_str().unwrap(),
-            "--ipc",
-            "1",
-            "--syn-steps",
-            "2",
-            "--expert-epochs",
-            "1",
-            "--max-start-epoch",
-            "1",
-            "--iterations",
+    let args = |iterations: usize| {
+        common::tiny_distill_args(
+            &e,
+            &run,
             iterations,
-            "--checkpoint-every",
-            "2",
-            "--resume",
-            "--out",
-            run.to_str().unwrap(),
-        ]
-        .map(str::to_string)
+            &["--checkpoint-every", "2", "--resume"],
+        )
     };
-    let call = |a: [String; 18]| {
-        let v: Vec<&str> = a.iter().map(String::as_str).collect();
-        let (code, _, err) = tesla(&v);
-        assert_eq!(code, 0, "{err}");
-    };
-    call(args("2"));
+    let call = |a: Vec<String>| common::tesla_ok(&a);
+    call(args(2));
     // A run killed after iteration 3, before its next checkpoint, mid-way through a line.
     let metrics = run.join("metrics.jsonl");
     let mut text = std::fs::read_to_string(&metrics).unwrap();
     text.push_str("{\"iteration\":3,\"loss\":0.5}\n{\"iteration\":4,\"lo");
     std::fs::write(&metrics, text).unwrap();
-    call(args("4"));
+    call(args(4));
     let iterations: Vec<u64> = std::fs::read_to_string(&metrics)
         .unwrap()
         .lines()

@@ -3,33 +3,17 @@
 //! moves the numbers on purpose (another precision, another order of operations) updates the
 //! pins here, in its own commit, saying why.
 
-use sha2::{Digest, Sha256};
+mod common;
+
+use common::tensor_hash;
 use std::path::Path;
 use tesla_distill::distill::gradient::Mode;
 use tesla_distill::distill::run::{run, DistillConfig, Labels, PixInit};
 use tesla_distill::experts::{run_experts, ExpertsConfig};
-use tesla_distill::runtime::{read_safetensors, BackendKind};
+use tesla_distill::runtime::BackendKind;
 use tesla_distill::zoo::ModelSpec;
 
 const MODEL: &str = "convnet-d3-w4";
-
-/// SHA-256 over the named tensors' f32 values (little-endian), in the order given: independent
-/// of the file's layout and metadata.
-fn tensor_hash(path: &Path, names: &[&str]) -> String {
-    let tensors = read_safetensors(path).unwrap();
-    let mut h = Sha256::new();
-    for n in names {
-        let (_, a) = tensors
-            .iter()
-            .find(|(k, _)| k == n)
-            .unwrap_or_else(|| panic!("{}: no '{n}'", path.display()));
-        h.update(n.as_bytes());
-        for v in a.iter() {
-            h.update(v.to_le_bytes());
-        }
-    }
-    format!("{:x}", h.finalize())
-}
 
 fn distill_config(experts: &Path, out: &Path, gradient: Mode) -> DistillConfig {
     DistillConfig {

@@ -202,49 +202,11 @@ fn hostile_distilled_sets_are_refused_before_evaluation() {
 fn hostile_checkpoints_are_refused_on_resume() {
     let d = tempfile::tempdir().unwrap();
     let experts = d.path().join("experts");
-    let e = experts.to_str().unwrap();
-    let (code, _, err) = tesla(&[
-        "experts",
-        "--dataset",
-        "fmnist-small",
-        "--model",
-        "convnet-d3-w4",
-        "--experts",
-        "1",
-        "--epochs",
-        "2",
-        "--limit",
-        "100",
-        "--out",
-        e,
-    ]);
-    assert_eq!(code, 0, "{err}");
+    common::tesla_ok(&common::tiny_experts_args(&experts, 1, 2, 100));
     let run = d.path().join("run");
-    let r = run.to_str().unwrap();
-    let args = [
-        "distill",
-        "--dataset",
-        "fmnist-small",
-        "--model",
-        "convnet-d3-w4",
-        "--experts",
-        e,
-        "--ipc",
-        "1",
-        "--syn-steps",
-        "2",
-        "--expert-epochs",
-        "1",
-        "--max-start-epoch",
-        "1",
-        "--iterations",
-        "2",
-        "--checkpoint-every",
-        "1",
-        "--out",
-        r,
-        "--resume",
-    ];
+    let owned =
+        common::tiny_distill_args(&experts, &run, 2, &["--checkpoint-every", "1", "--resume"]);
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
     let (code, _, err) = tesla(&args);
     assert_eq!(code, 0, "{err}");
     let state = run.join("checkpoint").join("state.safetensors");
@@ -293,21 +255,8 @@ fn hostile_partial_experts_are_refused_on_resume() {
     let d = tempfile::tempdir().unwrap();
     let e = d.path().join("experts");
     std::fs::create_dir_all(&e).unwrap();
-    let args = [
-        "experts",
-        "--dataset",
-        "fmnist-small",
-        "--model",
-        "convnet-d3-w4",
-        "--experts",
-        "1",
-        "--epochs",
-        "2",
-        "--limit",
-        "100",
-        "--out",
-        e.to_str().unwrap(),
-    ];
+    let owned = common::tiny_experts_args(&e, 1, 2, 100);
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
     let partial = e.join("expert_0000.partial.safetensors");
     let wrong = ndarray::Array2::<f32>::zeros((2, 17)).into_dyn();
     write_safetensors(&partial, &[("trajectory".to_string(), wrong)], None).unwrap();

@@ -6,19 +6,12 @@
 
 mod common;
 
-use sha2::{Digest, Sha256};
+use common::{tensor_hash, tesla_ok as run};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tesla_distill::runtime::read_safetensors;
 
 const KILLS: usize = 20;
-
-fn run(args: &[String]) {
-    let v: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, _, err) = common::tesla(&v);
-    assert_eq!(code, 0, "{v:?}: {err}");
-}
 
 /// Starts the command and SIGKILLs it after `delay` (if it is still running then).
 fn run_killed(args: &[String], delay: Duration) {
@@ -39,21 +32,6 @@ fn run_killed(args: &[String], delay: Duration) {
     let _ = child.wait();
 }
 
-fn tensor_hash(path: &Path, names: &[&str]) -> String {
-    let tensors = read_safetensors(path).unwrap_or_else(|e| panic!("{e:#}"));
-    let mut h = Sha256::new();
-    for n in names {
-        let (_, a) = tensors
-            .iter()
-            .find(|(k, _)| k == n)
-            .unwrap_or_else(|| panic!("{}: no '{n}'", path.display()));
-        for v in a.iter() {
-            h.update(v.to_le_bytes());
-        }
-    }
-    format!("{:x}", h.finalize())
-}
-
 /// Kill points: the `k`-th of [`KILLS`] quantiles of `total`, each moved by a pseudo-random
 /// fraction of its slot, so the points are spread and not aligned with the run's rhythm.
 fn kill_point(total: Duration, k: usize) -> Duration {
@@ -66,23 +44,7 @@ fn args(v: &[&str]) -> Vec<String> {
 }
 
 fn experts_args(out: &Path) -> Vec<String> {
-    args(&[
-        "experts",
-        "--dataset",
-        "fmnist-small",
-        "--model",
-        "convnet-d3-w4",
-        "--experts",
-        "2",
-        "--epochs",
-        "3",
-        "--limit",
-        "200",
-        "--backend",
-        "tract",
-        "--out",
-        out.to_str().unwrap(),
-    ])
+    common::tiny_experts_args(out, 2, 3, 200)
 }
 
 #[test]

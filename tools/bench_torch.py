@@ -60,13 +60,13 @@ def torch_rates(model, x, y, reps):
     theta = torch.cat([p.detach().reshape(-1) for p in params.values()]).requires_grad_(True)
     v = torch.full_like(theta, 1e-3)
 
+    numels = [s.numel() for _, s in shapes]
+
     def unflat(th):
-        out, off = {}, 0
-        for n, s in shapes:
-            k = s.numel()
-            out[n] = th[off:off + k].view(s)
-            off += k
-        return {**out, **buffers}
+        # torch.split, as the reference code's ReparamModule: one backward for all the views
+        # (slicing each one would add P zeros per parameter tensor in the backward).
+        parts = torch.split(th, numels)
+        return {**{n: p.view(s) for (n, s), p in zip(shapes, parts)}, **buffers}
 
     def loss_of(th, xx, yy):
         logits = functional_call(model, unflat(th), (xx,))

@@ -80,7 +80,7 @@ fn step(a: &BenchArgs) -> Result<()> {
             input,
             a.classes,
             kind,
-            &a.work.join("step").join(model.name()),
+            &a.work.join("step").join(model.folder_name()),
             &[Artifact::Step, Artifact::Pass2, Artifact::Logits],
         );
         let theta = crate::train::init_theta(&mut store, a.batch, 0)?;

@@ -364,3 +364,87 @@ pub fn fails_with(args: &[&str], needles: &[&str]) -> String {
     }
     out
 }
+
+/// `tesla experts` arguments for a tiny run: convnet-d3-w4 on `limit` images of the embedded
+/// fmnist-small set, on tract (bit-identical from run to run).
+pub fn tiny_experts_args(out: &Path, experts: usize, epochs: usize, limit: usize) -> Vec<String> {
+    let (experts, epochs, limit) = (experts.to_string(), epochs.to_string(), limit.to_string());
+    [
+        "experts",
+        "--dataset",
+        "fmnist-small",
+        "--model",
+        "convnet-d3-w4",
+        "--experts",
+        &experts,
+        "--epochs",
+        &epochs,
+        "--limit",
+        &limit,
+        "--backend",
+        "tract",
+        "--out",
+        out.to_str().expect("a UTF-8 path"),
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
+/// Runs `tesla` with `args` and asserts success.
+pub fn tesla_ok(args: &[String]) {
+    let v: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, _, err) = tesla(&v);
+    assert_eq!(code, 0, "{v:?}: {err}");
+}
+
+/// SHA-256 over the named tensors' f32 values (little-endian), in the order given: independent
+/// of the file's layout and metadata.
+pub fn tensor_hash(path: &Path, names: &[&str]) -> String {
+    use sha2::Digest;
+    let tensors =
+        tesla_distill::runtime::read_safetensors(path).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut h = sha2::Sha256::new();
+    for n in names {
+        let (_, a) = tensors
+            .iter()
+            .find(|(k, _)| k == n)
+            .unwrap_or_else(|| panic!("{}: no '{n}'", path.display()));
+        h.update(n.as_bytes());
+        for v in a.iter() {
+            h.update(v.to_le_bytes());
+        }
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// `tesla distill` arguments for a tiny IPC-1 run on experts from [`tiny_experts_args`] (model
+/// and dataset taken from them), T = 2, M = 1, then `extra`.
+pub fn tiny_distill_args(
+    experts: &Path,
+    out: &Path,
+    iterations: usize,
+    extra: &[&str],
+) -> Vec<String> {
+    let iterations = iterations.to_string();
+    let mut v: Vec<String> = [
+        "distill",
+        "--experts",
+        experts.to_str().expect("a UTF-8 path"),
+        "--ipc",
+        "1",
+        "--syn-steps",
+        "2",
+        "--expert-epochs",
+        "1",
+        "--max-start-epoch",
+        "1",
+        "--iterations",
+        &iterations,
+        "--out",
+        out.to_str().expect("a UTF-8 path"),
+    ]
+    .map(str::to_string)
+    .to_vec();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}

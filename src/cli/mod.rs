@@ -78,9 +78,9 @@ struct CompileArgs {
     /// `convnet-d3`, `convnet-d4` (options: -wN, -ln, -nonorm, -leaky, -sigmoid, -max, -nopool), `resnet18[-wN]`, `vit[-pN-dN-lN-hN-mN]` or PATH.onnx.
     #[arg(long)]
     model: String,
-    /// Batch norm of an ONNX model: `auto` (batch statistics where the file's running
-    /// statistics are untouched, as the dynamo exporter writes a model exported for training;
-    /// else the file's), `batch` or `running`. Default: auto, or what the model name says.
+    /// Batch norm of an ONNX model: `auto` (batch statistics for nodes the exporter traced from
+    /// a model in train() or whose running statistics are untouched; else the file's running
+    /// statistics), `batch` or `running`. Default: auto, or what the model name says.
     #[arg(long, value_parser = parse_batchnorm)]
     batchnorm: Option<BatchNormMode>,
     /// Image shape CxHxW.
@@ -111,9 +111,9 @@ struct ExpertsArgs {
     /// Model: convnet-dN[-wN…], resnet18[-wN], vit[-pN-dN-lN-hN-mN] or a forward .onnx file.
     #[arg(long, default_value = "convnet-d3")]
     model: String,
-    /// Batch norm of an ONNX model: `auto` (batch statistics where the file's running
-    /// statistics are untouched, as the dynamo exporter writes a model exported for training;
-    /// else the file's), `batch` or `running`. Default: auto, or what the model name says.
+    /// Batch norm of an ONNX model: `auto` (batch statistics for nodes the exporter traced from
+    /// a model in train() or whose running statistics are untouched; else the file's running
+    /// statistics), `batch` or `running`. Default: auto, or what the model name says.
     #[arg(long, value_parser = parse_batchnorm)]
     batchnorm: Option<BatchNormMode>,
     /// Number of experts.
@@ -173,9 +173,9 @@ pub struct DistillArgs {
     /// Default: the preset's, else the experts' model.
     #[arg(long)]
     model: Option<String>,
-    /// Batch norm of an ONNX model: `auto` (batch statistics where the file's running
-    /// statistics are untouched, as the dynamo exporter writes a model exported for training;
-    /// else the file's), `batch` or `running`. Default: auto, or what the model name says.
+    /// Batch norm of an ONNX model: `auto` (batch statistics for nodes the exporter traced from
+    /// a model in train() or whose running statistics are untouched; else the file's running
+    /// statistics), `batch` or `running`. Default: auto, or what the model name says.
     #[arg(long, value_parser = parse_batchnorm)]
     batchnorm: Option<BatchNormMode>,
     /// Experts directory.
@@ -279,9 +279,9 @@ struct EvalArgs {
     /// Models, comma-separated (e.g. convnet-d3,resnet18,vit for cross-architecture evaluation).
     #[arg(long, default_value = "convnet-d3")]
     models: String,
-    /// Batch norm of an ONNX model: `auto` (batch statistics where the file's running
-    /// statistics are untouched, as the dynamo exporter writes a model exported for training;
-    /// else the file's), `batch` or `running`. Default: auto, or what the model name says.
+    /// Batch norm of an ONNX model: `auto` (batch statistics for nodes the exporter traced from
+    /// a model in train() or whose running statistics are untouched; else the file's running
+    /// statistics), `batch` or `running`. Default: auto, or what the model name says.
     #[arg(long, value_parser = parse_batchnorm)]
     batchnorm: Option<BatchNormMode>,
     /// Runs per model.

@@ -95,7 +95,13 @@ fn environment() -> Result<&'static Environment> {
 
 fn init_environment() -> Result<Environment> {
     let lib = ort_library_path()?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // ONNX Runtime does not promise the same sums for another thread count: runs are compared
+    // with the same count, which TESLA_THREADS fixes (default: every core).
+    let threads = std::env::var("TESLA_THREADS")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     catch_panic("cannot initialize ONNX Runtime", || {
         // Loads the library; nothing in `ort` may touch the C API before this.
         let builder = ort::init_from(&lib)

@@ -279,3 +279,33 @@ fn without_a_traced_op_the_statistics_decide() {
     let e = errors_in_f32_units(&fresh, "resnet18");
     assert!(e.iter().all(|&v| v <= 1.0), "{e:?}");
 }
+
+/// The batch-norm mode travels in the model's name (what expert files and distilled sets store),
+/// so a run that reads the name back lowers the file the same way.
+#[test]
+fn the_batchnorm_mode_round_trips_through_the_model_name() {
+    use tesla_distill::zoo::ModelSpec;
+    let path = fixture("resnet18_dynamo.onnx");
+    let file = path.to_str().unwrap();
+    for mode in [BatchNormMode::Batch, BatchNormMode::Running] {
+        let spec = ModelSpec::parse(file).unwrap().with_batchnorm(mode);
+        let name = spec.name();
+        assert_eq!(name, format!("{file}[batchnorm={}]", mode.as_str()));
+        assert_eq!(ModelSpec::parse(&name).unwrap(), spec, "{name}");
+        assert!(
+            !spec.folder_name().contains(['/', '[', ']']),
+            "{}",
+            spec.folder_name()
+        );
+        let m = spec.build(X[0], [3, 32, 32], 10).unwrap();
+        let want = match mode {
+            BatchNormMode::Running => NormStatistics::Running,
+            _ => NormStatistics::Batch,
+        };
+        assert!(m.batchnorm.values().all(|&s| s == want), "{name}");
+    }
+    // Auto is the bare path, as before.
+    let auto = ModelSpec::parse(file).unwrap();
+    assert_eq!(auto.name(), file);
+    assert!(ModelSpec::parse(&format!("{file}[batchnorm=sometimes]")).is_err());
+}

@@ -8,7 +8,7 @@ mod common;
 use common::tensor_hash;
 use std::path::Path;
 use tesla_distill::distill::gradient::Mode;
-use tesla_distill::distill::run::{run, DistillConfig, Labels, PixInit};
+use tesla_distill::distill::run::{run, DistillConfig, Labels};
 use tesla_distill::experts::{run_experts, ExpertsConfig};
 use tesla_distill::runtime::BackendKind;
 use tesla_distill::zoo::ModelSpec;
@@ -17,33 +17,8 @@ const MODEL: &str = "convnet-d3-w4";
 
 fn distill_config(experts: &Path, out: &Path, gradient: Mode) -> DistillConfig {
     DistillConfig {
-        dataset: "fmnist-small".into(),
-        model: MODEL.into(),
-        experts: experts.to_path_buf(),
-        ipc: 1,
-        syn_steps: 3,
-        expert_epochs: 1,
-        max_start_epoch: 1,
-        iterations: 4,
-        lr_img: 100.0,
-        lr_lr: 1e-5,
-        lr_init: Some(0.01),
-        lr_label: 2.0,
-        batch_syn: Some(5),
-        pix_init: PixInit::Real,
-        labels: Labels::Target,
-        label_grad: false,
-        final_labels: Default::default(),
         gradient,
-        zca: false,
-        dsa_strategy: "color_crop_cutout_flip_scale_rotate".into(),
-        backend: "tract".into(),
-        seed: 4,
-        eval_every: 0,
-        eval_epochs: 10,
-        eval_runs: 1,
-        checkpoint_every: 2,
-        out: out.to_path_buf(),
+        ..common::tiny_distill_config(experts, out, 4, Labels::Target)
     }
 }
 

@@ -1,11 +1,12 @@
 //! The distillation run: soft labels come from the target-step teacher, and a killed and resumed
 //! run ends with the same images as an uninterrupted one.
 
+mod common;
+
 use std::path::Path;
 use tesla_distill::compiler::artifact::logits_graph;
 use tesla_distill::compiler::eval::eval;
 use tesla_distill::compiler::ir::{DType, Tensor};
-use tesla_distill::distill::gradient::Mode;
 use tesla_distill::distill::run::{run, DistillConfig, FinalLabels, Labels, PixInit};
 use tesla_distill::experts::trajectory::{list, Trajectory};
 use tesla_distill::experts::{run_experts, ExpertsConfig};
@@ -44,35 +45,7 @@ fn experts_with(dir: &Path, lr: f64, momentum: f64, limit: usize) {
 }
 
 fn config(experts: &Path, out: &Path, iterations: usize, labels: Labels) -> DistillConfig {
-    DistillConfig {
-        dataset: "fmnist-small".into(),
-        model: MODEL.into(),
-        experts: experts.to_path_buf(),
-        ipc: 1,
-        syn_steps: 3,
-        expert_epochs: 1,
-        max_start_epoch: 1,
-        iterations,
-        lr_img: 100.0,
-        lr_lr: 1e-5,
-        lr_init: Some(0.01),
-        lr_label: 2.0,
-        batch_syn: Some(5),
-        pix_init: PixInit::Real,
-        labels,
-        label_grad: false,
-        final_labels: Default::default(),
-        gradient: Mode::Tesla,
-        zca: false,
-        dsa_strategy: "color_crop_cutout_flip_scale_rotate".into(),
-        backend: "tract".into(),
-        seed: 4,
-        eval_every: 0,
-        eval_epochs: 10,
-        eval_runs: 1,
-        checkpoint_every: 2,
-        out: out.to_path_buf(),
-    }
+    common::tiny_distill_config(experts, out, iterations, labels)
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -448,3 +448,43 @@ pub fn tiny_distill_args(
     v.extend(extra.iter().map(|s| s.to_string()));
     v
 }
+
+/// The library-level settings of a tiny distillation (convnet-d3-w4 on fmnist-small, IPC 1,
+/// T = 3, M = 1, soft labels or `labels`, DSA, tract, seed 4) that the run and pinned-output tests
+/// share.
+pub fn tiny_distill_config(
+    experts: &Path,
+    out: &Path,
+    iterations: usize,
+    labels: tesla_distill::distill::run::Labels,
+) -> tesla_distill::distill::run::DistillConfig {
+    tesla_distill::distill::run::DistillConfig {
+        dataset: "fmnist-small".into(),
+        model: "convnet-d3-w4".into(),
+        experts: experts.to_path_buf(),
+        ipc: 1,
+        syn_steps: 3,
+        expert_epochs: 1,
+        max_start_epoch: 1,
+        iterations,
+        lr_img: 100.0,
+        lr_lr: 1e-5,
+        lr_init: Some(0.01),
+        lr_label: 2.0,
+        batch_syn: Some(5),
+        pix_init: tesla_distill::distill::run::PixInit::Real,
+        labels,
+        label_grad: false,
+        final_labels: Default::default(),
+        gradient: tesla_distill::distill::gradient::Mode::Tesla,
+        zca: false,
+        dsa_strategy: "color_crop_cutout_flip_scale_rotate".into(),
+        backend: "tract".into(),
+        seed: 4,
+        eval_every: 0,
+        eval_epochs: 10,
+        eval_runs: 1,
+        checkpoint_every: 2,
+        out: out.to_path_buf(),
+    }
+}

@@ -110,14 +110,5 @@ fn a_resumed_run_lists_each_iteration_once() {
     text.push_str("{\"iteration\":3,\"loss\":0.5}\n{\"iteration\":4,\"lo");
     std::fs::write(&metrics, text).unwrap();
     call(args(4));
-    let iterations: Vec<u64> = std::fs::read_to_string(&metrics)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["iteration"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
-    assert_eq!(iterations, [1, 2, 3, 4]);
+    assert_eq!(common::metrics_iterations(&metrics), [1, 2, 3, 4]);
 }

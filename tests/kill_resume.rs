@@ -135,16 +135,11 @@ fn distill_killed_anywhere_resumes_to_the_uninterrupted_images() {
         run(&distill_args(&experts, &out));
         let got = tensor_hash(&out.join("distilled.safetensors"), &set);
         assert_eq!(got, want, "kill point {k}: the images differ");
-        let iterations: Vec<u64> = std::fs::read_to_string(out.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["iteration"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect();
-        assert_eq!(iterations, (1..=8).collect::<Vec<u64>>(), "kill point {k}");
+        assert_eq!(
+            common::metrics_iterations(&out.join("metrics.jsonl")),
+            (1..=8).collect::<Vec<u64>>(),
+            "kill point {k}"
+        );
     }
 }
 

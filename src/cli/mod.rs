@@ -592,7 +592,11 @@ fn distill_config(a: DistillArgs) -> Result<DistillConfig> {
     let p = a.preset.as_deref().map(preset).transpose()?;
     // What the experts were trained with fills what neither the flags nor a preset give, so a
     // run matches its experts without restating them.
-    let experts_meta = || -> Result<crate::experts::trajectory::ExpertMeta> {
+    let mut from_experts: Option<crate::experts::trajectory::ExpertMeta> = None;
+    let mut experts_meta = || -> Result<crate::experts::trajectory::ExpertMeta> {
+        if let Some(m) = &from_experts {
+            return Ok(m.clone());
+        }
         let files = crate::experts::trajectory::list(&a.experts)?;
         let first = files.first().ok_or_else(|| {
             anyhow!(
@@ -600,7 +604,9 @@ fn distill_config(a: DistillArgs) -> Result<DistillConfig> {
                 a.experts.display()
             )
         })?;
-        Ok(crate::experts::trajectory::Trajectory::open(first)?.meta)
+        let meta = crate::experts::trajectory::Trajectory::open(first)?.meta;
+        from_experts = Some(meta.clone());
+        Ok(meta)
     };
     let dataset = match (&a.dataset, &p) {
         (Some(d), _) => d.clone(),

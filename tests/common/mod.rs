@@ -488,3 +488,16 @@ pub fn tiny_distill_config(
         out: out.to_path_buf(),
     }
 }
+
+/// The `iteration` of every line of a run's `metrics.jsonl`, in file order.
+pub fn metrics_iterations(path: &Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["iteration"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}

@@ -1,6 +1,8 @@
 //! Safetensors files of f32 tensors: the one reader and writer every layer uses (artifact
 //! initial values, expert trajectories, checkpoints, distilled sets, `tesla run`'s inputs).
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
@@ -50,14 +52,19 @@ pub(crate) fn view_to_f32(path: &Path, name: &str, view: &TensorView<'_>) -> Res
             view.dtype()
         );
     }
-    // The data may not be 4-byte aligned inside the file buffer, so decode bytewise.
-    let data: Vec<f32> = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let data: Vec<f32> = le_f32s(view.data()).collect();
     ArrayD::from_shape_vec(IxDyn(view.shape()), data)
         .map_err(|e| anyhow!("{}: tensor '{name}': {e}", path.display()))
+}
+
+/// The little-endian f32 values in `bytes`, decoded bytewise since tensor data need not be
+/// 4-byte aligned inside a file buffer; a trailing partial value is ignored.
+pub(crate) fn le_f32s(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes
+        .as_chunks::<4>()
+        .0
+        .iter()
+        .map(|&b| f32::from_le_bytes(b))
 }
 
 /// Writes f32 tensors to a safetensors file atomically: a temporary file in the same directory

@@ -4,6 +4,8 @@
 //! `test_batch.bin`); CIFAR-100 records are `coarse, fine, 3072 pixels` (`train.bin`,
 //! `test.bin`), of which the fine label is used. Pixels are planar R, G, B, 32×32 each.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -173,7 +175,12 @@ fn read_records(
         bytes.len()
     );
     for (i, r) in bytes.chunks_exact(rec).enumerate() {
-        let l = r[label_at];
+        let (Some(&l), Some(px)) = (r.get(label_at), r.get(label_bytes..)) else {
+            bail!(
+                "{}: record {i} is shorter than its {label_bytes} label bytes",
+                path.display()
+            );
+        };
         if l as usize >= classes {
             bail!(
                 "{}: record {i} has label {l}, not below {classes}",
@@ -181,7 +188,7 @@ fn read_records(
             );
         }
         labels.push(u32::from(l));
-        pixels.extend_from_slice(&r[label_bytes..]);
+        pixels.extend_from_slice(px);
     }
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! Image folders (one sub-folder per class, PNG/JPEG) and the Tiny-ImageNet layout.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -108,20 +110,21 @@ fn decode_all(
                     image::imageops::FilterType::Triangle,
                 );
             }
-            let mut planar = vec![0u8; 3 * h * w];
-            for (k, px) in rgb.pixels().enumerate() {
-                for c in 0..3 {
-                    planar[c * h * w + k] = px.0[c];
+            let mut planes: [Vec<u8>; 3] = std::array::from_fn(|_| Vec::with_capacity(h * w));
+            for px in rgb.pixels() {
+                for (plane, &v) in planes.iter_mut().zip(&px.0) {
+                    plane.push(v);
                 }
             }
-            Ok((planar, grey))
+            Ok((planes.concat(), grey))
         })
         .collect::<Result<_>>()?;
     let grey = allow_grey && decoded.iter().all(|(_, g)| *g);
     let c = if grey { 1 } else { 3 };
     let mut pixels = Vec::with_capacity(items.len() * c * h * w);
-    for (d, _) in &decoded {
-        pixels.extend_from_slice(&d[..c * h * w]);
+    for (mut d, _) in decoded {
+        d.truncate(c * h * w);
+        pixels.extend_from_slice(&d);
     }
     Ok((pixels, [c, h, w]))
 }
@@ -251,13 +254,13 @@ pub fn load_tiny(
     let mut items = Vec::new();
     match split {
         Split::Train => {
-            for (w, p) in &wnids {
+            for ((_, p), l) in wnids.iter().zip(0u32..) {
                 let imgs = if p.join("images").is_dir() {
                     p.join("images")
                 } else {
                     p.clone()
                 };
-                items.extend(image_files(&imgs)?.into_iter().map(|f| (f, index[w])));
+                items.extend(image_files(&imgs)?.into_iter().map(|f| (f, l)));
             }
         }
         Split::Test => {

@@ -1,5 +1,7 @@
 //! IDX files (MNIST, Fashion-MNIST), gzipped or raw.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -45,10 +47,8 @@ pub(crate) fn maybe_gunzip(bytes: Vec<u8>) -> std::io::Result<Vec<u8>> {
         // read from the file unchecked, so the reservation is bounded by what deflate can
         // expand to (at most 1032:1); a corrupt trailer then costs growth, not a 4 GiB buffer.
         let isize = bytes
-            .len()
-            .checked_sub(4)
-            .and_then(|at| bytes.get(at..))
-            .map(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) as usize)
+            .last_chunk::<4>()
+            .map(|&t| u32::from_le_bytes(t) as usize)
             .unwrap_or(0)
             .min(bytes.len().saturating_mul(MAX_DEFLATE_RATIO));
         let cap = if isize >= bytes.len() {
@@ -67,41 +67,34 @@ pub(crate) fn maybe_gunzip(bytes: Vec<u8>) -> std::io::Result<Vec<u8>> {
 /// Parses an IDX byte stream (already decompressed) holding unsigned bytes; the data bytes
 /// are moved out of `bytes`, not copied.
 pub fn parse_idx(mut bytes: Vec<u8>) -> Result<IdxArray> {
+    let &[m0, m1, ty, ndim] = bytes
+        .first_chunk::<4>()
+        .with_context(|| format!("too short for an IDX header ({} bytes)", bytes.len()))?;
     ensure!(
-        bytes.len() >= 4,
-        "too short for an IDX header ({} bytes)",
-        bytes.len()
+        m0 == 0 && m1 == 0,
+        "bad IDX magic {m0:02x}{m1:02x}{ty:02x}{ndim:02x}"
     );
     ensure!(
-        bytes[0] == 0 && bytes[1] == 0,
-        "bad IDX magic {:02x}{:02x}{:02x}{:02x}",
-        bytes[0],
-        bytes[1],
-        bytes[2],
-        bytes[3]
+        ty == 0x08,
+        "IDX element type 0x{ty:02x} is not unsigned byte (0x08)"
     );
-    ensure!(
-        bytes[2] == 0x08,
-        "IDX element type 0x{:02x} is not unsigned byte (0x08)",
-        bytes[2]
-    );
-    let ndim = bytes[3] as usize;
+    let ndim = ndim as usize;
     ensure!((1..=4).contains(&ndim), "IDX rank {ndim} is not 1..4");
     let header = 4 + 4 * ndim;
-    ensure!(
-        bytes.len() >= header,
-        "truncated IDX header: {} bytes, need {header}",
-        bytes.len()
-    );
-    let dims: Vec<usize> = bytes[4..header]
-        .chunks_exact(4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    let (dim_bytes, body) = bytes
+        .get(4..header)
+        .zip(bytes.get(header..))
+        .with_context(|| format!("truncated IDX header: {} bytes, need {header}", bytes.len()))?;
+    let dims: Vec<usize> = dim_bytes
+        .as_chunks::<4>()
+        .0
+        .iter()
+        .map(|&b| u32::from_be_bytes(b) as usize)
         .collect();
     let count = dims
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .context("IDX dimensions overflow")?;
-    let body = &bytes[header..];
     ensure!(
         body.len() >= count,
         "truncated: dimensions {dims:?} need {count} data bytes, found {}",
@@ -150,42 +143,42 @@ pub(crate) fn to_dataset(
     mean: &[f32],
     std: &[f32],
 ) -> Result<Dataset> {
+    let &[n_images, h, w] = images.dims.as_slice() else {
+        bail!(
+            "{}: image file has rank {}, expected 3 (N×H×W)",
+            files.0,
+            images.dims.len()
+        );
+    };
+    let &[n_labels] = labels.dims.as_slice() else {
+        bail!(
+            "{}: label file has rank {}, expected 1",
+            files.1,
+            labels.dims.len()
+        );
+    };
     ensure!(
-        images.dims.len() == 3,
-        "{}: image file has rank {}, expected 3 (N×H×W)",
+        n_images == n_labels,
+        "{} holds {n_images} images but {} holds {n_labels} labels",
         files.0,
-        images.dims.len()
+        files.1
     );
-    ensure!(
-        labels.dims.len() == 1,
-        "{}: label file has rank {}, expected 1",
-        files.1,
-        labels.dims.len()
-    );
-    ensure!(
-        images.dims[0] == labels.dims[0],
-        "{} holds {} images but {} holds {} labels",
-        files.0,
-        images.dims[0],
-        files.1,
-        labels.dims[0]
-    );
-    if let Some(pos) = labels
+    if let Some((pos, l)) = labels
         .data
         .iter()
-        .position(|&l| l as usize >= classes.len())
+        .enumerate()
+        .find(|&(_, &l)| l as usize >= classes.len())
     {
         bail!(
-            "{}: label {} at position {pos} is not below {}",
+            "{}: label {l} at position {pos} is not below {}",
             files.1,
-            labels.data[pos],
             classes.len()
         );
     }
     Dataset::from_u8(
         name,
         images.data,
-        [1, images.dims[1], images.dims[2]],
+        [1, h, w],
         labels.data.into_iter().map(u32::from).collect(),
         classes.iter().map(|s| s.to_string()).collect(),
         mean.to_vec(),

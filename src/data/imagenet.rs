@@ -5,6 +5,8 @@
 //! Memory stays at one byte per pixel: the headers are read first to size one buffer, then every
 //! batch streams into its slice of it (no second copy of the set).
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -55,10 +57,14 @@ fn class_names(dir: &Path) -> Vec<String> {
         for line in s.lines() {
             let mut it = line.split_whitespace();
             if let (Some(_), Some(idx), Some(name)) = (it.next(), it.next(), it.next()) {
-                if let Ok(i) = idx.parse::<usize>() {
-                    if (1..=CLASSES).contains(&i) {
-                        names[i - 1] = name.to_string();
-                    }
+                // 1-based; out-of-range indices are ignored.
+                if let Some(slot) = idx
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| i.checked_sub(1))
+                    .and_then(|k| names.get_mut(k))
+                {
+                    *slot = name.to_string();
                 }
             }
         }
@@ -73,13 +79,14 @@ pub fn load(name: &str, dir: &Path, split: Split, side: usize) -> Result<Dataset
     let mut counts = Vec::with_capacity(files.len());
     for f in &files {
         let h = Npz::open(f)?.header("data")?;
-        ensure!(
-            h.shape.len() == 2 && h.shape[1] == per,
-            "{}: data has shape {:?}, expected N×{per} for {side}×{side} RGB",
-            f.display(),
-            h.shape
-        );
-        counts.push(h.shape[0]);
+        match *h.shape.as_slice() {
+            [n, p] if p == per => counts.push(n),
+            _ => bail!(
+                "{}: data has shape {:?}, expected N×{per} for {side}×{side} RGB",
+                f.display(),
+                h.shape
+            ),
+        }
     }
     let total: usize = counts.iter().sum();
     let bytes = total.checked_mul(per).context("dataset size overflows")?;
@@ -88,7 +95,14 @@ pub fn load(name: &str, dir: &Path, split: Split, side: usize) -> Result<Dataset
     let mut at = 0;
     for (f, &n) in files.iter().zip(&counts) {
         let mut z = Npz::open(f)?;
-        z.read_u8_into("data", &mut pixels[at * per..(at + n) * per])?;
+        // In range: the buffer was sized from these counts.
+        let dst = pixels.get_mut(at * per..(at + n) * per).with_context(|| {
+            format!(
+                "{}: {n} images do not fit the buffer sized from the headers",
+                f.display()
+            )
+        })?;
+        z.read_u8_into("data", dst)?;
         let (_, l) = z.read_ints("labels")?;
         ensure!(
             l.len() == n,

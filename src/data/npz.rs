@@ -1,6 +1,8 @@
 //! NumPy `.npy` headers and `.npz` archives (a zip of `.npy` members), read by streaming so a
 //! large `uint8` array goes straight into its destination buffer.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -32,27 +34,28 @@ impl NpyHeader {
 
 /// The value of `'key': …` in a Python dict literal, up to the next top-level comma.
 fn dict_value<'a>(header: &'a str, key: &str) -> Result<&'a str> {
-    let pat = format!("'{key}':");
-    let start = header
-        .find(&pat)
-        .with_context(|| format!("npy header has no '{key}': {header}"))?
-        + pat.len();
-    let rest = header[start..].trim_start();
-    let end = if rest.starts_with('(') {
-        rest.find(')').map(|p| p + 1)
+    let (_, rest) = header
+        .split_once(&format!("'{key}':"))
+        .with_context(|| format!("npy header has no '{key}': {header}"))?;
+    let rest = rest.trim_start();
+    let value = if rest.starts_with('(') {
+        rest.split_inclusive(')')
+            .next()
+            .filter(|v| v.ends_with(')'))
     } else {
-        rest.find([',', '}'])
+        rest.split_once([',', '}']).map(|(v, _)| v)
     }
     .with_context(|| format!("unterminated '{key}' in npy header: {header}"))?;
-    Ok(rest[..end].trim())
+    Ok(value.trim())
 }
 
 /// Reads and parses the header of a `.npy` stream, leaving `r` at the first data byte.
 pub fn read_npy_header(r: &mut impl Read) -> Result<NpyHeader> {
     let mut pre = [0u8; 8];
     r.read_exact(&mut pre).context("truncated npy preamble")?;
-    ensure!(&pre[..6] == b"\x93NUMPY", "not an npy array (bad magic)");
-    let (len, len_bytes) = match pre[6] {
+    let [magic @ .., major, _minor] = pre;
+    ensure!(magic == *b"\x93NUMPY", "not an npy array (bad magic)");
+    let (len, len_bytes) = match major {
         1 => {
             let mut b = [0u8; 2];
             r.read_exact(&mut b)
@@ -114,10 +117,10 @@ fn decode_ints(descr: &str, bytes: &[u8]) -> Result<Vec<i64>> {
         ($t:ty) => {{
             const S: usize = std::mem::size_of::<$t>();
             bytes
-                .chunks_exact(S)
-                .map(|c| {
-                    let mut a = [0u8; S];
-                    a.copy_from_slice(c);
+                .as_chunks::<S>()
+                .0
+                .iter()
+                .map(|&a| {
                     (if big {
                         <$t>::from_be_bytes(a)
                     } else {

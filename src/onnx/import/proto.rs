@@ -2,6 +2,8 @@
 //! attributes. Everything here treats the file as untrusted: sizes are checked before use and
 //! every failure is an error, never a panic.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use crate::compiler::ir::{DType, Tensor};
 use crate::onnx::{onnx_dtype_name, pb};
 use anyhow::{anyhow, bail, Context, Result};
@@ -81,48 +83,40 @@ fn elem_size(code: i32) -> Option<usize> {
     })
 }
 
+/// The `N`-byte elements of `raw` (a trailing partial element is ignored).
+fn elems<const N: usize>(raw: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+    raw.as_chunks::<N>().0.iter().copied()
+}
+
 fn decode_raw(code: i32, raw: &[u8], n: usize) -> Result<Vec<f64>> {
     use pb::tensor_proto::DataType as D;
     let size = elem_size(code)
         .ok_or_else(|| anyhow!("element type {} is not supported", onnx_dtype_name(code)))?;
-    if raw.len() != n * size {
-        bail!("holds {} bytes, its shape needs {}", raw.len(), n * size);
+    let need = n
+        .checked_mul(size)
+        .ok_or_else(|| anyhow!("tensor too large"))?;
+    if raw.len() != need {
+        bail!("holds {} bytes, its shape needs {need}", raw.len());
     }
-    let ch = raw.chunks_exact(size);
-    let b = |c: &[u8], k: usize| -> [u8; 8] {
-        let mut a = [0u8; 8];
-        a[..k].copy_from_slice(&c[..k]);
-        a
-    };
     Ok(
         match D::try_from(code).map_err(|_| anyhow!("unknown element type {code}"))? {
-            D::Float => ch
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            D::Float => elems(raw).map(|a| f32::from_le_bytes(a) as f64).collect(),
+            D::Double => elems(raw).map(f64::from_le_bytes).collect(),
+            D::Int64 => elems(raw).map(|a| i64::from_le_bytes(a) as f64).collect(),
+            D::Uint64 => elems(raw).map(|a| u64::from_le_bytes(a) as f64).collect(),
+            D::Int32 => elems(raw).map(|a| i32::from_le_bytes(a) as f64).collect(),
+            D::Uint32 => elems(raw).map(|a| u32::from_le_bytes(a) as f64).collect(),
+            D::Int16 => elems(raw).map(|a| i16::from_le_bytes(a) as f64).collect(),
+            D::Uint16 => elems(raw).map(|a| u16::from_le_bytes(a) as f64).collect(),
+            D::Float16 => elems(raw)
+                .map(|a| f16_to_f32(u16::from_le_bytes(a)) as f64)
                 .collect(),
-            D::Double => ch.map(|c| f64::from_le_bytes(b(c, 8))).collect(),
-            D::Int64 => ch.map(|c| i64::from_le_bytes(b(c, 8)) as f64).collect(),
-            D::Uint64 => ch.map(|c| u64::from_le_bytes(b(c, 8)) as f64).collect(),
-            D::Int32 => ch
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            D::Bfloat16 => elems(raw)
+                .map(|a| f32::from_bits((u16::from_le_bytes(a) as u32) << 16) as f64)
                 .collect(),
-            D::Uint32 => ch
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-                .collect(),
-            D::Int16 => ch
-                .map(|c| i16::from_le_bytes([c[0], c[1]]) as f64)
-                .collect(),
-            D::Uint16 => ch
-                .map(|c| u16::from_le_bytes([c[0], c[1]]) as f64)
-                .collect(),
-            D::Float16 => ch
-                .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])) as f64)
-                .collect(),
-            D::Bfloat16 => ch
-                .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) as f64)
-                .collect(),
-            D::Int8 => ch.map(|c| c[0] as i8 as f64).collect(),
-            D::Uint8 => ch.map(|c| c[0] as f64).collect(),
-            D::Bool => ch.map(|c| (c[0] != 0) as u8 as f64).collect(),
+            D::Int8 => raw.iter().map(|&c| c as i8 as f64).collect(),
+            D::Uint8 => raw.iter().map(|&c| c as f64).collect(),
+            D::Bool => raw.iter().map(|&c| (c != 0) as u8 as f64).collect(),
             _ => bail!("element type {} is not supported", onnx_dtype_name(code)),
         },
     )

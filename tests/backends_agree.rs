@@ -92,12 +92,15 @@ fn tract_and_ort_agree_on_the_standard_set() {
         let mut tr = BackendExec::new(backend(BackendKind::Tract).unwrap(), &dir);
         let mut ort = BackendExec::new(backend(BackendKind::Ort).unwrap(), &dir);
         for role in man.graphs.keys() {
-            let ins = inputs_for(&man, role, &dir, 3);
+            let ins: Vec<ArrayD<f32>> = inputs_for(&man, role, &dir, 3)
+                .into_iter()
+                .map(|a| a.mapv(|v| v as f32))
+                .collect();
             let views: Vec<_> = ins.iter().map(|a| a.view()).collect();
             let a = tr.run(role_artifact(role), &views).unwrap();
             let b = ort.run(role_artifact(role), &views).unwrap();
             for (k, (x, y)) in a.iter().zip(&b).enumerate() {
-                let e = rel(x, y);
+                let e = rel(&x.mapv(f64::from), &y.mapv(f64::from));
                 assert!(
                     e <= 1e-5,
                     "{name}/{role} output {k}: tract vs ort relative error {e:e}"
@@ -167,16 +170,15 @@ fn match_reference(model: &str, input: [usize; 3], tol: f64) {
                     row.mapv_inplace(|v| v / s);
                 }
             }
-            // The backends compute in f32: give them f32-representable inputs.
-            let ins: Vec<ArrayD<f64>> = ins
-                .into_iter()
-                .map(|a| a.mapv(|v| f64::from(v as f32)))
-                .collect();
+            // The backends compute in f32; the reference gets the same values in f64.
+            let ins32: Vec<ArrayD<f32>> = ins.iter().map(|a| a.mapv(|v| v as f32)).collect();
+            let ins: Vec<ArrayD<f64>> = ins32.iter().map(|a| a.mapv(f64::from)).collect();
             let views: Vec<_> = ins.iter().map(|a| a.view()).collect();
+            let views32: Vec<_> = ins32.iter().map(|a| a.view()).collect();
             let want = reference.run(role_artifact(role), &views).unwrap();
-            let got = ex.run(role_artifact(role), &views).unwrap();
+            let got = ex.run(role_artifact(role), &views32).unwrap();
             for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-                let e = rel(g, w);
+                let e = rel(&g.mapv(f64::from), w);
                 assert!(
                     e <= tol,
                     "{model} on {kind}: {role} output {k} vs f64 reference: {e:e}"

@@ -121,7 +121,7 @@ fn soft_labels_are_the_target_teachers_softmax() {
         let s: f64 = row.iter().map(|v| (v - mx).exp()).sum();
         for (k, v) in row.iter().enumerate() {
             let p = (v - mx).exp() / s;
-            let got = st.last_labels[[i, k]];
+            let got = f64::from(st.last_labels[[i, k]]);
             assert!(
                 (got - p).abs() < 1e-5,
                 "label [{i},{k}]: {got} vs softmax {p}"
@@ -167,7 +167,7 @@ fn label_grad_runs_on_tract_and_changes_the_image_update() {
     assert!(lg.images.iter().all(|v| v.is_finite()));
     let diff = (&lg.images - &plain.images)
         .iter()
-        .fold(0.0f64, |m, v| m.max(v.abs()));
+        .fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
     assert!(
         diff > 1e-6,
         "--label-grad left the images unchanged ({diff:e})"
@@ -266,7 +266,7 @@ fn final_labels_mean_averages_every_target_teacher_on_the_final_images() {
         .last_labels
         .iter()
         .zip(&want)
-        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        .fold(0.0f64, |m, (a, b)| m.max((f64::from(*a) - b).abs()));
     assert!(
         last > 1e-4,
         "the mean equals the last iteration's rows ({last:e})"
@@ -274,7 +274,8 @@ fn final_labels_mean_averages_every_target_teacher_on_the_final_images() {
 }
 
 /// The teacher `theta`'s logits on `images`, on the f64 reference evaluator.
-fn teacher_logits(theta: Vec<f64>, images: &ndarray::Array4<f64>) -> Tensor {
+/// The teacher's logits by the f64 reference evaluator, from the f32 values the run holds.
+fn teacher_logits(theta: Vec<f32>, images: &ndarray::Array4<f32>) -> Tensor {
     let m = ModelSpec::parse(MODEL)
         .unwrap()
         .build(images.shape()[0], [1, 28, 28], 10)
@@ -282,11 +283,15 @@ fn teacher_logits(theta: Vec<f64>, images: &ndarray::Array4<f64>) -> Tensor {
     eval(
         &logits_graph(&m).unwrap(),
         &[
-            Tensor::new(DType::F64, vec![theta.len()], theta),
+            Tensor::new(
+                DType::F64,
+                vec![theta.len()],
+                theta.iter().map(|&v| f64::from(v)).collect(),
+            ),
             Tensor::new(
                 DType::F64,
                 images.shape().to_vec(),
-                images.iter().copied().collect(),
+                images.iter().map(|&v| f64::from(v)).collect(),
             ),
         ],
     )
@@ -295,7 +300,7 @@ fn teacher_logits(theta: Vec<f64>, images: &ndarray::Array4<f64>) -> Tensor {
 }
 
 /// Indices of the `images` rows whose argmax under the teacher `theta` is not `classes[i]`.
-fn misclassified(theta: Vec<f64>, images: &ndarray::Array4<f64>, classes: &[u32]) -> Vec<usize> {
+fn misclassified(theta: Vec<f32>, images: &ndarray::Array4<f32>, classes: &[u32]) -> Vec<usize> {
     teacher_logits(theta, images)
         .data
         .chunks(10)
@@ -333,7 +338,7 @@ fn real_correct_starts_from_real_images_every_target_teacher_gets_right() {
             x.index_axis(ndarray::Axis(0), 0)
                 .iter()
                 .zip(img.iter())
-                .all(|(a, b)| f64::from(*a) == *b)
+                .all(|(a, b)| a == b)
         });
         assert!(found, "image {i} is not a training image of class {i}");
     }

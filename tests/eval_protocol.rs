@@ -50,7 +50,11 @@ fn class_counts_match_reference_argmax() {
     let z = eval(
         &logits_graph(&m).unwrap(),
         &[
-            Tensor::new(DType::F64, vec![theta.len()], theta.clone()),
+            Tensor::new(
+                DType::F64,
+                vec![theta.len()],
+                theta.iter().map(|&v| f64::from(v)).collect(),
+            ),
             Tensor::new(
                 DType::F64,
                 vec![23, 1, 28, 28],

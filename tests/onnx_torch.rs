@@ -371,15 +371,14 @@ fn step_gradient_matches_pytorch() {
             tesla_distill::runtime::backend(tesla_distill::runtime::BackendKind::Tract).unwrap(),
             d.path(),
         );
-        let th = ndarray::Array1::from(theta).into_dyn();
-        let (xf, yf) = (x.mapv(f64::from), y.mapv(f64::from));
+        let th = ndarray::Array1::from(theta).mapv(|v| v as f32).into_dyn();
         let got = ex
-            .run(Artifact::Step, &[th.view(), xf.view(), yf.view()])
+            .run(Artifact::Step, &[th.view(), x.view(), y.view()])
             .unwrap();
         let err = got[1]
             .iter()
             .zip(&want_grad)
-            .fold(0.0f64, |a, (g, w)| a.max((g - w).abs()))
+            .fold(0.0f64, |a, (g, w)| a.max((f64::from(*g) - w).abs()))
             / scale;
         assert!(
             err <= 1e-4,

@@ -36,6 +36,18 @@ pub struct BenchArgs {
     /// Values of T for `memory` (comma-separated).
     #[arg(long, default_value = "10,50")]
     pub steps: String,
+    /// Dataset for `memory` (its experts are trained on 2 epochs of at most 2000 of its images).
+    #[arg(long, default_value = "fmnist-small")]
+    pub dataset: String,
+    /// Images per class for `memory`.
+    #[arg(long, default_value_t = 10)]
+    pub ipc: usize,
+    /// Student batch for `memory`.
+    #[arg(long, default_value_t = 10)]
+    pub batch_syn: usize,
+    /// Gradient modes for `memory` (comma-separated).
+    #[arg(long, default_value = "tesla,exact,unrolled")]
+    pub modes: String,
     /// Work directory.
     #[arg(long, default_value = "runs/bench")]
     pub work: PathBuf,
@@ -87,16 +99,16 @@ fn step(a: &BenchArgs) -> Result<()> {
         let (exec, m) = store.get(a.batch)?;
         let p = m.num_params;
         let th = ndarray::Array1::from(theta).into_dyn();
-        let x = ndarray::ArrayD::<f64>::from_shape_fn(
+        let x = ndarray::ArrayD::<f32>::from_shape_fn(
             ndarray::IxDyn(&[a.batch, input[0], input[1], input[2]]),
-            |i| ((i[0] * 7 + i[2] * 3 + i[3]) % 11) as f64 / 11.0 - 0.5,
+            |i| ((i[0] * 7 + i[2] * 3 + i[3]) % 11) as f32 / 11.0 - 0.5,
         );
-        let mut y = ndarray::ArrayD::<f64>::zeros(ndarray::IxDyn(&[a.batch, a.classes]));
+        let mut y = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[a.batch, a.classes]));
         for b in 0..a.batch {
             y[[b, b % a.classes]] = 1.0;
         }
-        let v = ndarray::ArrayD::<f64>::from_elem(ndarray::IxDyn(&[p]), 1e-3);
-        let mut time = |which: Artifact, inputs: &[ndarray::ArrayViewD<f64>]| -> Result<f64> {
+        let v = ndarray::ArrayD::<f32>::from_elem(ndarray::IxDyn(&[p]), 1e-3);
+        let mut time = |which: Artifact, inputs: &[ndarray::ArrayViewD<f32>]| -> Result<f64> {
             exec.run(which, inputs)?;
             let mut t: Vec<f64> = Vec::new();
             for _ in 0..a.reps.max(1) {
@@ -144,105 +156,98 @@ fn memory(a: &BenchArgs) -> Result<()> {
         .context("--steps")?;
     let experts = a.work.join("memory-experts");
     let backend = a.backends.split(',').next().unwrap_or("tract").trim();
-    // Two short experts on the embedded data are enough: memory does not depend on their quality.
+    // Two short experts are enough: memory and time per iteration do not depend on their quality.
     let st = std::process::Command::new(&exe)
-        .args([
-            "experts",
-            "--dataset",
-            "fmnist-small",
-            "--model",
-            &a.model,
-            "--experts",
-            "1",
-            "--epochs",
-            "2",
-            "--limit",
-            "500",
-            "--backend",
-            backend,
-            "--out",
-        ])
+        .args(["experts", "--dataset", &a.dataset, "--model", &a.model])
+        .args(["--experts", "1", "--epochs", "2", "--limit", "2000"])
+        .args(["--backend", backend, "--out"])
         .arg(&experts)
         .stdout(std::process::Stdio::null())
         .status()?;
     if !st.success() {
         bail!("training the benchmark expert failed");
     }
-    println!("peak RSS (MiB) of one distillation iteration, {} on {backend}, IPC 10 on fmnist-small, batch 10 per step", a.model);
+    println!(
+        "one distillation iteration per mode and T: {} on {backend}, {} at IPC {}, batch {} per \
+         step; peak RSS in MiB (seconds per iteration)",
+        a.model, a.dataset, a.ipc, a.batch_syn
+    );
     println!(
         "{:<10} {}",
         "mode",
         steps
             .iter()
-            .map(|t| format!("{:>10}", format!("T={t}")))
+            .map(|t| format!("{:>20}", format!("T={t}")))
             .collect::<String>()
     );
-    for mode in ["tesla", "exact", "unrolled"] {
-        let mut row = Vec::new();
+    for mode in a.modes.split(',').map(str::trim) {
+        let mut row: Vec<Option<(f64, f64)>> = Vec::new();
         let mut stored = Vec::new();
         for &t in &steps {
             let out = a.work.join(format!("memory-{mode}-{t}"));
             let _ = std::fs::remove_dir_all(&out);
             let st = std::process::Command::new(&exe)
+                .args(["distill", "--dataset", &a.dataset, "--model", &a.model])
+                .args(["--ipc", &a.ipc.to_string()])
+                .args(["--batch-syn", &a.batch_syn.to_string()])
+                .args(["--expert-epochs", "1", "--max-start-epoch", "1"])
                 .args([
-                    "distill",
-                    "--dataset",
-                    "fmnist-small",
-                    "--model",
-                    &a.model,
-                    "--ipc",
-                    "10",
-                    "--batch-syn",
-                    "10",
-                    "--expert-epochs",
-                    "1",
-                    "--max-start-epoch",
-                    "1",
                     "--iterations",
                     "1",
                     "--gradient",
                     mode,
                     "--backend",
                     backend,
-                    "--syn-steps",
                 ])
-                .arg(t.to_string())
+                .args(["--syn-steps", &t.to_string()])
                 .arg("--experts")
                 .arg(&experts)
                 .arg("--out")
                 .arg(&out)
                 .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
                 .status()?;
+            // A run the machine cannot hold (the unrolled graph at large T) is a result too.
             if !st.success() {
-                bail!("the {mode} run at T={t} failed");
+                row.push(None);
+                stored.push(0.0);
+                continue;
             }
             let metrics = std::fs::read_to_string(out.join("metrics.jsonl"))?;
             let last: serde_json::Value =
                 serde_json::from_str(metrics.lines().last().unwrap_or("{}"))?;
-            row.push(last["peak_rss_mib"].as_f64().unwrap_or(f64::NAN));
-            // The T stored parameter vectors (f64) are the one part that must grow with T.
-            let man =
-                crate::compiler::manifest::Manifest::load(&out.join("artifacts").join("b10"))?;
-            stored.push((t * man.num_params * 8) as f64 / (1024.0 * 1024.0));
+            row.push(Some((
+                last["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+                last["seconds"].as_f64().unwrap_or(f64::NAN),
+            )));
+            // Pass 1's T + 1 stored parameter vectors (f32) are the one part that must grow
+            // with T.
+            let man = crate::compiler::manifest::Manifest::load(
+                &out.join("artifacts").join(format!("b{}", a.batch_syn)),
+            )?;
+            stored.push(((t + 1) * man.num_params * 4) as f64 / (1024.0 * 1024.0));
         }
-        let growth = if row.len() >= 2 {
-            let n = row.len() - 1;
-            let net = (row[n] - stored[n]) / (row[0] - stored[0]);
-            if mode == "unrolled" {
-                format!("  ×{:.3}", row[n] / row[0])
-            } else {
-                format!(
-                    "  ×{:.3} (×{net:.3} without the T stored θ)",
-                    row[n] / row[0]
-                )
+        let growth = match (row.first(), row.last()) {
+            (Some(Some((first, _))), Some(Some((last, _)))) if row.len() >= 2 => {
+                let n = row.len() - 1;
+                if mode == "unrolled" {
+                    format!("  ×{:.3}", last / first)
+                } else {
+                    let net = (last - stored[n]) / (first - stored[0]);
+                    format!("  ×{:.3} (×{net:.3} without the stored θ)", last / first)
+                }
             }
-        } else {
-            String::new()
+            _ => String::new(),
         };
         println!(
             "{:<10} {}{growth}",
             mode,
-            row.iter().map(|v| format!("{v:>10.1}")).collect::<String>()
+            row.iter()
+                .map(|v| match v {
+                    Some((m, s)) => format!("{:>20}", format!("{m:.1} ({s:.1} s)")),
+                    None => format!("{:>20}", "failed"),
+                })
+                .collect::<String>()
         );
     }
     Ok(())

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod quickstart;
+mod value_enums;
 
 use crate::compile_cache::ProgramStore;
 use crate::compiler::manifest::Manifest;
@@ -318,7 +319,8 @@ struct EvalArgs {
     /// package onnxruntime), else tract.
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
-    /// Write results here (JSON); default: beside the distilled file, or eval.json.
+    /// Write results here (JSON, and the same as a Markdown table beside it with `.md`); default:
+    /// beside the distilled file, or eval.json.
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -700,6 +702,12 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         (None, Some(f)) => f.with_file_name("eval.json"),
         (None, None) => PathBuf::from("eval.json"),
     };
+    if out.extension().is_some_and(|e| e == "md") {
+        bail!(
+            "--out {} names the JSON file; the Markdown table is written beside it as .md",
+            out.display()
+        );
+    }
     crate::atomic_file::check_writable(&out)?;
     let what = if let Some(f) = &a.distilled {
         let set = DistilledSet::read(f)?;
@@ -785,7 +793,10 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     };
     let json = serde_json::json!({ "evaluated": what, "dataset": a.dataset, "epochs": a.epochs, "results": results });
     crate::atomic_file::write(&out, serde_json::to_string_pretty(&json)?.as_bytes())?;
-    println!("results in {}", out.display());
+    let md = out.with_extension("md");
+    let table = crate::eval::markdown_table(&results, &what, &a.dataset, a.epochs);
+    crate::atomic_file::write(&md, table.as_bytes())?;
+    println!("results in {} and {}", out.display(), md.display());
     Ok(())
 }
 
@@ -852,12 +863,11 @@ fn teacher_mean_labels(
         range.end - 1,
         num_params,
     )?;
-    let x = images.mapv(f64::from);
-    let y = mean_teacher_labels(store.get(b)?.0, &experts, |_| range.clone(), &x, b, k)?;
+    let y = mean_teacher_labels(store.get(b)?.0, &experts, |_| range.clone(), images, b, k)?;
     let own: Vec<String> = classes
         .iter()
         .enumerate()
-        .map(|(i, &c)| format!("{:.2}", y.get([i, c]).copied().unwrap_or(f64::NAN)))
+        .map(|(i, &c)| format!("{:.2}", y.get([i, c]).copied().unwrap_or(f32::NAN)))
         .collect();
     println!(
         "labels: the mean of {} teachers (epochs {epochs} of {} experts); own-class share per image: {}",
@@ -865,7 +875,7 @@ fn teacher_mean_labels(
         experts.len(),
         own.join(" ")
     );
-    Ok(y.mapv(|v| v as f32))
+    Ok(y)
 }
 
 fn zca_test(test: &crate::data::Dataset, zca: Option<&Path>) -> Result<crate::data::Dataset> {

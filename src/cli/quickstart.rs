@@ -121,12 +121,10 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
     };
     let spec = ModelSpec::parse(model)?;
     let work = a.out.join("eval-artifacts");
-    let imgs = st.images.mapv(|v| v as f32);
-    let labels = st.last_labels.mapv(|v| v as f32);
     let d = evaluate(
         &spec,
-        imgs.view(),
-        labels.view(),
+        st.images.view(),
+        st.last_labels.view(),
         st.beta,
         &test,
         &ecfg,

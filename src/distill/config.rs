@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// Where the labels of the synthetic images come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Labels {
     /// Soft labels from the teacher at the target epoch (TESLA's default).
@@ -21,7 +21,7 @@ pub enum Labels {
 }
 
 /// Which label rows the distilled set is saved (and evaluated) with.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FinalLabels {
     /// The rows the last iteration assigned (docs/method.md; the official code): one randomly drawn
@@ -34,7 +34,7 @@ pub enum FinalLabels {
 }
 
 /// How synthetic images start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PixInit {
     /// A class-balanced random real subset.
@@ -43,7 +43,6 @@ pub enum PixInit {
     Noise,
     /// A class-balanced random real subset of images that every target-step teacher classifies
     /// correctly.
-    #[value(name = "real-correct")]
     #[serde(rename = "real-correct")]
     RealCorrect,
 }

@@ -5,13 +5,13 @@
 //! index set and augmentation draw), so graph and batch memory stay constant in T for the `tesla`
 //! and `exact` modes. The `unrolled` mode runs the compiled T-step graph and holds everything.
 
-use crate::runtime::programs::{Artifact, Exec};
-use anyhow::{bail, Result};
+use crate::runtime::programs::{Artifact, Exec, Scalar};
+use anyhow::{anyhow, bail, Result};
 use ndarray::{Array1, ArrayD, Axis};
 use serde::{Deserialize, Serialize};
 
 /// How ∂L/∂X̃ is computed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// The paper's two passes: one fixed `v` for every step (drops the Hessian terms).
@@ -23,13 +23,13 @@ pub enum Mode {
 }
 
 /// One iteration's segment of an expert trajectory and the student's learning rate.
-pub struct Segment<'a> {
+pub struct Segment<'a, F> {
     /// θ*_t.
-    pub start: &'a [f64],
+    pub start: &'a [F],
     /// θ*_{t+M}.
-    pub target: &'a [f64],
+    pub target: &'a [F],
     /// β.
-    pub beta: f64,
+    pub beta: F,
     /// T.
     pub steps: usize,
 }
@@ -44,15 +44,16 @@ pub struct IterGrad {
 }
 
 /// Student batch `i` (augmented images \[B,C,H,W\] and label rows \[B,K\]), rebuilt on demand.
-pub type BatchFn<'a> = dyn FnMut(usize) -> Result<(ArrayD<f64>, ArrayD<f64>)> + 'a;
+pub type BatchFn<'a, F> = dyn FnMut(usize) -> Result<(ArrayD<F>, ArrayD<F>)> + 'a;
 /// Receives step `i`'s gradient with respect to its (augmented) batch, and to its labels when
 /// they are asked for.
-pub type SinkFn<'a> = dyn FnMut(usize, ArrayD<f64>, Option<ArrayD<f64>>) -> Result<()> + 'a;
+pub type SinkFn<'a, F> = dyn FnMut(usize, ArrayD<F>, Option<ArrayD<F>>) -> Result<()> + 'a;
 
-/// ⟨a, b⟩ over arrays of any memory layout; the lengths must agree.
-fn dot<'a>(
-    a: impl ExactSizeIterator<Item = &'a f64>,
-    b: impl ExactSizeIterator<Item = &'a f64>,
+/// ⟨a, b⟩ over arrays of any memory layout, summed in f64 (a parameter vector has millions of
+/// terms); the lengths must agree.
+fn dot<'a, F: Scalar>(
+    a: impl ExactSizeIterator<Item = &'a F>,
+    b: impl ExactSizeIterator<Item = &'a F>,
 ) -> Result<f64> {
     if a.len() != b.len() {
         bail!(
@@ -61,10 +62,10 @@ fn dot<'a>(
             b.len()
         );
     }
-    Ok(a.zip(b).map(|(x, y)| x * y).sum())
+    Ok(a.zip(b).map(|(x, y)| x.wide() * y.wide()).sum())
 }
 
-fn check_finite<'a>(what: &str, v: impl IntoIterator<Item = &'a f64>) -> Result<()> {
+fn check_finite<'a, F: Scalar>(what: &str, v: impl IntoIterator<Item = &'a F>) -> Result<()> {
     if v.into_iter().any(|x| !x.is_finite()) {
         bail!("the run diverged: {what} is not finite (NaN or Inf); lower --lr-img or --lr-lr, or resume from the last checkpoint");
     }
@@ -72,13 +73,13 @@ fn check_finite<'a>(what: &str, v: impl IntoIterator<Item = &'a f64>) -> Result<
 }
 
 /// Runs the student steps of pass 1: returns θ_0 … θ_T and `G = Σ g_i`.
-fn pass1(
-    exec: &mut dyn Exec,
-    seg: &Segment,
-    batch: &mut BatchFn,
-) -> Result<(Vec<Array1<f64>>, Array1<f64>)> {
+fn pass1<F: Scalar>(
+    exec: &mut dyn Exec<F>,
+    seg: &Segment<F>,
+    batch: &mut BatchFn<F>,
+) -> Result<(Vec<Array1<F>>, Array1<F>)> {
     let mut theta = Array1::from(seg.start.to_vec());
-    let mut sum = Array1::<f64>::zeros(theta.len());
+    let mut sum = Array1::<F>::zeros(theta.len());
     let mut thetas = Vec::with_capacity(seg.steps + 1);
     for i in 0..seg.steps {
         let (x, y) = batch(i)?;
@@ -86,7 +87,12 @@ fn pass1(
             Artifact::Step,
             &[theta.view().into_dyn(), x.view(), y.view()],
         )?;
-        let g = out[1].view().into_shape_with_order(theta.len())?.to_owned();
+        let g = out
+            .get(1)
+            .ok_or_else(|| anyhow!("the step artifact returns no gradient"))?
+            .view()
+            .into_shape_with_order(theta.len())?
+            .to_owned();
         check_finite("a student gradient", g.iter())?;
         sum += &g;
         let next = &theta - &(&g * seg.beta);
@@ -98,12 +104,12 @@ fn pass1(
 
 /// Computes L, ∂L/∂β and (through `sink`) ∂L/∂batch_i for every step, in the given mode.
 /// `need_dy` asks for label gradients too (learned labels).
-pub fn backward(
+pub fn backward<F: Scalar>(
     mode: Mode,
-    exec: &mut dyn Exec,
-    seg: &Segment,
-    batch: &mut BatchFn,
-    sink: &mut SinkFn,
+    exec: &mut dyn Exec<F>,
+    seg: &Segment<F>,
+    batch: &mut BatchFn<F>,
+    sink: &mut SinkFn<F>,
     need_dy: bool,
 ) -> Result<IterGrad> {
     if seg.steps == 0 {
@@ -111,8 +117,11 @@ pub fn backward(
     }
     let start = ndarray::ArrayView1::from(seg.start);
     let target = ndarray::ArrayView1::from(seg.target);
-    let d0 = &start - &target;
-    let denom = d0.dot(&d0);
+    let denom = start
+        .iter()
+        .zip(target.iter())
+        .map(|(a, b)| (a.wide() - b.wide()).powi(2))
+        .sum::<f64>();
     if denom <= 0.0 || !denom.is_finite() {
         bail!("the expert did not move between the start and target epochs (‖θ*_t − θ*_t+M‖² = {denom}); check the expert files");
     }
@@ -120,10 +129,13 @@ pub fn backward(
         return unrolled(exec, seg, batch, sink);
     }
     let (thetas, sum) = pass1(exec, seg, batch)?;
-    let resid = &thetas[seg.steps] - &target;
-    let loss = resid.dot(&resid) / denom;
+    let last = thetas
+        .last()
+        .ok_or_else(|| anyhow!("pass 1 kept no parameters"))?;
+    let resid = last - &target;
+    let loss = dot(resid.iter(), resid.iter())? / denom;
     check_finite("the matching loss", [&loss])?;
-    let lambda_t = &resid * (2.0 / denom);
+    let lambda_t = &resid * F::narrow(2.0 / denom);
     let p2 = if need_dy || mode == Mode::Exact {
         Artifact::Pass2
     } else {
@@ -145,7 +157,9 @@ pub fn backward(
                     ],
                 )?;
                 let mut it = out.into_iter();
-                let dx = it.next().expect("pass 2 returns dx");
+                let dx = it
+                    .next()
+                    .ok_or_else(|| anyhow!("the pass-2 artifact returns no dx"))?;
                 let dy = if need_dy { it.nth(1) } else { None };
                 sink(i, dx, dy)?;
             }
@@ -185,11 +199,11 @@ pub fn backward(
     }
 }
 
-fn unrolled(
-    exec: &mut dyn Exec,
-    seg: &Segment,
-    batch: &mut BatchFn,
-    sink: &mut SinkFn,
+fn unrolled<F: Scalar>(
+    exec: &mut dyn Exec<F>,
+    seg: &Segment<F>,
+    batch: &mut BatchFn<F>,
+    sink: &mut SinkFn<F>,
 ) -> Result<IterGrad> {
     let mut xs = Vec::with_capacity(seg.steps);
     let mut ys = Vec::with_capacity(seg.steps);
@@ -209,13 +223,16 @@ fn unrolled(
         Artifact::Unrolled,
         &[start, target, beta.view(), xs.view(), ys.view()],
     )?;
-    let loss = out[0].iter().next().copied().unwrap_or(f64::NAN);
+    let [loss, dxs, dys, dbeta] = out.as_slice() else {
+        bail!("the unrolled artifact must return the loss, dx, dy and dβ");
+    };
+    let loss = loss.iter().next().map_or(f64::NAN, |v| v.wide());
     check_finite("the matching loss", [&loss])?;
     for i in 0..seg.steps {
-        let dx = out[1].index_axis(Axis(0), i).to_owned();
-        let dy = out[2].index_axis(Axis(0), i).to_owned();
+        let dx = dxs.index_axis(Axis(0), i).to_owned();
+        let dy = dys.index_axis(Axis(0), i).to_owned();
         sink(i, dx, Some(dy))?;
     }
-    let dbeta = out[3].iter().next().copied().unwrap_or(f64::NAN);
+    let dbeta = dbeta.iter().next().map_or(f64::NAN, |v| v.wide());
     Ok(IterGrad { loss, dbeta })
 }

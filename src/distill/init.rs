@@ -26,7 +26,7 @@ pub fn target_teachers(
     experts: &[Trajectory],
     max_start_epoch: usize,
     expert_epochs: usize,
-) -> Result<Vec<Vec<f64>>> {
+) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(experts.len() * max_start_epoch);
     for e in experts {
         for t in target_epochs(max_start_epoch, expert_epochs) {
@@ -42,8 +42,8 @@ pub fn select_teacher_agreed(
     train: &Dataset,
     ipc: usize,
     seed: u64,
-    teachers: &[Vec<f64>],
-    exec: &mut dyn Exec,
+    teachers: &[Vec<f32>],
+    exec: &mut dyn Exec<f32>,
     b: usize,
 ) -> Result<Selection> {
     let k = train.num_classes();
@@ -62,7 +62,7 @@ pub fn select_teacher_agreed(
         pool.shuffle(&mut rng);
         let mut taken = 0;
         for chunk in pool.chunks(b) {
-            let x = train.batch(chunk).mapv(f64::from);
+            let x = train.batch(chunk);
             let mut agreed = vec![true; chunk.len()];
             for theta in teachers {
                 let p = teacher_labels(exec, theta, &x, b, k)?;

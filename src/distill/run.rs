@@ -6,7 +6,9 @@ pub use super::checkpoint::State;
 pub use super::config::{validate, DistillConfig, FinalLabels, Labels, PixInit};
 use super::gradient::{backward, Mode, Segment};
 pub use super::labels::softmax_rows;
-use super::labels::{label_path_grad, mean_teacher_labels, teacher_labels, weak_labels};
+use super::labels::{
+    label_path_grad, mean_teacher_labels, softmax_rows_vjp, teacher_labels, weak_labels,
+};
 use super::set_file::DistilledSet;
 use crate::compile_cache::ProgramStore;
 use crate::data::augment::{self, Draw, Strategy};
@@ -17,6 +19,7 @@ use crate::experts::trajectory::{list, Trajectory};
 use crate::runtime::programs::{Artifact, Exec};
 use crate::runtime::BackendKind;
 use crate::train::one_hot;
+use crate::train::optimizer::MomentumSgd;
 use crate::zoo::ModelSpec;
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -59,160 +62,260 @@ pub struct RunContext {
     pub batch_syn: usize,
 }
 
-fn to_f64<D: ndarray::Dimension>(a: &ndarray::Array<f32, D>) -> ndarray::Array<f64, D> {
-    a.mapv(f64::from)
+/// What one iteration reports (a line of `metrics.jsonl`, with the time).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct IterationReport {
+    /// The matching loss L.
+    pub loss: f64,
+    /// ‖∂L/∂X̃‖.
+    pub grad_norm: f64,
+    /// The expert the segment came from.
+    pub expert: usize,
+    /// Its start epoch t.
+    pub start_epoch: usize,
 }
 
-/// One iteration of Algorithm 1 on `exec` (whose graphs take batches of `ctx.batch_syn`).
-/// Returns (loss, grad norm, expert, start epoch).
-pub fn iteration(
-    ctx: &RunContext,
-    exec: &mut dyn Exec,
-    st: &mut State,
-) -> Result<(f64, f64, usize, usize)> {
+/// The expert segment an iteration matches: θ*_t, θ*_{t+M}, and the teacher of soft labels.
+struct SampledSegment {
+    expert: usize,
+    start_epoch: usize,
+    start: Vec<f32>,
+    target: Vec<f32>,
+    /// The teacher whose softmax labels the images (`--labels target|last`).
+    teacher: Option<Vec<f32>>,
+}
+
+/// The student steps' batches: which images each step takes and how they are augmented.
+struct BatchPlan {
+    order: Vec<Vec<usize>>,
+    draws: Vec<Draw>,
+}
+
+/// ∂L/∂X̃, ∂L/∂Y (when labels are learned or differentiated) and what the backward reports.
+struct MatchingGradient {
+    images: Array4<f32>,
+    labels: Array2<f32>,
+    loss: f64,
+    dbeta: f64,
+}
+
+/// Draws the expert and its start epoch.
+fn sample_segment(ctx: &RunContext, rng: &mut ChaCha8Rng) -> Result<SampledSegment> {
     let cfg = &ctx.cfg;
-    let mut rng = ChaCha8Rng::seed_from_u64(crate::train::derive_seed(
-        cfg.seed,
-        1_000_000 + st.iteration as u64,
-    ));
-    let e = rng.random_range(0..ctx.experts.len());
-    let t = rng.random_range(0..cfg.max_start_epoch);
-    let traj = &ctx.experts[e];
-    let start = traj.epoch(t)?;
-    let target = traj.epoch(t + cfg.expert_epochs)?;
-    let n = st.images.shape()[0];
-    let last;
-    let teacher: Option<&[f64]> = match cfg.labels {
-        Labels::Target => Some(&target),
-        Labels::Last => {
-            last = traj.epoch(traj.snapshots - 1)?;
-            Some(&last)
-        }
+    let expert = rng.random_range(0..ctx.experts.len());
+    let start_epoch = rng.random_range(0..cfg.max_start_epoch);
+    let traj = ctx
+        .experts
+        .get(expert)
+        .ok_or_else(|| anyhow!("no expert {expert}"))?;
+    let target = traj.epoch(start_epoch + cfg.expert_epochs)?;
+    let teacher = match cfg.labels {
+        Labels::Target => Some(target.clone()),
+        Labels::Last => Some(traj.epoch(traj.snapshots - 1)?),
         Labels::Hard | Labels::Learned => None,
     };
-    let labels: Array2<f64> = match teacher {
-        Some(th) => teacher_labels(exec, th, &st.images, ctx.batch_syn, ctx.classes)?,
-        None if cfg.labels == Labels::Hard => to_f64(&one_hot(&st.classes, ctx.classes)),
-        None => softmax_rows(
-            st.label_logits
-                .as_ref()
-                .ok_or_else(|| anyhow!("learned labels missing from the state"))?,
-        ),
+    Ok(SampledSegment {
+        expert,
+        start_epoch,
+        start: traj.epoch(start_epoch)?,
+        target,
+        teacher,
+    })
+}
+
+/// The label rows of this iteration: the teacher's softmax, one-hot rows, or the learned ones.
+fn assign_labels(
+    ctx: &RunContext,
+    exec: &mut dyn Exec<f32>,
+    st: &State,
+    teacher: Option<&[f32]>,
+) -> Result<Array2<f32>> {
+    match teacher {
+        Some(th) => teacher_labels(exec, th, &st.images, ctx.batch_syn, ctx.classes),
+        None if ctx.cfg.labels == Labels::Hard => Ok(one_hot(&st.classes, ctx.classes)),
+        None => {
+            Ok(softmax_rows(st.label_logits.as_ref().ok_or_else(|| {
+                anyhow!("learned labels missing from the state")
+            })?))
+        }
+    }
+}
+
+/// Student mini-batches: a fresh permutation cut into chunks, refilled when used up, and one
+/// augmentation draw per step.
+fn plan_batches(ctx: &RunContext, st: &State, rng: &mut ChaCha8Rng) -> BatchPlan {
+    let steps = ctx.cfg.syn_steps;
+    let &[n, c, h, w] = st.images.shape() else {
+        unreachable!("State holds 4-d images")
     };
-    // Student mini-batches: a fresh permutation cut into chunks, refilled when used up.
-    let mut order: Vec<Vec<usize>> = Vec::with_capacity(cfg.syn_steps);
+    let mut order: Vec<Vec<usize>> = Vec::with_capacity(steps);
     let mut pool: Vec<Vec<usize>> = Vec::new();
-    for _ in 0..cfg.syn_steps {
+    for _ in 0..steps {
         if pool.is_empty() {
             let mut p: Vec<usize> = (0..n).collect();
-            p.shuffle(&mut rng);
+            p.shuffle(rng);
             pool = p
                 .chunks(ctx.batch_syn)
                 .rev()
                 .map(<[usize]>::to_vec)
                 .collect();
         }
-        order.push(pool.pop().expect("refilled"));
+        order.extend(pool.pop());
     }
-    let [_, c, h, w] = [
-        n,
-        st.images.shape()[1],
-        st.images.shape()[2],
-        st.images.shape()[3],
-    ];
-    let draws: Vec<Draw> = (0..cfg.syn_steps)
-        .map(|_| ctx.strategy.draw(&mut rng, [ctx.batch_syn, c, h, w]))
+    let draws = (0..steps)
+        .map(|_| ctx.strategy.draw(rng, [ctx.batch_syn, c, h, w]))
         .collect();
+    BatchPlan { order, draws }
+}
+
+/// Passes 1 and 2 (or the exact sweep, or the unrolled graph): the gradient of the matching loss
+/// with respect to every synthetic image and label row, the batches rebuilt on demand.
+fn matching_gradient(
+    ctx: &RunContext,
+    exec: &mut dyn Exec<f32>,
+    st: &State,
+    seg: &SampledSegment,
+    labels: &Array2<f32>,
+    plan: &BatchPlan,
+) -> Result<MatchingGradient> {
+    let cfg = &ctx.cfg;
     let images = &st.images;
-    let mut grad = Array4::<f64>::zeros(images.raw_dim());
-    let mut grad_y = Array2::<f64>::zeros((n, ctx.classes));
-    let need_dy = cfg.needs_label_grad();
-    {
-        let mut batch = |i: usize| -> Result<(ArrayD<f64>, ArrayD<f64>)> {
-            let x = images.select(Axis(0), &order[i]);
-            let x = if draws[i].is_identity() {
+    let mut grad = Array4::<f32>::zeros(images.raw_dim());
+    let mut grad_y = Array2::<f32>::zeros((images.shape()[0], ctx.classes));
+    let ig = {
+        let mut batch = |i: usize| -> Result<(ArrayD<f32>, ArrayD<f32>)> {
+            let (idx, draw) = (&plan.order[i], &plan.draws[i]);
+            let x = images.select(Axis(0), idx);
+            let x = if draw.is_identity() {
                 x
             } else {
-                to_f64(&augment::try_apply(&draws[i], x.mapv(|v| v as f32).view())?)
+                augment::try_apply(draw, x.view())?
             };
-            Ok((x.into_dyn(), labels.select(Axis(0), &order[i]).into_dyn()))
+            Ok((x.into_dyn(), labels.select(Axis(0), idx).into_dyn()))
         };
-        let mut sink = |i: usize, dx: ArrayD<f64>, dy: Option<ArrayD<f64>>| -> Result<()> {
+        let mut sink = |i: usize, dx: ArrayD<f32>, dy: Option<ArrayD<f32>>| -> Result<()> {
+            let (idx, draw) = (&plan.order[i], &plan.draws[i]);
             let dx = dx.into_dimensionality::<Ix4>()?;
-            let dx = if draws[i].is_identity() {
+            let dx = if draw.is_identity() {
                 dx
             } else {
-                to_f64(&augment::try_apply_adjoint(
-                    &draws[i],
-                    dx.mapv(|v| v as f32).view(),
-                )?)
+                augment::try_apply_adjoint(draw, dx.view())?
             };
-            for (k, &j) in order[i].iter().enumerate() {
+            for (k, &j) in idx.iter().enumerate() {
                 let mut row = grad.slice_mut(s![j, .., .., ..]);
                 row += &dx.index_axis(Axis(0), k);
             }
             if let Some(dy) = dy {
                 let dy = dy.into_dimensionality::<Ix2>()?;
-                for (k, &j) in order[i].iter().enumerate() {
+                for (k, &j) in idx.iter().enumerate() {
                     let mut row = grad_y.row_mut(j);
                     row += &dy.row(k);
                 }
             }
             Ok(())
         };
-        let seg = Segment {
-            start: &start,
-            target: &target,
-            beta: st.beta,
+        let segment = Segment {
+            start: &seg.start,
+            target: &seg.target,
+            beta: st.beta as f32,
             steps: cfg.syn_steps,
         };
-        let ig = backward(cfg.gradient, exec, &seg, &mut batch, &mut sink, need_dy)?;
-        if let (true, Some(th)) = (cfg.label_grad, teacher) {
-            grad += &label_path_grad(exec, th, images, &grad_y, ctx.batch_syn)?;
-        }
-        let gnorm = grad.iter().map(|v| v * v).sum::<f64>().sqrt();
-        if !gnorm.is_finite() || !ig.dbeta.is_finite() {
-            bail!("the run diverged at iteration {}: the image gradient is not finite; lower --lr-img or resume from the last checkpoint", st.iteration);
-        }
-        // SGD with momentum 0.5 on the images, β and learned labels (the reference optimisers).
-        st.images_mom.zip_mut_with(&grad, |m, g| *m = 0.5 * *m + g);
-        let new_images = &st.images - &(&st.images_mom * cfg.lr_img);
-        st.beta_mom = 0.5 * st.beta_mom + ig.dbeta;
-        let new_beta = st.beta - cfg.lr_lr * st.beta_mom;
-        if new_images.iter().any(|v| !v.is_finite()) || !new_beta.is_finite() {
-            bail!("the run diverged at iteration {}: images or learning rate became NaN/Inf; lower --lr-img/--lr-lr or resume from the last checkpoint", st.iteration);
-        }
-        if let (Some(lg), Some(lm)) = (st.label_logits.as_mut(), st.label_mom.as_mut()) {
-            // Back through the softmax: dz = p ⊙ (dy − ⟨p, dy⟩).
-            let p = softmax_rows(lg);
-            let mut dz = Array2::<f64>::zeros(p.raw_dim());
-            for ((mut dzr, pr), gr) in dz.rows_mut().into_iter().zip(p.rows()).zip(grad_y.rows()) {
-                let inner = pr.dot(&gr);
-                dzr.assign(&(&pr * &(&gr - inner)));
-            }
-            lm.zip_mut_with(&dz, |m, g| *m = 0.5 * *m + g);
-            *lg = &*lg - &(&*lm * cfg.lr_label);
-        }
-        // The state lives at f32 precision (what checkpoints store), so a resumed run continues
-        // from exactly the values an uninterrupted one holds.
-        let round = |v: &mut f64| *v = f64::from(*v as f32);
-        st.images = new_images;
-        st.images.iter_mut().for_each(round);
-        st.images_mom.iter_mut().for_each(round);
-        st.beta = f64::from(new_beta as f32);
-        st.beta_mom = f64::from(st.beta_mom as f32);
-        if let (Some(lg), Some(lm)) = (st.label_logits.as_mut(), st.label_mom.as_mut()) {
-            lg.iter_mut().for_each(round);
-            lm.iter_mut().for_each(round);
-        }
-        st.last_labels = labels.mapv(|v| f64::from(v as f32));
-        st.iteration += 1;
-        Ok((ig.loss, gnorm, e, t))
+        let need_dy = cfg.needs_label_grad();
+        backward(cfg.gradient, exec, &segment, &mut batch, &mut sink, need_dy)?
+    };
+    if let (true, Some(th)) = (cfg.label_grad, seg.teacher.as_deref()) {
+        grad += &label_path_grad(exec, th, images, &grad_y, ctx.batch_syn)?;
     }
+    Ok(MatchingGradient {
+        images: grad,
+        labels: grad_y,
+        loss: ig.loss,
+        dbeta: ig.dbeta,
+    })
+}
+
+/// The reference optimisers' step: SGD with momentum 0.5 on the images, β and learned labels.
+fn update(ctx: &RunContext, st: &mut State, g: &MatchingGradient) -> Result<()> {
+    let cfg = &ctx.cfg;
+    let diverged = |what: &str| {
+        anyhow!(
+            "the run diverged at iteration {}: {what} became NaN/Inf; lower --lr-img/--lr-lr or \
+             resume from the last checkpoint",
+            st.iteration
+        )
+    };
+    let mut images = st.images.as_standard_layout().into_owned();
+    let mut images_mom = st.images_mom.as_standard_layout().into_owned();
+    let grad = g.images.as_standard_layout();
+    let contiguous = || anyhow!("the image state is not contiguous");
+    MomentumSgd::new(cfg.lr_img as f32, 0.5).step(
+        images.as_slice_mut().ok_or_else(contiguous)?,
+        Some(images_mom.as_slice_mut().ok_or_else(contiguous)?),
+        grad.as_slice().ok_or_else(contiguous)?,
+    )?;
+    // β in f64, rounded to f32 as the state keeps it: a fresh run's β is the teachers' step
+    // size in full, and the first update must start from it.
+    let (mut beta, mut beta_mom) = ([st.beta], [st.beta_mom]);
+    MomentumSgd::new(cfg.lr_lr, 0.5).step(&mut beta, Some(&mut beta_mom), &[g.dbeta])?;
+    if images.iter().any(|v| !v.is_finite()) {
+        return Err(diverged("the images"));
+    }
+    if !beta[0].is_finite() {
+        return Err(diverged("the learning rate"));
+    }
+    if let (Some(lg), Some(lm)) = (st.label_logits.as_mut(), st.label_mom.as_mut()) {
+        let dz = softmax_rows_vjp(&softmax_rows(lg), &g.labels);
+        let contiguous = || anyhow!("the label state is not contiguous");
+        MomentumSgd::new(cfg.lr_label as f32, 0.5).step(
+            lg.as_slice_mut().ok_or_else(contiguous)?,
+            Some(lm.as_slice_mut().ok_or_else(contiguous)?),
+            dz.as_slice().ok_or_else(contiguous)?,
+        )?;
+    }
+    st.images = images;
+    st.images_mom = images_mom;
+    st.beta = f64::from(beta[0] as f32);
+    st.beta_mom = f64::from(beta_mom[0] as f32);
+    Ok(())
+}
+
+/// One iteration of Algorithm 1 on `exec` (whose graphs take batches of `ctx.batch_syn`): sample
+/// a segment, assign labels, plan the student batches, compute the matching gradient, update.
+pub fn iteration(
+    ctx: &RunContext,
+    exec: &mut dyn Exec<f32>,
+    st: &mut State,
+) -> Result<IterationReport> {
+    let mut rng = ChaCha8Rng::seed_from_u64(crate::train::derive_seed(
+        ctx.cfg.seed,
+        1_000_000 + st.iteration as u64,
+    ));
+    let seg = sample_segment(ctx, &mut rng)?;
+    let labels = assign_labels(ctx, exec, st, seg.teacher.as_deref())?;
+    let plan = plan_batches(ctx, st, &mut rng);
+    let g = matching_gradient(ctx, exec, st, &seg, &labels, &plan)?;
+    let grad_norm = g
+        .images
+        .iter()
+        .map(|&v| f64::from(v).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    if !grad_norm.is_finite() || !g.dbeta.is_finite() {
+        bail!("the run diverged at iteration {}: the image gradient is not finite; lower --lr-img or resume from the last checkpoint", st.iteration);
+    }
+    update(ctx, st, &g)?;
+    st.last_labels = labels;
+    st.iteration += 1;
+    Ok(IterationReport {
+        loss: g.loss,
+        grad_norm,
+        expert: seg.expert,
+        start_epoch: seg.start_epoch,
+    })
 }
 
 /// The label rows the distilled set is written with (see [`FinalLabels`]), at f32 precision.
-pub fn saved_labels(ctx: &RunContext, exec: &mut dyn Exec, st: &State) -> Result<Array2<f64>> {
+pub fn saved_labels(ctx: &RunContext, exec: &mut dyn Exec<f32>, st: &State) -> Result<Array2<f32>> {
     let cfg = &ctx.cfg;
     if cfg.final_labels == FinalLabels::Last {
         return Ok(st.last_labels.clone());
@@ -221,15 +324,14 @@ pub fn saved_labels(ctx: &RunContext, exec: &mut dyn Exec, st: &State) -> Result
         Labels::Last => traj.snapshots - 1..traj.snapshots,
         _ => super::init::target_epochs(cfg.max_start_epoch, cfg.expert_epochs),
     };
-    let y = mean_teacher_labels(
+    mean_teacher_labels(
         exec,
         &ctx.experts,
         epochs,
         &st.images,
         ctx.batch_syn,
         ctx.classes,
-    )?;
-    Ok(y.mapv(|v| f64::from(v as f32)))
+    )
 }
 
 /// Opens and validates the experts for a run.
@@ -296,13 +398,25 @@ pub fn open_experts(
 pub fn save(
     ctx: &RunContext,
     st: &State,
-    labels: &Array2<f64>,
+    labels: &Array2<f32>,
+    ds_mean: &[f32],
+    ds_std: &[f32],
+    zca: Option<&Zca>,
+) -> Result<()> {
+    super::checkpoint::write(&ctx.cfg.out.join("checkpoint"), st, &ctx.cfg)?;
+    save_set(ctx, st, labels, ds_mean, ds_std, zca)
+}
+
+/// Writes the distilled set and its picture (what [`save`] writes after the checkpoint).
+fn save_set(
+    ctx: &RunContext,
+    st: &State,
+    labels: &Array2<f32>,
     ds_mean: &[f32],
     ds_std: &[f32],
     zca: Option<&Zca>,
 ) -> Result<()> {
     let out = &ctx.cfg.out;
-    super::checkpoint::write(&out.join("checkpoint"), st, &ctx.cfg)?;
     let soft = ctx.cfg.labels != Labels::Hard;
     let mut dm = HashMap::new();
     dm.insert("dataset".to_string(), ctx.cfg.dataset.clone());
@@ -332,17 +446,16 @@ pub fn save(
     );
     dm.insert("ipc".to_string(), ctx.cfg.ipc.to_string());
     DistilledSet {
-        images: st.images.mapv(|v| v as f32),
-        labels: labels.mapv(|v| v as f32),
+        images: st.images.clone(),
+        labels: labels.clone(),
         classes: st.classes.clone(),
         lr: Some(st.beta),
         meta: dm,
     }
     .write(&out.join("distilled.safetensors"))?;
-    let imgs = st.images.mapv(|v| v as f32);
     crate::data::grid::save_grid(
         &out.join("grid.png"),
-        imgs.view(),
+        st.images.view(),
         Some(&st.classes),
         ds_mean,
         ds_std,
@@ -373,19 +486,19 @@ pub fn initial_state(cfg: &DistillConfig, train: &Dataset) -> Result<State> {
 pub fn initial_state_from(cfg: &DistillConfig, train: &Dataset, sel: Selection) -> Result<State> {
     let k = train.num_classes();
     let images = match cfg.pix_init {
-        PixInit::Real | PixInit::RealCorrect => to_f64(&sel.images(train)),
+        PixInit::Real | PixInit::RealCorrect => sel.images(train),
         PixInit::Noise => {
             let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
             let [c, h, w] = train.image_shape();
             Array4::from_shape_fn((sel.indices.len(), c, h, w), |_| {
                 let u1: f64 = rng.random_range(f64::EPSILON..1.0);
                 let u2: f64 = rng.random_range(0.0..1.0);
-                (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+                ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
             })
         }
     };
     let n = images.shape()[0];
-    let hard = to_f64(&one_hot(&sel.labels, k));
+    let hard = one_hot(&sel.labels, k);
     let (label_logits, label_mom) = if cfg.labels == Labels::Learned {
         (Some(&hard * 10.0), Some(Array2::zeros((n, k))))
     } else {
@@ -543,17 +656,22 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
     );
     pb.set_position(st.iteration as u64);
     let mut written_labels = None;
+    let mut last_good = st.iteration;
+    let stopped = |at: usize, last_good: usize| {
+        format!(
+            "stopped at iteration {at}; the last good checkpoint (iteration {last_good}) is in {}, \
+             from which --resume continues",
+            out.join("checkpoint").display()
+        )
+    };
     while st.iteration < cfg.iterations {
         let t0 = Instant::now();
         let exec = store.get(batch_syn)?.0;
-        let (loss, gnorm, e, t) = match iteration(&ctx, exec, &mut st) {
+        let report = match iteration(&ctx, exec, &mut st) {
             Ok(v) => v,
             Err(err) => {
                 pb.abandon();
-                return Err(err.context(format!(
-                    "stopped; the last good checkpoint is in {}",
-                    out.join("checkpoint").display()
-                )));
+                return Err(err.context(stopped(st.iteration + 1, last_good)));
             }
         };
         let evaluate = cfg.eval_every > 0
@@ -570,20 +688,29 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
         };
         let m = Metric {
             iteration: st.iteration,
-            loss,
+            loss: report.loss,
             beta: st.beta,
-            expert: e,
-            start_epoch: t,
+            expert: report.expert,
+            start_epoch: report.start_epoch,
             seconds: t0.elapsed().as_secs_f64(),
             peak_rss_mib: peak_rss_kib().map_or(f64::NAN, |k| k as f64 / 1024.0),
-            grad_norm: gnorm,
+            grad_norm: report.grad_norm,
             eval_acc,
         };
-        writeln!(metrics, "{}", serde_json::to_string(&m)?).context("writing metrics.jsonl")?;
-        pb.set_message(format!("loss {loss:.4}, lr {:.5}", st.beta));
+        // A full disk surfaces here: the message says where the run can continue from.
+        writeln!(metrics, "{}", serde_json::to_string(&m)?)
+            .with_context(|| format!("writing {}", metrics_path.display()))
+            .with_context(|| stopped(st.iteration, last_good))?;
+        pb.set_message(format!("loss {:.4}, lr {:.5}", report.loss, st.beta));
         pb.inc(1);
         if let Some(y) = y.filter(|_| checkpoint) {
-            save(&ctx, &st, &y, train.mean(), train.std(), zca.as_ref())?;
+            let saved = super::checkpoint::write(&out.join("checkpoint"), &st, &ctx.cfg)
+                .map(|()| last_good = st.iteration)
+                .and_then(|()| save_set(&ctx, &st, &y, train.mean(), train.std(), zca.as_ref()));
+            if let Err(err) = saved {
+                pb.abandon();
+                return Err(err.context(stopped(st.iteration, last_good)));
+            }
             written_labels = Some(y);
         }
     }
@@ -621,7 +748,7 @@ fn truncate_metrics(path: &Path, upto: usize) -> Result<()> {
 /// One warning line for every synthetic image whose saved soft label gives its own class under
 /// half the mass, naming the three weakest (at 1000 classes there can be hundreds): at IPC 1 the
 /// evaluation networks can then lose that class entirely, which the run's loss does not show.
-fn warn_weak_labels(labels: &Array2<f64>, classes: &[u32], names: &[String]) {
+fn warn_weak_labels(labels: &Array2<f32>, classes: &[u32], names: &[String]) {
     let name = |c: usize| crate::data::class_name(names, c);
     let mut weak = weak_labels(labels, classes);
     if weak.is_empty() {
@@ -657,7 +784,7 @@ fn warn_weak_labels(labels: &Array2<f64>, classes: &[u32], names: &[String]) {
 fn quick_eval(
     ctx: &RunContext,
     st: &State,
-    labels: &Array2<f64>,
+    labels: &Array2<f32>,
     model: &ModelSpec,
     test: &Dataset,
     out: &Path,
@@ -671,11 +798,9 @@ fn quick_eval(
         seed: ctx.cfg.seed,
         backend: kind,
     };
-    let images = st.images.mapv(|v| v as f32);
-    let labels = labels.mapv(|v| v as f32);
     let r = crate::eval::evaluate(
         model,
-        images.view(),
+        st.images.view(),
         labels.view(),
         st.beta,
         test,

@@ -4,6 +4,8 @@
 //! non-finite pixels, label rows that are not distributions) before any work starts. A value
 //! that is wrong but well-formed would otherwise be evaluated into a meaningless accuracy.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use crate::runtime::{read_safetensors_with_metadata, write_safetensors};
 use anyhow::{anyhow, bail, Result};
 use ndarray::{Array1, Array2, Array4, ArrayD, Ix2, Ix4};
@@ -52,15 +54,15 @@ impl DistilledSet {
             .into_dimensionality::<Ix2>()
             .map_err(|_| anyhow!("{f}: 'labels' must be [N, classes]"))?;
         let class_values = take("classes")?;
-        let n = images.shape()[0];
-        let k = labels.shape()[1];
+        let n = images.dim().0;
+        let k = labels.ncols();
         if n == 0 {
             bail!("{f}: 'images' holds no image");
         }
-        if labels.shape()[0] != n || class_values.len() != n {
+        if labels.nrows() != n || class_values.len() != n {
             bail!(
                 "{f}: {n} images but {} label rows and {} classes",
-                labels.shape()[0],
+                labels.nrows(),
                 class_values.len()
             );
         }
@@ -112,22 +114,26 @@ impl DistilledSet {
     /// Checks that the set fits a dataset with `classes` classes and images of `image_shape`.
     pub fn check_fits(&self, path: &Path, classes: usize, image_shape: &[usize]) -> Result<()> {
         let f = path.display();
-        let k = self.labels.shape()[1];
+        let k = self.labels.ncols();
         if k != classes {
             bail!("{f}: the labels have {k} columns, the dataset has {classes} classes");
         }
-        if self.images.shape()[1..] != *image_shape {
-            bail!(
-                "{f}: images are {:?}, the dataset's are {image_shape:?}",
-                &self.images.shape()[1..]
-            );
+        if {
+            let (_, c, h, w) = self.images.dim();
+            [c, h, w]
+        } != *image_shape
+        {
+            bail!("{f}: images are {:?}, the dataset's are {image_shape:?}", {
+                let (_, c, h, w) = self.images.dim();
+                [c, h, w]
+            });
         }
         Ok(())
     }
 
     /// The number of images.
     pub fn len(&self) -> usize {
-        self.images.shape()[0]
+        self.images.dim().0
     }
 
     /// Whether the set holds no image (never, for a file [`DistilledSet::read`] accepted).

@@ -109,6 +109,31 @@ impl ModelResult {
     }
 }
 
+/// The results as a Markdown table, one row per model, under a line saying what was evaluated
+/// (what `tesla eval` writes beside its JSON, ready for a report).
+pub fn markdown_table(
+    results: &[ModelResult],
+    evaluated: &str,
+    dataset: &str,
+    epochs: usize,
+) -> String {
+    let mut s = format!(
+        "{evaluated} on {dataset}, {epochs} epochs per run\n\n\
+         | model | test accuracy (mean ± std) | runs | lr |\n|---|---|---|---|\n"
+    );
+    for r in results {
+        s += &format!(
+            "| {} | {:.2} ± {:.2} % | {} | {:.5} |\n",
+            r.model.replace('|', "\\|"),
+            r.mean * 100.0,
+            r.std * 100.0,
+            r.accuracies.len(),
+            r.lr
+        );
+    }
+    s
+}
+
 /// Mean and population standard deviation.
 pub fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len().max(1) as f64;

@@ -148,7 +148,7 @@ fn train_one(
     // Resume from the partial trajectory (an interrupted expert restarts at its last epoch, with
     // the momentum buffer it had there, so the resumed trajectory is the uninterrupted one).
     let mut snaps: Vec<Vec<f32>> = Vec::new();
-    let mut velocity: Option<Vec<f64>> = None;
+    let mut velocity: Option<Vec<f32>> = None;
     let mut logs: Vec<serde_json::Value> = Vec::new();
     if partial.exists() {
         // Both files are written atomically, so one that does not fit this run is not a cut
@@ -177,7 +177,7 @@ fn train_one(
                     )))
                 }
                 "velocity" if a.len() == p && a.iter().all(|v| v.is_finite()) => {
-                    velocity = Some(a.iter().map(|&v| f64::from(v)).collect());
+                    velocity = Some(a.iter().copied().collect());
                 }
                 "velocity" => return Err(bad("its momentum buffer does not fit this model")),
                 _ => {}
@@ -211,21 +211,11 @@ fn train_one(
         }
     }
     if snaps.is_empty() {
-        snaps.push(
-            init_theta(store, cfg.batch.min(train_set.len()), seed)?
-                .iter()
-                .map(|&v| v as f32)
-                .collect(),
-        );
+        snaps.push(init_theta(store, cfg.batch.min(train_set.len()), seed)?);
         velocity = None;
     }
     let mut state = SgdState {
-        theta: snaps
-            .last()
-            .expect("non-empty")
-            .iter()
-            .map(|&v| f64::from(v))
-            .collect(),
+        theta: snaps.last().cloned().unwrap_or_default(),
         velocity,
     };
     let sgd = Sgd {
@@ -267,7 +257,7 @@ fn train_one(
         Some(&pb),
         &mut |store, epoch, st, loss| {
             let acc = accuracy(store, test, &st.theta, 500)?;
-            snaps.push(st.theta.iter().map(|&v| v as f32).collect());
+            snaps.push(st.theta.clone());
             logs.push(serde_json::to_value(EpochLog {
                 epoch: epoch + 1,
                 train_loss: loss,
@@ -280,11 +270,11 @@ fn train_one(
             let target = if epoch + 1 == cfg.epochs {
                 expert_path(&cfg.out, j)
             } else {
-                // Training rounds θ and the buffer to f32 after every step, so these f32 copies
-                // are exact and a resumed run continues bit for bit.
+                // θ and the buffer are f32 throughout, so these copies are the whole state and a
+                // resumed run continues bit for bit.
                 if let Some(v) = &st.velocity {
-                    let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-                    tensors.push(("velocity".to_string(), ndarray::Array1::from(v).into_dyn()));
+                    let v = ndarray::Array1::from(v.clone()).into_dyn();
+                    tensors.push(("velocity".to_string(), v));
                 }
                 partial.clone()
             };

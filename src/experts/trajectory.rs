@@ -2,7 +2,10 @@
 //! \[E+1, P\] (θ*_0 … θ*_E, f32) and the parameter layout and provenance in its metadata. Read
 //! through a memory map, so a distillation run touches only the two epochs it samples.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use crate::compiler::manifest::ParamEntry;
+use crate::tensor_file::le_f32s;
 use anyhow::{anyhow, bail, Context, Result};
 use memmap2::Mmap;
 use safetensors::SafeTensors;
@@ -92,13 +95,12 @@ impl Trajectory {
         let t = st
             .tensor("trajectory")
             .map_err(|_| anyhow!("{} has no 'trajectory' tensor", path.display()))?;
-        if t.dtype() != safetensors::Dtype::F32 || t.shape().len() != 2 {
+        let (safetensors::Dtype::F32, &[snapshots, num_params]) = (t.dtype(), t.shape()) else {
             bail!(
                 "{}: 'trajectory' must be f32 [epochs+1, params]",
                 path.display()
             );
-        }
-        let (snapshots, num_params) = (t.shape()[0], t.shape()[1]);
+        };
         // Counts from the metadata are outside input: summed and incremented without overflow
         // (a wrapped sum could match the tensor and pass).
         let want = meta
@@ -124,7 +126,7 @@ impl Trajectory {
     }
 
     /// θ* after `epoch` epochs.
-    pub fn epoch(&self, epoch: usize) -> Result<Vec<f64>> {
+    pub fn epoch(&self, epoch: usize) -> Result<Vec<f32>> {
         if epoch >= self.snapshots {
             bail!(
                 "{} holds epochs 0..={}, epoch {epoch} was asked for",
@@ -137,11 +139,17 @@ impl Trajectory {
         let t = st
             .tensor("trajectory")
             .map_err(|e| anyhow!("{}: {e}", self.path.display()))?;
-        let row = &t.data()[epoch * self.num_params * 4..(epoch + 1) * self.num_params * 4];
-        Ok(row
-            .chunks_exact(4)
-            .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-            .collect())
+        let row_bytes = self.num_params.saturating_mul(4);
+        let row = epoch
+            .checked_mul(row_bytes)
+            .and_then(|start| t.data().get(start..start.checked_add(row_bytes)?))
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: trajectory data is too short for epoch {epoch}",
+                    self.path.display()
+                )
+            })?;
+        Ok(le_f32s(row).collect())
     }
 
     /// The file.

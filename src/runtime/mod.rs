@@ -24,7 +24,7 @@ pub use ort_backend::ort_library_path;
 pub use run_file::run_graph_file;
 
 /// Which engine runs the graphs (see [`default_backend`] for the one a command gets by default).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum BackendKind {
     /// tract, pure Rust (needs nothing installed).
     #[default]
@@ -32,7 +32,6 @@ pub enum BackendKind {
     /// ONNX Runtime with the CPU execution provider.
     Ort,
     /// ONNX Runtime with the CUDA execution provider (no silent fallback to the CPU).
-    #[value(name = "ort-cuda")]
     OrtCuda,
 }
 

@@ -1,6 +1,7 @@
 //! The artifacts of one compiled model as a set of runnable programs, addressed by role. The
-//! scheduler talks to this, in f64 at the boundary, so the same loop runs on a backend (f32
-//! inside) or on the f64 reference evaluator that the exactness tests use.
+//! scheduler talks to this in the precision of its state: f32 on a backend (what the artifacts
+//! take, so nothing is converted per call), f64 on the reference evaluator that the exactness
+//! tests use.
 
 use super::{Backend, Session};
 use crate::compiler::eval::eval;
@@ -12,10 +13,50 @@ use std::path::{Path, PathBuf};
 
 pub use crate::compiler::artifact::Artifact;
 
-/// Runs artifacts with positional inputs (in the graph's declared order).
-pub trait Exec {
+/// The floating-point type a scheduler runs in: f32 on the backends, f64 on the reference
+/// evaluator. Sums that decide the loss and the learning-rate gradient widen to f64 through
+/// [`Scalar::wide`].
+pub trait Scalar:
+    num_traits::Float
+    + ndarray::LinalgScalar
+    + ndarray::ScalarOperand
+    + std::ops::AddAssign
+    + std::ops::SubAssign
+    + std::iter::Sum
+    + std::fmt::Debug
+    + std::fmt::Display
+    + Send
+    + Sync
+    + 'static
+{
+    /// The nearest value of this type.
+    fn narrow(v: f64) -> Self;
+    /// The exact value as f64.
+    fn wide(self) -> f64;
+}
+
+impl Scalar for f32 {
+    fn narrow(v: f64) -> f32 {
+        v as f32
+    }
+    fn wide(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+impl Scalar for f64 {
+    fn narrow(v: f64) -> f64 {
+        v
+    }
+    fn wide(self) -> f64 {
+        self
+    }
+}
+
+/// Runs artifacts with positional inputs (in the graph's declared order), in precision `F`.
+pub trait Exec<F: Scalar = f32> {
     /// Runs `which` and returns its outputs in declared order.
-    fn run(&mut self, which: Artifact, inputs: &[ArrayViewD<'_, f64>]) -> Result<Vec<ArrayD<f64>>>;
+    fn run(&mut self, which: Artifact, inputs: &[ArrayViewD<'_, F>]) -> Result<Vec<ArrayD<F>>>;
 }
 
 /// The f64 reference evaluator over in-memory IR graphs (tests and small checks).
@@ -33,20 +74,33 @@ impl ReferenceExec {
     }
 }
 
-impl Exec for ReferenceExec {
-    fn run(&mut self, which: Artifact, inputs: &[ArrayViewD<'_, f64>]) -> Result<Vec<ArrayD<f64>>> {
+impl ReferenceExec {
+    fn eval_f64(&self, which: Artifact, inputs: Vec<Tensor>) -> Result<Vec<ArrayD<f64>>> {
         let g = self
             .graphs
             .get(&which)
             .ok_or_else(|| anyhow!("no {which:?} graph loaded"))?;
-        let ts: Vec<Tensor> = inputs
-            .iter()
-            .map(|a| Tensor::new(DType::F64, a.shape().to_vec(), a.iter().copied().collect()))
-            .collect();
-        let outs = eval(g, &ts)?;
+        let outs = eval(g, &inputs)?;
         outs.into_iter()
             .map(|t| ArrayD::from_shape_vec(IxDyn(&t.shape), t.data).map_err(Into::into))
             .collect()
+    }
+}
+
+impl<F: Scalar> Exec<F> for ReferenceExec {
+    fn run(&mut self, which: Artifact, inputs: &[ArrayViewD<'_, F>]) -> Result<Vec<ArrayD<F>>> {
+        let ts: Vec<Tensor> = inputs
+            .iter()
+            .map(|a| {
+                let data = a.iter().map(|v| v.wide()).collect();
+                Tensor::new(DType::F64, a.shape().to_vec(), data)
+            })
+            .collect();
+        Ok(self
+            .eval_f64(which, ts)?
+            .into_iter()
+            .map(|a| a.mapv(F::narrow))
+            .collect())
     }
 }
 
@@ -86,10 +140,13 @@ impl BackendExec {
     }
 }
 
-impl Exec for BackendExec {
-    fn run(&mut self, which: Artifact, inputs: &[ArrayViewD<'_, f64>]) -> Result<Vec<ArrayD<f64>>> {
+impl Exec<f32> for BackendExec {
+    fn run(&mut self, which: Artifact, inputs: &[ArrayViewD<'_, f32>]) -> Result<Vec<ArrayD<f32>>> {
         self.preload(which)?;
-        let s = self.sessions.get_mut(&which).expect("preloaded");
+        let s = self
+            .sessions
+            .get_mut(&which)
+            .ok_or_else(|| anyhow!("{} is not loaded", which.file()))?;
         let names: Vec<String> = s.inputs().iter().map(|i| i.name.clone()).collect();
         if names.len() != inputs.len() {
             return Err(anyhow!(
@@ -100,9 +157,8 @@ impl Exec for BackendExec {
             ));
         }
         for (name, a) in names.iter().zip(inputs) {
-            let f = a.mapv(|v| v as f32);
-            s.bind(name, f.view())?;
+            s.bind(name, a.view())?;
         }
-        Ok(s.run()?.into_iter().map(|a| a.mapv(f64::from)).collect())
+        s.run()
     }
 }

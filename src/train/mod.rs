@@ -4,12 +4,15 @@
 use crate::compile_cache::ProgramStore;
 use crate::data::augment::{self, Strategy};
 use crate::data::Dataset;
-use crate::runtime::programs::{Artifact, Exec};
-use anyhow::{bail, Result};
+use crate::runtime::programs::{Artifact, Exec, Scalar};
+use anyhow::{anyhow, bail, Result};
 use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Axis};
+use optimizer::MomentumSgd;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+pub mod optimizer;
 
 /// Images to train on, with their label rows.
 pub enum TrainSet<'a> {
@@ -48,15 +51,14 @@ impl TrainSet<'_> {
     }
 }
 
-fn round_f32(v: f64) -> f64 {
-    f64::from(v as f32)
-}
-
 /// Index of the largest entry (the first on ties; NaN entries never win).
-pub fn argmax<'a>(row: impl IntoIterator<Item = &'a f64>) -> usize {
+pub fn argmax<'a, F: Scalar>(row: impl IntoIterator<Item = &'a F>) -> usize {
     row.into_iter()
         .enumerate()
-        .fold((0, f64::MIN), |m, (k, &v)| if v > m.1 { (k, v) } else { m })
+        .fold(
+            (0, F::min_value()),
+            |m, (k, &v)| if v > m.1 { (k, v) } else { m },
+        )
         .0
 }
 
@@ -98,15 +100,15 @@ pub struct Sgd {
 #[derive(Clone, Debug, PartialEq)]
 pub struct SgdState {
     /// The parameters.
-    pub theta: Vec<f64>,
+    pub theta: Vec<f32>,
     /// The momentum buffer: `None` before the first step (PyTorch starts it at the first
     /// gradient) and always when momentum is 0.
-    pub velocity: Option<Vec<f64>>,
+    pub velocity: Option<Vec<f32>>,
 }
 
 impl SgdState {
     /// A fresh start from `theta`.
-    pub fn new(theta: Vec<f64>) -> Self {
+    pub fn new(theta: Vec<f32>) -> Self {
         SgdState {
             theta,
             velocity: None,
@@ -159,39 +161,43 @@ pub fn train(
             };
             let (exec, _) = store.get(chunk.len())?;
             let th = ndarray::ArrayView1::from(state.theta.as_slice()).into_dyn();
-            let xf = x.mapv(f64::from).into_dyn();
-            let yf = y.mapv(f64::from).into_dyn();
-            let out = exec.run(Artifact::Step, &[th, xf.view(), yf.view()])?;
-            let loss = out[0].iter().next().copied().unwrap_or(f64::NAN);
+            let out = exec.run(
+                Artifact::Step,
+                &[th, x.view().into_dyn(), y.view().into_dyn()],
+            )?;
+            let [loss, g] = out.as_slice() else {
+                bail!("the step artifact must return the loss and the gradient");
+            };
+            let loss = loss.iter().next().map_or(f64::NAN, |&v| f64::from(v));
             if !loss.is_finite() {
                 bail!(
                     "training diverged at epoch {epoch} (loss is {loss}); lower the learning rate"
                 );
             }
             total += loss * chunk.len() as f64;
-            let g = &out[1];
-            let d: Vec<f64> = g
-                .iter()
-                .zip(state.theta.iter())
-                .map(|(g, t)| g + cfg.weight_decay * t)
-                .collect();
-            // PyTorch's SGD: a buffer of zeros makes the first step the plain gradient. Parameters
-            // and buffer are rounded to f32 after each step, as PyTorch keeps them, so the f32
-            // snapshots an expert writes are its whole state and a resumed run continues exactly.
-            let step: &[f64] = if cfg.momentum == 0.0 {
-                &d
-            } else {
-                let v = state.velocity.get_or_insert_with(|| vec![0.0; d.len()]);
-                v.iter_mut()
-                    .zip(&d)
-                    .for_each(|(v, d)| *v = round_f32(cfg.momentum * *v + d));
-                v
+            let g = g.as_standard_layout();
+            let g = g
+                .as_slice()
+                .ok_or_else(|| anyhow!("the gradient is not contiguous"))?;
+            // The f32 snapshots an expert writes are its whole state (with the momentum buffer),
+            // so a resumed run continues exactly.
+            let opt = MomentumSgd {
+                lr: lr as f32,
+                momentum: cfg.momentum as f32,
+                weight_decay: cfg.weight_decay as f32,
             };
-            state
-                .theta
-                .iter_mut()
-                .zip(step)
-                .for_each(|(t, s)| *t = round_f32(*t - lr * s));
+            let velocity = if cfg.momentum == 0.0 {
+                None
+            } else {
+                let n = state.theta.len();
+                Some(
+                    state
+                        .velocity
+                        .get_or_insert_with(|| vec![0.0; n])
+                        .as_mut_slice(),
+                )
+            };
+            opt.step(&mut state.theta, velocity, g)?;
             if let Some(p) = progress {
                 p.inc(chunk.len() as u64);
             }
@@ -231,7 +237,7 @@ impl ClassCounts {
 pub fn accuracy(
     store: &mut ProgramStore,
     ds: &Dataset,
-    theta: &[f64],
+    theta: &[f32],
     batch: usize,
 ) -> Result<f64> {
     Ok(class_accuracy(store, ds, theta, batch)?.accuracy())
@@ -243,7 +249,7 @@ pub fn accuracy(
 pub fn class_accuracy(
     store: &mut ProgramStore,
     ds: &Dataset,
-    theta: &[f64],
+    theta: &[f32],
     batch: usize,
 ) -> Result<ClassCounts> {
     let n = ds.len();
@@ -261,10 +267,14 @@ pub fn class_accuracy(
     for chunk in idx.chunks(b) {
         let mut padded = chunk.to_vec();
         padded.resize(b, chunk[0]);
-        let x = ds.batch(&padded).mapv(f64::from).into_dyn();
+        let x = ds.batch(&padded).into_dyn();
         let (exec, _) = store.get(b)?;
         let out = exec.run(Artifact::Logits, &[th.clone(), x.view()])?;
-        let z = out[0].view().into_dimensionality::<ndarray::Ix2>()?;
+        let z = out
+            .first()
+            .ok_or_else(|| anyhow!("the logits artifact returns nothing"))?
+            .view()
+            .into_dimensionality::<ndarray::Ix2>()?;
         for (i, &l) in ds.batch_labels(chunk).iter().enumerate() {
             let l = l as usize;
             counts.total[l] += 1;
@@ -275,13 +285,10 @@ pub fn class_accuracy(
 }
 
 /// Fresh initial parameters for a model, from the manifest's init rules.
-pub fn init_theta(store: &mut ProgramStore, batch: usize, seed: u64) -> Result<Vec<f64>> {
+pub fn init_theta(store: &mut ProgramStore, batch: usize, seed: u64) -> Result<Vec<f32>> {
     let dir = store.dir(batch);
     let (_, m) = store.get(batch)?;
-    Ok(m.initial_theta(&dir, seed)?
-        .into_iter()
-        .map(f64::from)
-        .collect())
+    m.initial_theta(&dir, seed)
 }
 
 /// A random seed from a generator (for per-run seeds derived from a base seed).

@@ -3,6 +3,7 @@
 
 use crate::compiler::manifest::Manifest;
 use crate::onnx::artifacts::compile_dir;
+use crate::progress::{Event, SharedObserver};
 use crate::runtime::programs::{Artifact, BackendExec};
 use crate::runtime::{backend, BackendKind};
 use crate::zoo::ModelSpec;
@@ -20,6 +21,7 @@ pub struct ProgramStore {
     which: Vec<Artifact>,
     unrolled_steps: usize,
     execs: HashMap<usize, (BackendExec, Manifest)>,
+    observer: SharedObserver,
 }
 
 impl ProgramStore {
@@ -41,7 +43,15 @@ impl ProgramStore {
             which: which.to_vec(),
             unrolled_steps: 0,
             execs: HashMap::new(),
+            observer: crate::progress::quiet(),
         }
+    }
+
+    /// Reports the importer's warnings (batch-norm choices, replaced values) to `observer`, once
+    /// per compiled batch size; the default drops them.
+    pub fn observed(mut self, observer: &SharedObserver) -> ProgramStore {
+        self.observer = observer.clone();
+        self
     }
 
     /// Also compile the unrolled T-step graph (the MTT baseline).
@@ -68,7 +78,9 @@ impl ProgramStore {
         if !self.execs.contains_key(&batch) {
             let dir = self.dir(batch);
             let m = self.model.build(batch, self.input, self.classes)?;
-            report_once(&m.warnings);
+            for w in &m.warnings {
+                self.observer.event(Event::Warning(w));
+            }
             let fresh = crate::onnx::export::to_model_proto(&m.graph);
             let hash = {
                 use sha2::Digest;
@@ -99,18 +111,5 @@ impl ProgramStore {
         }
         let (e, m) = self.execs.get_mut(&batch).expect("inserted above");
         Ok((e, m))
-    }
-}
-
-/// Prints each import warning once per process: several stores (evaluation, teachers) and batch
-/// sizes build the same model, and the user needs to read each warning only once.
-fn report_once(warnings: &[String]) {
-    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let Ok(mut seen) = SEEN.lock() else { return };
-    for w in warnings {
-        if !seen.contains(w) {
-            eprintln!("warning: {w}");
-            seen.push(w.clone());
-        }
     }
 }

@@ -10,6 +10,7 @@ pub mod distill;
 pub mod eval;
 pub mod experts;
 pub mod onnx;
+pub mod progress;
 pub mod runtime;
 pub mod tensor_file;
 pub mod train;

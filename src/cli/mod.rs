@@ -1,6 +1,7 @@
 //! The `tesla` command line: argument parsing and the glue from each subcommand to the library.
 
 pub mod bench;
+mod progress_bars;
 pub mod quickstart;
 mod value_enums;
 
@@ -433,7 +434,7 @@ pub fn main() -> Result<()> {
                 out: a.out.clone(),
                 limit: a.limit,
             };
-            crate::experts::run_experts(&cfg)?;
+            crate::experts::run_experts_with(&cfg, &progress_bars::bars())?;
             println!("experts in {}", a.out.display());
             Ok(())
         }
@@ -441,7 +442,7 @@ pub fn main() -> Result<()> {
             let resume = a.resume;
             let cfg = distill_config(*a)?;
             let out = cfg.out.clone();
-            let st = crate::distill::run::run(cfg, resume)?;
+            let st = crate::distill::run::run_with(cfg, resume, &progress_bars::bars())?;
             println!(
                 "distilled {} images in {} iterations (learned lr {:.5})",
                 st.images.shape()[0],
@@ -694,6 +695,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         bail!("--runs and --epochs must be at least 1");
     }
     let test = crate::data::load(&a.dataset, Split::Test, None)?;
+    let bars = progress_bars::bars();
     let mut zca_path = a.zca.clone();
     let work = std::env::temp_dir().join("tesla-eval-artifacts");
     let mut results: Vec<ModelResult> = Vec::new();
@@ -729,7 +731,17 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         }
         let test = zca_test(&test, zca_path.as_deref())?;
         for m in &models {
-            let r = evaluate(m, images.view(), labels.view(), lr, &test, &cfg, &work, 0)?;
+            let r = evaluate(
+                m,
+                images.view(),
+                labels.view(),
+                lr,
+                &test,
+                &cfg,
+                &work,
+                0,
+                &bars,
+            )?;
             println!("{}", r.line());
             println!("{}", r.per_class_line(test.class_names()));
             results.push(r);
@@ -751,7 +763,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         };
         let lr = a.lr.unwrap_or(0.01);
         for m in &models {
-            let mut store = eval_store(m, &test, train.num_classes(), &cfg, &work);
+            let mut store = eval_store(m, &test, train.num_classes(), &cfg, &work).observed(&bars);
             let mut runs = Vec::new();
             for run in 0..a.runs {
                 let (images, labels) = match a.random {

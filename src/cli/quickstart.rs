@@ -40,6 +40,7 @@ const EPOCHS: usize = 5;
 /// Runs the quickstart.
 pub fn run(a: QuickstartArgs) -> Result<()> {
     let backend = super::resolve_backend(a.backend);
+    let bars = super::progress_bars::bars();
     let dataset = "fmnist-small";
     let model = "convnet-d3-w32";
     let experts_dir = a.out.join("experts");
@@ -47,23 +48,26 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         "1/3 training {EXPERTS} experts × {EPOCHS} epochs of {model} on the 5000 images of {dataset} → {}",
         experts_dir.display()
     );
-    crate::experts::run_experts(&ExpertsConfig {
-        dataset: dataset.into(),
-        model: ModelSpec::parse(model)?,
-        experts: EXPERTS,
-        epochs: EPOCHS,
-        lr: 0.01,
-        batch: 256,
-        momentum: 0.0,
-        weight_decay: 0.0,
-        strategy: Strategy::default(),
-        zca: false,
-        seed: 0,
-        shard: (0, 1),
-        backend,
-        out: experts_dir.clone(),
-        limit: None,
-    })?;
+    crate::experts::run_experts_with(
+        &ExpertsConfig {
+            dataset: dataset.into(),
+            model: ModelSpec::parse(model)?,
+            experts: EXPERTS,
+            epochs: EPOCHS,
+            lr: 0.01,
+            batch: 256,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            strategy: Strategy::default(),
+            zca: false,
+            seed: 0,
+            shard: (0, 1),
+            backend,
+            out: experts_dir.clone(),
+            limit: None,
+        },
+        &bars,
+    )?;
     let run_dir = a.out.join("distill-ipc1");
     println!(
         "2/3 distilling 1 image per class, {} iterations → {}",
@@ -104,7 +108,7 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         .join("checkpoint")
         .join("state.safetensors")
         .exists();
-    let st = crate::distill::run::run(cfg, resume)?;
+    let st = crate::distill::run::run_with(cfg, resume, &bars)?;
     println!(
         "3/3 evaluating (2 networks × {} epochs each) against 1 random real image per class",
         a.eval_epochs
@@ -130,6 +134,7 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         &ecfg,
         &work,
         0,
+        &bars,
     )?;
     let sel = crate::data::select::select_per_class(&train, 1, derive_seed(0, 7_000))?;
     let r = evaluate(
@@ -141,6 +146,7 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
         &ecfg,
         &work,
         0,
+        &bars,
     )?;
     println!("distilled (trajectory matching, hard labels): {}", d.line());
     println!("random real subset:             {}", r.line());

@@ -16,13 +16,13 @@ use crate::data::bench::peak_rss_kib;
 use crate::data::select::Selection;
 use crate::data::{zca::Zca, Dataset};
 use crate::experts::trajectory::{list, Trajectory};
+use crate::progress::{Event, SharedObserver};
 use crate::runtime::programs::{Artifact, Exec};
 use crate::runtime::BackendKind;
 use crate::train::one_hot;
 use crate::train::optimizer::MomentumSgd;
 use crate::zoo::ModelSpec;
 use anyhow::{anyhow, bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{s, Array2, Array4, ArrayD, Axis, Ix2, Ix4};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -519,6 +519,11 @@ pub fn initial_state_from(cfg: &DistillConfig, train: &Dataset, sel: Selection) 
 
 /// Runs (or resumes) a distillation. Returns the final state.
 pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
+    run_with(cfg, resume, &crate::progress::quiet())
+}
+
+/// [`run`], reporting progress (iterations, loss and β), notices and warnings to `observer`.
+pub fn run_with(cfg: DistillConfig, resume: bool, observer: &SharedObserver) -> Result<State> {
     validate(&cfg)?;
     let out = cfg.out.clone();
     std::fs::create_dir_all(&out)
@@ -543,7 +548,10 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
         (c, Some(st))
     } else {
         if resume {
-            eprintln!("no checkpoint in {}: starting a new run", out.display());
+            observer.event(Event::Notice(&format!(
+                "no checkpoint in {}: starting a new run",
+                out.display()
+            )));
         }
         (cfg, None)
     };
@@ -587,7 +595,8 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
         kind,
         &out.join("artifacts"),
         &which,
-    );
+    )
+    .observed(observer);
     if cfg.gradient == Mode::Unrolled {
         which.retain(|a| *a != Artifact::Pass2Dx && *a != Artifact::Pass2);
         store = ProgramStore::new(
@@ -598,6 +607,7 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
             &out.join("artifacts"),
             &which,
         )
+        .observed(observer)
         .with_unrolled(cfg.syn_steps);
     }
     let num_params = store.get(batch_syn)?.1.num_params;
@@ -649,12 +659,12 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
         .append(true)
         .open(&metrics_path)
         .with_context(|| format!("cannot open {}", metrics_path.display()))?;
-    let pb = ProgressBar::new(cfg.iterations as u64);
-    pb.set_style(
-        ProgressStyle::with_template("distill [{bar:30}] {pos}/{len} it, {msg}, eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    pb.set_position(st.iteration as u64);
+    observer.event(Event::Begin {
+        label: "distill",
+        total: cfg.iterations as u64,
+        done: st.iteration as u64,
+        unit: "it",
+    });
     let mut written_labels = None;
     let mut last_good = st.iteration;
     let stopped = |at: usize, last_good: usize| {
@@ -670,7 +680,7 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
         let report = match iteration(&ctx, exec, &mut st) {
             Ok(v) => v,
             Err(err) => {
-                pb.abandon();
+                observer.event(Event::End);
                 return Err(err.context(stopped(st.iteration + 1, last_good)));
             }
         };
@@ -683,7 +693,7 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
             None
         };
         let eval_acc = match y.as_ref().filter(|_| evaluate) {
-            Some(y) => Some(quick_eval(&ctx, &st, y, &model, &test, &out, kind)?),
+            Some(y) => Some(quick_eval(&ctx, &st, y, &model, &test, kind, observer)?),
             None => None,
         };
         let m = Metric {
@@ -701,23 +711,25 @@ pub fn run(cfg: DistillConfig, resume: bool) -> Result<State> {
         writeln!(metrics, "{}", serde_json::to_string(&m)?)
             .with_context(|| format!("writing {}", metrics_path.display()))
             .with_context(|| stopped(st.iteration, last_good))?;
-        pb.set_message(format!("loss {:.4}, lr {:.5}", report.loss, st.beta));
-        pb.inc(1);
+        observer.event(Event::Advance {
+            n: 1,
+            status: Some(&format!("loss {:.4}, lr {:.5}", report.loss, st.beta)),
+        });
         if let Some(y) = y.filter(|_| checkpoint) {
             let saved = super::checkpoint::write(&out.join("checkpoint"), &st, &ctx.cfg)
                 .map(|()| last_good = st.iteration)
                 .and_then(|()| save_set(&ctx, &st, &y, train.mean(), train.std(), zca.as_ref()));
             if let Err(err) = saved {
-                pb.abandon();
+                observer.event(Event::End);
                 return Err(err.context(stopped(st.iteration, last_good)));
             }
             written_labels = Some(y);
         }
     }
-    pb.finish_and_clear();
+    observer.event(Event::End);
     // One-hot rows never warn, so hard-label runs need no special case.
     if let Some(y) = written_labels {
-        warn_weak_labels(&y, &st.classes, train.class_names());
+        warn_weak_labels(&y, &st.classes, train.class_names(), observer.as_ref());
     }
     Ok(st)
 }
@@ -748,7 +760,12 @@ fn truncate_metrics(path: &Path, upto: usize) -> Result<()> {
 /// One warning line for every synthetic image whose saved soft label gives its own class under
 /// half the mass, naming the three weakest (at 1000 classes there can be hundreds): at IPC 1 the
 /// evaluation networks can then lose that class entirely, which the run's loss does not show.
-fn warn_weak_labels(labels: &Array2<f32>, classes: &[u32], names: &[String]) {
+fn warn_weak_labels(
+    labels: &Array2<f32>,
+    classes: &[u32],
+    names: &[String],
+    observer: &dyn crate::progress::Observer,
+) {
     let name = |c: usize| crate::data::class_name(names, c);
     let mut weak = weak_labels(labels, classes);
     if weak.is_empty() {
@@ -773,12 +790,12 @@ fn warn_weak_labels(labels: &Array2<f32>, classes: &[u32], names: &[String]) {
         1 => ("the label of 1 synthetic image".to_string(), "its"),
         n => (format!("the labels of {n} synthetic images"), "their"),
     };
-    eprintln!(
-        "warning: {count} give {what} own class under half the mass ({}{}); networks trained on the set \
+    observer.event(Event::Warning(&format!(
+        "{count} give {what} own class under half the mass ({}{}); networks trained on the set \
          may miss those classes: try another --seed, or --labels hard",
         shown.join("; "),
         if weak.len() > 3 { "; …" } else { "" }
-    );
+    )));
 }
 
 fn quick_eval(
@@ -787,9 +804,10 @@ fn quick_eval(
     labels: &Array2<f32>,
     model: &ModelSpec,
     test: &Dataset,
-    out: &Path,
     kind: BackendKind,
+    observer: &SharedObserver,
 ) -> Result<f64> {
+    let out = &ctx.cfg.out;
     let cfg = crate::eval::EvalConfig {
         runs: ctx.cfg.eval_runs.max(1),
         epochs: ctx.cfg.eval_epochs,
@@ -807,6 +825,7 @@ fn quick_eval(
         &cfg,
         &out.join("artifacts").join("eval"),
         0,
+        observer,
     )?;
     Ok(r.mean)
 }

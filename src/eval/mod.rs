@@ -6,6 +6,7 @@
 use crate::compile_cache::ProgramStore;
 use crate::data::augment::Strategy;
 use crate::data::Dataset;
+use crate::progress::SharedObserver;
 use crate::runtime::programs::Artifact;
 use crate::runtime::BackendKind;
 use crate::train::{
@@ -155,8 +156,9 @@ pub fn evaluate(
     cfg: &EvalConfig,
     work: &Path,
     run_offset: u64,
+    observer: &SharedObserver,
 ) -> Result<ModelResult> {
-    let mut store = eval_store(model, test, labels.shape()[1], cfg, work);
+    let mut store = eval_store(model, test, labels.shape()[1], cfg, work).observed(observer);
     let runs = (0..cfg.runs as u64)
         .map(|r| evaluate_run(&mut store, images, labels, lr, test, cfg, run_offset + r))
         .collect::<Result<Vec<_>>>()?;
@@ -215,7 +217,7 @@ pub fn evaluate_run(
         classes,
         &mut state,
         &sgd,
-        None,
+        &crate::progress::Quiet,
         &mut |_, _, _, _| Ok(()),
     )?;
     class_accuracy(store, test, &state.theta, 500)

@@ -6,12 +6,12 @@ pub mod trajectory;
 use crate::compile_cache::ProgramStore;
 use crate::data::augment::Strategy;
 use crate::data::{zca::Zca, Dataset, Split};
+use crate::progress::{Event, SharedObserver};
 use crate::runtime::programs::Artifact;
 use crate::runtime::{write_safetensors, BackendKind};
 use crate::train::{accuracy, derive_seed, init_theta, train, Sgd, SgdState, TrainSet};
 use crate::zoo::ModelSpec;
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use trajectory::ExpertMeta;
@@ -95,8 +95,14 @@ pub fn expert_path(dir: &Path, j: usize) -> PathBuf {
     dir.join(format!("expert_{j:04}.safetensors"))
 }
 
-/// Trains the configured experts, skipping finished ones and resuming a partial one.
+/// Trains the configured experts, skipping finished ones and resuming a partial one; reports
+/// nothing (see [`run_experts_with`]).
 pub fn run_experts(cfg: &ExpertsConfig) -> Result<()> {
+    run_experts_with(cfg, &crate::progress::quiet())
+}
+
+/// [`run_experts`], reporting progress, each epoch's result and notices to `observer`.
+pub fn run_experts_with(cfg: &ExpertsConfig, observer: &SharedObserver) -> Result<()> {
     if cfg.experts == 0 || cfg.epochs == 0 {
         bail!("--experts and --epochs must be at least 1");
     }
@@ -118,15 +124,19 @@ pub fn run_experts(cfg: &ExpertsConfig) -> Result<()> {
         cfg.backend,
         &cfg.out.join("artifacts"),
         &[Artifact::Step, Artifact::Logits],
-    );
+    )
+    .observed(observer);
     let range = shard_range(cfg.experts, cfg.shard)?;
     for j in range {
         let path = expert_path(&cfg.out, j);
         if path.exists() {
-            eprintln!("expert {j}: already trained ({}), skipped", path.display());
+            observer.event(Event::Notice(&format!(
+                "expert {j}: already trained ({}), skipped",
+                path.display()
+            )));
             continue;
         }
-        train_one(cfg, j, &train_set, &test, classes, &mut store)?;
+        train_one(cfg, j, &train_set, &test, classes, &mut store, observer)?;
     }
     Ok(())
 }
@@ -138,6 +148,7 @@ fn train_one(
     test: &Dataset,
     classes: usize,
     store: &mut ProgramStore,
+    observer: &SharedObserver,
 ) -> Result<()> {
     let seed = derive_seed(cfg.seed, j as u64);
     let partial = cfg.out.join(format!("expert_{j:04}.partial.safetensors"));
@@ -199,15 +210,15 @@ fn train_one(
             })?;
         }
         logs.truncate(snaps.len().saturating_sub(1));
-        eprintln!(
+        observer.event(Event::Notice(&format!(
             "expert {j}: resuming at epoch {}",
             snaps.len().saturating_sub(1)
-        );
+        )));
         if cfg.momentum != 0.0 && velocity.is_none() && snaps.len() > 1 {
-            eprintln!(
+            observer.event(Event::Warning(&format!(
                 "expert {j}: {} holds no momentum buffer; it restarts from zero",
                 partial.display()
-            );
+            )));
         }
     }
     if snaps.is_empty() {
@@ -238,23 +249,22 @@ fn train_one(
         lr: cfg.lr,
         momentum: cfg.momentum,
     };
-    let pb = ProgressBar::new(train_set.len() as u64);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "expert {msg} [{bar:30}] {pos}/{len} images, {per_sec}, eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
     let start_epoch = sgd.start_epoch;
     let mut t0 = std::time::Instant::now();
-    pb.set_message(format!("{j} epoch {}/{}", start_epoch + 1, cfg.epochs));
+    let label = |epoch: usize| format!("expert {j} epoch {}/{}", epoch + 1, cfg.epochs);
+    observer.event(Event::Begin {
+        label: &label(start_epoch),
+        total: train_set.len() as u64,
+        done: 0,
+        unit: "images",
+    });
     train(
         store,
         &TrainSet::Real(train_set),
         classes,
         &mut state,
         &sgd,
-        Some(&pb),
+        observer.as_ref(),
         &mut |store, epoch, st, loss| {
             let acc = accuracy(store, test, &st.theta, 500)?;
             snaps.push(st.theta.clone());
@@ -285,17 +295,13 @@ fn train_one(
                 epoch + 1,
                 acc * 100.0
             );
-            if pb.is_hidden() {
-                eprintln!("{line}");
-            } else {
-                pb.println(line);
-            }
-            pb.reset();
-            pb.set_message(format!("{j} epoch {}/{}", epoch + 2, cfg.epochs));
+            observer.event(Event::Line(&line));
+            observer.event(Event::Relabel(&label(epoch + 1)));
             Ok(())
         },
-    )?;
-    pb.finish_and_clear();
+    )
+    .inspect_err(|_| observer.event(Event::End))?;
+    observer.event(Event::End);
     if partial.exists() {
         std::fs::remove_file(&partial)
             .with_context(|| format!("cannot remove {}", partial.display()))?;

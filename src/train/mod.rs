@@ -4,6 +4,7 @@
 use crate::compile_cache::ProgramStore;
 use crate::data::augment::{self, Strategy};
 use crate::data::Dataset;
+use crate::progress::{Event, Observer};
 use crate::runtime::programs::{Artifact, Exec, Scalar};
 use anyhow::{anyhow, bail, Result};
 use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Axis};
@@ -127,7 +128,7 @@ pub fn train(
     classes: usize,
     state: &mut SgdState,
     cfg: &Sgd,
-    progress: Option<&indicatif::ProgressBar>,
+    observer: &dyn Observer,
     on_epoch: &mut EpochHook,
 ) -> Result<()> {
     let n = set.len();
@@ -198,9 +199,10 @@ pub fn train(
                 )
             };
             opt.step(&mut state.theta, velocity, g)?;
-            if let Some(p) = progress {
-                p.inc(chunk.len() as u64);
-            }
+            observer.event(Event::Advance {
+                n: chunk.len() as u64,
+                status: None,
+            });
         }
         on_epoch(store, epoch, state, total / n as f64)?;
     }

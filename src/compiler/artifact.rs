@@ -273,7 +273,33 @@ pub fn flops_per_sample(g: &Graph, batch: usize) -> f64 {
                 2.0 * numel(g.shape(n.inputs[0])) as f64 * numel(&w[1..]) as f64
             }
             Op::Constant(_) | Op::Reshape { .. } | Op::Identity | Op::StopGradient => 0.0,
-            _ => n.outputs.iter().enumerate().map(|(k, _)| out(k)).sum(),
+            // One operation per output element; every variant is listed, so a new primitive
+            // must say what it costs.
+            Op::Add
+            | Op::Sub
+            | Op::Mul
+            | Op::Div
+            | Op::Neg
+            | Op::Exp
+            | Op::Log
+            | Op::Sqrt
+            | Op::Relu
+            | Op::Sigmoid
+            | Op::Tanh
+            | Op::Erf
+            | Op::LeakyRelu { .. }
+            | Op::Greater
+            | Op::Equal
+            | Op::Where
+            | Op::Cast { .. }
+            | Op::Transpose { .. }
+            | Op::Expand { .. }
+            | Op::ReduceSum { .. }
+            | Op::ReduceMax { .. }
+            | Op::Concat { .. }
+            | Op::Split { .. }
+            | Op::Slice { .. }
+            | Op::Pad { .. } => n.outputs.iter().enumerate().map(|(k, _)| out(k)).sum(),
         };
     }
     f / batch.max(1) as f64

@@ -108,10 +108,7 @@ pub fn simplify(g: &Graph) -> Graph {
     }
     for i in 0..out.nodes.len() {
         let op = out.nodes[i].op.clone();
-        let broadcasting = matches!(
-            op,
-            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Where | Op::Greater | Op::Equal
-        );
+        let broadcasting = op.broadcasts();
         for k in 0..out.nodes[i].inputs.len() {
             let v = out.nodes[i].inputs[k];
             let Some(&p) = producer.get(&v) else { continue };

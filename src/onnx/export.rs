@@ -300,7 +300,22 @@ impl<'a> Exporter<'a> {
             Op::Equal => simple("Equal"),
             Op::Where => simple("Where"),
             Op::MatMul => simple("MatMul"),
-            _ => None,
+            // Written with attributes or constant operands below; every variant is listed, so
+            // a new primitive must say how it is exported.
+            Op::Constant(_)
+            | Op::LeakyRelu { .. }
+            | Op::Cast { .. }
+            | Op::Transpose { .. }
+            | Op::Reshape { .. }
+            | Op::Expand { .. }
+            | Op::ReduceSum { .. }
+            | Op::ReduceMax { .. }
+            | Op::Concat { .. }
+            | Op::Split { .. }
+            | Op::Slice { .. }
+            | Op::Pad { .. }
+            | Op::Conv(_)
+            | Op::ConvTranspose { .. } => None,
         };
         if let Some(op) = plain {
             self.emit(nm, &op, ins, outs, vec![]);

@@ -60,6 +60,41 @@ impl Graph {
     }
 }
 
+impl Op {
+    /// Whether the op broadcasts its operands numpy-style (so an `Expand` feeding it can be
+    /// dropped). Every variant is listed: a new primitive must say.
+    pub fn broadcasts(&self) -> bool {
+        match self {
+            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Where | Op::Greater | Op::Equal => true,
+            Op::Constant(_)
+            | Op::Identity
+            | Op::StopGradient
+            | Op::Neg
+            | Op::Exp
+            | Op::Log
+            | Op::Sqrt
+            | Op::Relu
+            | Op::Sigmoid
+            | Op::Tanh
+            | Op::Erf
+            | Op::LeakyRelu { .. }
+            | Op::Cast { .. }
+            | Op::MatMul
+            | Op::Transpose { .. }
+            | Op::Reshape { .. }
+            | Op::Expand { .. }
+            | Op::ReduceSum { .. }
+            | Op::ReduceMax { .. }
+            | Op::Concat { .. }
+            | Op::Split { .. }
+            | Op::Slice { .. }
+            | Op::Pad { .. }
+            | Op::Conv(_)
+            | Op::ConvTranspose { .. } => false,
+        }
+    }
+}
+
 /// Output dtypes and shapes of `op` applied to operands of the given types.
 pub fn infer(op: &Op, inputs: &[&ValueInfo]) -> Result<Vec<(DType, Vec<usize>)>, String> {
     let want = |n: usize| -> Result<(), String> {

@@ -5,11 +5,11 @@ mod common;
 use common::*;
 use ndarray::{ArrayD, IxDyn};
 use std::path::{Path, PathBuf};
-use tesla_distill::cli::{write_standard_graphs, STANDARD_GRAPHS};
 use tesla_distill::compiler::manifest::Manifest;
 use tesla_distill::onnx::artifacts::{compile_dir, standard_set};
 use tesla_distill::runtime::programs::{Artifact, BackendExec, Exec, ReferenceExec};
 use tesla_distill::runtime::{backend, ort_library_path, BackendKind};
+use tesla_distill::zoo::standard::{write_standard_graphs, STANDARD_GRAPHS};
 use tesla_distill::zoo::ModelSpec;
 
 fn graphs_dir() -> PathBuf {

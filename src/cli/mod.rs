@@ -11,6 +11,7 @@ use crate::data::augment::Strategy;
 use crate::data::Split;
 use crate::distill::gradient::Mode;
 use crate::distill::labels::mean_teacher_labels;
+use crate::distill::presets::preset;
 use crate::distill::run::{open_experts, DistillConfig, FinalLabels, Labels, PixInit};
 use crate::distill::set_file::DistilledSet;
 use crate::eval::{eval_store, evaluate, evaluate_run, EvalConfig, ModelResult};
@@ -20,6 +21,7 @@ use crate::onnx::import::BatchNormMode;
 use crate::runtime::programs::Artifact;
 use crate::runtime::BackendKind;
 use crate::train::{derive_seed, one_hot};
+use crate::zoo::standard::write_standard_graphs;
 use crate::zoo::ModelSpec;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -460,32 +462,6 @@ pub fn main() -> Result<()> {
     }
 }
 
-/// The standard set: (folder, model, input, classes).
-pub const STANDARD_GRAPHS: [(&str, &str, [usize; 3], usize); 5] = [
-    ("convnet-d3-1x28x28-10", "convnet-d3", [1, 28, 28], 10),
-    ("convnet-d3-3x32x32-10", "convnet-d3", [3, 32, 32], 10),
-    ("convnet-d3-3x32x32-100", "convnet-d3", [3, 32, 32], 100),
-    ("convnet-d4-3x64x64-200", "convnet-d4", [3, 64, 64], 200),
-    ("convnet-d4-3x64x64-1000", "convnet-d4", [3, 64, 64], 1000),
-];
-
-/// Batch size of the committed standard set (one IPC-1 set of ten classes).
-pub const STANDARD_BATCH: usize = 10;
-
-/// Writes the standard artifact set under `out`.
-pub fn write_standard_graphs(out: &Path) -> Result<Vec<(String, String)>> {
-    let mut lines = Vec::new();
-    for (name, model, input, classes) in STANDARD_GRAPHS {
-        let m = ModelSpec::parse(model)?.build(STANDARD_BATCH, input, classes)?;
-        let man = compile_dir(&m, &standard_set(), 0, &out.join(name))?;
-        lines.push((
-            name.to_string(),
-            format!("{} parameters, {} graphs", man.num_params, man.graphs.len()),
-        ));
-    }
-    Ok(lines)
-}
-
 fn inspect(dir: &Path) -> Result<()> {
     let m = Manifest::load(dir)?;
     println!("model: {}", m.model);
@@ -532,63 +508,6 @@ fn inspect(dir: &Path) -> Result<()> {
         println!("warning: {w}");
     }
     Ok(())
-}
-
-/// A named set of distillation settings.
-#[derive(Clone, Copy, Debug)]
-pub struct Preset {
-    /// Dataset kind (the spec still needs its directory).
-    pub dataset: &'static str,
-    /// Model.
-    pub model: &'static str,
-    /// Images per class.
-    pub ipc: usize,
-    /// T.
-    pub syn_steps: usize,
-    /// M.
-    pub expert_epochs: usize,
-    /// Max start epoch.
-    pub max_start_epoch: usize,
-    /// Student batch (`None`: all).
-    pub batch_syn: Option<usize>,
-    /// ZCA.
-    pub zca: bool,
-    /// Image learning rate for the docs/method.md gradient (the official value halved).
-    pub lr_img: f64,
-}
-
-/// The paper's Table 6 and our Fashion-MNIST settings.
-pub fn preset(name: &str) -> Result<Preset> {
-    let p =
-        |dataset, model, ipc, syn_steps, expert_epochs, max_start_epoch, batch_syn, zca, lr_img| {
-            Preset {
-                dataset,
-                model,
-                ipc,
-                syn_steps,
-                expert_epochs,
-                max_start_epoch,
-                batch_syn,
-                zca,
-                lr_img,
-            }
-        };
-    Ok(match name {
-        "cifar10-ipc1" => p("cifar10", "convnet-d3", 1, 50, 2, 3, None, true, 500.0),
-        "cifar10-ipc10" => p("cifar10", "convnet-d3", 10, 30, 2, 20, None, true, 500.0),
-        "cifar10-ipc50" => p("cifar10", "convnet-d3", 50, 30, 3, 40, None, false, 50.0),
-        "cifar100-ipc1" => p("cifar100", "convnet-d3", 1, 20, 3, 20, None, true, 500.0),
-        "cifar100-ipc10" => p("cifar100", "convnet-d3", 10, 15, 3, 30, None, false, 500.0),
-        "cifar100-ipc50" => p("cifar100", "convnet-d3", 50, 50, 2, 40, Some(100), true, 500.0),
-        "imagenet-ipc1" => p("imagenet64", "convnet-d4", 1, 10, 3, 6, Some(100), false, 5000.0),
-        "imagenet-ipc2" => p("imagenet64", "convnet-d4", 2, 15, 3, 10, Some(100), false, 5000.0),
-        "imagenet-ipc10" => p("imagenet64", "convnet-d4", 10, 20, 3, 10, Some(500), false, 5000.0),
-        "imagenet-ipc50" => p("imagenet64", "convnet-d4", 50, 100, 3, 25, Some(500), false, 5000.0),
-        // The README's reduced-scale Fashion-MNIST runs.
-        "fmnist-ipc1" => p("fashion-mnist", "convnet-d3-w32", 1, 20, 2, 4, None, false, 10.0),
-        "fmnist-ipc10" => p("fashion-mnist", "convnet-d3-w32", 10, 20, 2, 5, Some(20), false, 50.0),
-        other => bail!("unknown preset '{other}': cifar10-ipc1|10|50, cifar100-ipc1|10|50, imagenet-ipc1|2|10|50, fmnist-ipc1|10"),
-    })
 }
 
 fn distill_config(a: DistillArgs) -> Result<DistillConfig> {

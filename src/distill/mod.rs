@@ -4,5 +4,6 @@ pub mod config;
 pub mod gradient;
 pub mod init;
 pub mod labels;
+pub mod presets;
 pub mod run;
 pub mod set_file;

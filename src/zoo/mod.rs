@@ -3,6 +3,7 @@
 mod builder;
 pub mod convnet;
 pub mod resnet;
+pub mod standard;
 pub mod vit;
 
 use crate::compiler::model::ForwardModel;

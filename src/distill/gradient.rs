@@ -125,24 +125,15 @@ pub fn backward<F: Scalar>(
     if denom <= 0.0 || !denom.is_finite() {
         bail!("the expert did not move between the start and target epochs (‖θ*_t − θ*_t+M‖² = {denom}); check the expert files");
     }
-    if mode == Mode::Unrolled {
-        return unrolled(exec, seg, batch, sink);
-    }
-    let (thetas, sum) = pass1(exec, seg, batch)?;
-    let last = thetas
-        .last()
-        .ok_or_else(|| anyhow!("pass 1 kept no parameters"))?;
-    let resid = last - &target;
-    let loss = dot(resid.iter(), resid.iter())? / denom;
-    check_finite("the matching loss", [&loss])?;
-    let lambda_t = &resid * F::narrow(2.0 / denom);
     let p2 = if need_dy || mode == Mode::Exact {
         Artifact::Pass2
     } else {
         Artifact::Pass2Dx
     };
     match mode {
+        Mode::Unrolled => unrolled(exec, seg, batch, sink),
         Mode::Tesla => {
+            let (thetas, sum, loss, lambda_t) = pass1_loss(exec, seg, batch, denom)?;
             // v = −β λ_T = (2/D)(β(θ*_{t+M} − θ*_t) + β² G), the same for every step.
             let v = &lambda_t * (-seg.beta);
             for (i, theta) in thetas.iter().take(seg.steps).enumerate() {
@@ -168,7 +159,7 @@ pub fn backward<F: Scalar>(
             Ok(IterGrad { loss, dbeta })
         }
         Mode::Exact => {
-            let mut lambda = lambda_t;
+            let (thetas, _, loss, mut lambda) = pass1_loss(exec, seg, batch, denom)?;
             let mut dbeta = 0.0;
             for i in (0..seg.steps).rev() {
                 let u = &lambda * (-seg.beta);
@@ -195,8 +186,26 @@ pub fn backward<F: Scalar>(
             }
             Ok(IterGrad { loss, dbeta })
         }
-        Mode::Unrolled => unreachable!("handled above"),
     }
+}
+
+/// Pass 1 and the loss: θ_0 … θ_T, `G = Σ g_i`, L, and λ_T = ∂L/∂θ_T = 2(θ_T − θ*_{t+M})/D.
+#[allow(clippy::type_complexity)]
+fn pass1_loss<F: Scalar>(
+    exec: &mut dyn Exec<F>,
+    seg: &Segment<F>,
+    batch: &mut BatchFn<F>,
+    denom: f64,
+) -> Result<(Vec<Array1<F>>, Array1<F>, f64, Array1<F>)> {
+    let (thetas, sum) = pass1(exec, seg, batch)?;
+    let last = thetas
+        .last()
+        .ok_or_else(|| anyhow!("pass 1 kept no parameters"))?;
+    let resid = last - &ndarray::ArrayView1::from(seg.target);
+    let loss = dot(resid.iter(), resid.iter())? / denom;
+    check_finite("the matching loss", [&loss])?;
+    let lambda_t = &resid * F::narrow(2.0 / denom);
+    Ok((thetas, sum, loss, lambda_t))
 }
 
 fn unrolled<F: Scalar>(

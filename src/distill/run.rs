@@ -145,9 +145,7 @@ fn assign_labels(
 /// augmentation draw per step.
 fn plan_batches(ctx: &RunContext, st: &State, rng: &mut ChaCha8Rng) -> BatchPlan {
     let steps = ctx.cfg.syn_steps;
-    let &[n, c, h, w] = st.images.shape() else {
-        unreachable!("State holds 4-d images")
-    };
+    let (n, c, h, w) = st.images.dim();
     let mut order: Vec<Vec<usize>> = Vec::with_capacity(steps);
     let mut pool: Vec<Vec<usize>> = Vec::new();
     for _ in 0..steps {

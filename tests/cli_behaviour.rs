@@ -89,6 +89,58 @@ fn an_unwritable_eval_output_fails_before_any_work() {
 }
 
 #[test]
+fn eval_writes_its_table_as_json_and_markdown() {
+    let d = tempfile::tempdir().unwrap();
+    let json = d.path().join("e.json");
+    let args = [
+        "eval",
+        "--random",
+        "1",
+        "--dataset",
+        "fmnist-small",
+        "--models",
+        "convnet-d3-w4,convnet-d3-w8",
+        "--runs",
+        "2",
+        "--epochs",
+        "2",
+        "--backend",
+        "tract",
+        "--out",
+        json.to_str().unwrap(),
+    ];
+    let (code, stdout, err) = common::tesla(&args);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let md = std::fs::read_to_string(d.path().join("e.md")).unwrap();
+    assert!(
+        md.starts_with("random 1 per class on fmnist-small, 2 epochs per run"),
+        "{md}"
+    );
+    for (k, r) in v["results"].as_array().unwrap().iter().enumerate() {
+        let (mean, std) = (r["mean"].as_f64().unwrap(), r["std"].as_f64().unwrap());
+        let row = format!(
+            "| {} | {:.2} ± {:.2} % | 2 | 0.01000 |",
+            r["model"].as_str().unwrap(),
+            mean * 100.0,
+            std * 100.0
+        );
+        assert!(md.contains(&row), "row {k} {row} missing from {md}");
+        // The figures are printed on stdout too, as each model finishes.
+        assert!(stdout.contains(&format!("{:.2} ± {:.2} %", mean * 100.0, std * 100.0)));
+    }
+    fails_with(
+        &[
+            &args[..args.len() - 1],
+            &[d.path().join("e.md").to_str().unwrap()],
+        ]
+        .concat(),
+        &["names the JSON file"],
+    );
+}
+
+#[test]
 fn a_resumed_run_lists_each_iteration_once() {
     let d = tempfile::tempdir().unwrap();
     let e = d.path().join("experts");

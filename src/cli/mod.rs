@@ -5,22 +5,20 @@ mod progress_bars;
 pub mod quickstart;
 mod value_enums;
 
-use crate::compile_cache::ProgramStore;
 use crate::compiler::manifest::Manifest;
 use crate::data::augment::Strategy;
 use crate::data::Split;
 use crate::distill::gradient::Mode;
-use crate::distill::labels::mean_teacher_labels;
 use crate::distill::presets::preset;
-use crate::distill::run::{open_experts, DistillConfig, FinalLabels, Labels, PixInit};
-use crate::distill::set_file::DistilledSet;
-use crate::eval::{eval_store, evaluate, evaluate_run, EvalConfig, ModelResult};
+use crate::distill::run::{DistillConfig, FinalLabels, Labels, PixInit};
+use crate::distill::set_eval::{evaluate_set, SetEvaluation, SetLabels};
+use crate::eval::baseline::{evaluate_baseline, Baseline};
+use crate::eval::EvalConfig;
 use crate::experts::ExpertsConfig;
 use crate::onnx::artifacts::{compile_dir, standard_set};
 use crate::onnx::import::BatchNormMode;
 use crate::runtime::programs::Artifact;
 use crate::runtime::BackendKind;
-use crate::train::{derive_seed, one_hot};
 use crate::zoo::standard::write_standard_graphs;
 use crate::zoo::ModelSpec;
 use anyhow::{anyhow, bail, Context, Result};
@@ -614,10 +612,8 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         bail!("--runs and --epochs must be at least 1");
     }
     let test = crate::data::load(&a.dataset, Split::Test, None)?;
-    let bars = progress_bars::bars();
-    let mut zca_path = a.zca.clone();
+    let bars = progress_bars::bars_with_results_on_stdout();
     let work = std::env::temp_dir().join("tesla-eval-artifacts");
-    let mut results: Vec<ModelResult> = Vec::new();
     let out = match (&a.out, &a.distilled) {
         (Some(o), _) => o.clone(),
         (None, Some(f)) => f.with_file_name("eval.json"),
@@ -630,97 +626,42 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         );
     }
     crate::atomic_file::check_writable(&out)?;
-    let what = if let Some(f) = &a.distilled {
-        let set = DistilledSet::read(f)?;
-        set.check_fits(f, test.num_classes(), &test.image_shape())?;
-        let meta = &set.meta;
-        let images = &set.images;
-        let lr = a.lr.or(set.lr).unwrap_or(0.01);
-        let mut labels = set.labels.clone();
-        if a.hard_labels {
-            labels = one_hot(&set.classes, labels.shape()[1]);
-        }
-        if a.teacher_labels.is_some() {
-            let classes: Vec<usize> = set.classes.iter().map(|&c| c as usize).collect();
-            let k = labels.shape()[1];
-            labels = teacher_mean_labels(f, meta, images, &classes, k, &a, cfg.backend)?;
-        }
-        if meta.get("zca").is_some_and(|z| z != "none") && zca_path.is_none() {
-            zca_path = Some(f.parent().unwrap_or(Path::new(".")).join("zca.safetensors"));
-        }
-        let test = zca_test(&test, zca_path.as_deref())?;
-        for m in &models {
-            let r = evaluate(
-                m,
-                images.view(),
-                labels.view(),
-                lr,
-                &test,
-                &cfg,
-                &work,
-                0,
-                &bars,
-            )?;
-            println!("{}", r.line());
-            println!("{}", r.per_class_line(test.class_names()));
-            results.push(r);
-        }
-        let with = match (&a.teacher_labels, &a.teacher_epochs, a.hard_labels) {
-            (Some(d), Some(e), _) => format!(", labels of {} epochs {e}", d.display()),
-            (_, _, true) => ", hard labels".to_string(),
-            _ => String::new(),
+    let (results, what) = if let Some(f) = &a.distilled {
+        let labels = match (&a.teacher_labels, &a.teacher_epochs, a.hard_labels) {
+            (Some(experts), Some(epochs), _) => SetLabels::Teachers {
+                experts: experts.clone(),
+                epochs: parse_epochs(epochs)?,
+            },
+            (Some(_), None, _) => bail!("--teacher-labels needs --teacher-epochs"),
+            (None, _, true) => SetLabels::Hard,
+            (None, _, false) => SetLabels::Own,
         };
-        format!("distilled {}{with}", f.display())
+        let req = SetEvaluation {
+            path: f.clone(),
+            labels,
+            lr: a.lr,
+            zca: a.zca.clone(),
+        };
+        evaluate_set(&req, &models, &test, &cfg, &work, &bars)?
     } else {
-        let train = crate::data::load(&a.dataset, Split::Train, None)?;
-        let (train, test) = match zca_path.as_deref() {
-            Some(z) => {
-                let z = crate::data::zca::Zca::load(z)?;
-                (z.transform_dataset(&train)?, z.transform_dataset(&test)?)
-            }
-            None => (train, test),
+        let baseline = match (a.random, a.whole) {
+            (Some(k), _) => Baseline::Random(k),
+            (None, true) => Baseline::Whole,
+            (None, false) => bail!("give one of --distilled FILE, --random K or --whole"),
         };
         let lr = a.lr.unwrap_or(0.01);
-        for m in &models {
-            let mut store = eval_store(m, &test, train.num_classes(), &cfg, &work).observed(&bars);
-            let mut runs = Vec::new();
-            for run in 0..a.runs {
-                let (images, labels) = match a.random {
-                    Some(k) => {
-                        let sel = crate::data::select::select_per_class(
-                            &train,
-                            k,
-                            derive_seed(a.seed, 7_000 + run as u64),
-                        )?;
-                        (
-                            sel.images(&train),
-                            one_hot(&sel.labels, train.num_classes()),
-                        )
-                    }
-                    None if a.whole => {
-                        (train.images(), one_hot(train.labels(), train.num_classes()))
-                    }
-                    None => bail!("give one of --distilled FILE, --random K or --whole"),
-                };
-                runs.push(evaluate_run(
-                    &mut store,
-                    images.view(),
-                    labels.view(),
-                    lr,
-                    &test,
-                    &cfg,
-                    run as u64,
-                )?);
-            }
-            let r = ModelResult::from_runs(m.name(), lr, &runs);
-            println!("{}", r.line());
-            println!("{}", r.per_class_line(test.class_names()));
-            results.push(r);
-        }
-        match a.random {
-            Some(k) => format!("random {k} per class"),
-            None => "whole training set".to_string(),
-        }
+        let results = evaluate_baseline(
+            &a.dataset,
+            baseline,
+            &models,
+            lr,
+            &test,
+            a.zca.as_deref(),
+            &cfg,
+            &work,
+            &bars,
+        )?;
+        (results, baseline.describe())
     };
     let json = serde_json::json!({ "evaluated": what, "dataset": a.dataset, "epochs": a.epochs, "results": results });
     crate::atomic_file::write(&out, serde_json::to_string_pretty(&json)?.as_bytes())?;
@@ -743,75 +684,4 @@ pub fn parse_epochs(s: &str) -> Result<std::ops::Range<usize>> {
         return Err(bad());
     }
     Ok(a..b + 1)
-}
-
-/// The mean soft labels that the experts of `--teacher-labels` at `--teacher-epochs` give the
-/// images of the distilled set `f` (the experts are checked against the set's model, dataset and
-/// ZCA), printing each image's own-class share.
-fn teacher_mean_labels(
-    f: &Path,
-    meta: &std::collections::HashMap<String, String>,
-    images: &ndarray::Array4<f32>,
-    classes: &[usize],
-    k: usize,
-    a: &EvalArgs,
-    backend: BackendKind,
-) -> Result<ndarray::Array2<f32>> {
-    let (Some(dir), Some(epochs)) = (&a.teacher_labels, &a.teacher_epochs) else {
-        bail!("--teacher-labels needs --teacher-epochs");
-    };
-    let range = parse_epochs(epochs)?;
-    let field = |key: &str| {
-        meta.get(key).ok_or_else(|| {
-            anyhow!(
-                "{}: no '{key}' in its metadata (not a distilled set?)",
-                f.display()
-            )
-        })
-    };
-    let model = ModelSpec::parse(field("model")?)?;
-    let zca = field("zca").is_ok_and(|z| z != "none");
-    let [n, c, h, w] = [0, 1, 2, 3].map(|i| images.shape()[i]);
-    let b = n.clamp(1, 100);
-    let mut store = ProgramStore::new(
-        model.clone(),
-        [c, h, w],
-        k,
-        backend,
-        // Apart from the evaluation's own programs (same model, other artifacts) to keep both cached.
-        &std::env::temp_dir()
-            .join("tesla-eval-artifacts")
-            .join("teachers")
-            .join(model.folder_name()),
-        &[Artifact::Logits],
-    );
-    let num_params = store.get(b)?.1.num_params;
-    let experts = open_experts(
-        dir,
-        &model.name(),
-        field("dataset")?,
-        zca,
-        range.end - 1,
-        num_params,
-    )?;
-    let y = mean_teacher_labels(store.get(b)?.0, &experts, |_| range.clone(), images, b, k)?;
-    let own: Vec<String> = classes
-        .iter()
-        .enumerate()
-        .map(|(i, &c)| format!("{:.2}", y.get([i, c]).copied().unwrap_or(f32::NAN)))
-        .collect();
-    println!(
-        "labels: the mean of {} teachers (epochs {epochs} of {} experts); own-class share per image: {}",
-        experts.len() * range.len(),
-        experts.len(),
-        own.join(" ")
-    );
-    Ok(y)
-}
-
-fn zca_test(test: &crate::data::Dataset, zca: Option<&Path>) -> Result<crate::data::Dataset> {
-    match zca {
-        Some(p) => crate::data::zca::Zca::load(p)?.transform_dataset(test),
-        None => Ok(test.clone()),
-    }
 }

@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
 struct State {
+    /// Result lines go to stdout (`tesla eval`'s figures), not above the bar on stderr.
+    results_on_stdout: bool,
     bar: Option<ProgressBar>,
     label: String,
     status: String,
@@ -22,6 +24,14 @@ pub struct Bars(Mutex<State>);
 /// A fresh renderer for one command.
 pub fn bars() -> SharedObserver {
     Arc::new(Bars::default())
+}
+
+/// A renderer that prints result lines on stdout, for commands whose output is those lines.
+pub fn bars_with_results_on_stdout() -> SharedObserver {
+    Arc::new(Bars(Mutex::new(State {
+        results_on_stdout: true,
+        ..State::default()
+    })))
 }
 
 impl State {
@@ -84,6 +94,10 @@ impl Observer for Bars {
                     b.set_message(st.message());
                 }
             }
+            Event::Line(text) if st.results_on_stdout => match &st.bar {
+                Some(b) => b.suspend(|| println!("{text}")),
+                None => println!("{text}"),
+            },
             Event::Line(text) | Event::Notice(text) => st.line(text),
             Event::Warning(text) => {
                 if st.warned.insert(text.to_string()) {

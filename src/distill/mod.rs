@@ -6,4 +6,5 @@ pub mod init;
 pub mod labels;
 pub mod presets;
 pub mod run;
+pub mod set_eval;
 pub mod set_file;

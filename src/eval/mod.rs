@@ -3,6 +3,8 @@
 //! epochs, batch 256, DSA on every batch, soft-label cross-entropy when labels are soft — and
 //! report real test accuracy as mean ± std over runs.
 
+pub mod baseline;
+
 use crate::compile_cache::ProgramStore;
 use crate::data::augment::Strategy;
 use crate::data::Dataset;

@@ -95,6 +95,11 @@ pub fn expert_path(dir: &Path, j: usize) -> PathBuf {
     dir.join(format!("expert_{j:04}.safetensors"))
 }
 
+/// Path of expert `j`'s partial trajectory (an unfinished expert, with its momentum buffer).
+fn partial_path(dir: &Path, j: usize) -> PathBuf {
+    dir.join(format!("expert_{j:04}.partial.safetensors"))
+}
+
 /// Trains the configured experts, skipping finished ones and resuming a partial one; reports
 /// nothing (see [`run_experts_with`]).
 pub fn run_experts(cfg: &ExpertsConfig) -> Result<()> {
@@ -130,6 +135,13 @@ pub fn run_experts_with(cfg: &ExpertsConfig, observer: &SharedObserver) -> Resul
     for j in range {
         let path = expert_path(&cfg.out, j);
         if path.exists() {
+            // A kill between the final write and the clean-up leaves the partial file behind;
+            // the finished expert supersedes it.
+            let partial = partial_path(&cfg.out, j);
+            if partial.exists() {
+                std::fs::remove_file(&partial)
+                    .with_context(|| format!("cannot remove {}", partial.display()))?;
+            }
             observer.event(Event::Notice(&format!(
                 "expert {j}: already trained ({}), skipped",
                 path.display()
@@ -151,7 +163,7 @@ fn train_one(
     observer: &SharedObserver,
 ) -> Result<()> {
     let seed = derive_seed(cfg.seed, j as u64);
-    let partial = cfg.out.join(format!("expert_{j:04}.partial.safetensors"));
+    let partial = partial_path(&cfg.out, j);
     let log_path = cfg.out.join(format!("expert_{j:04}.json"));
     let (_, manifest) = store.get(cfg.batch.min(train_set.len()))?;
     let params = manifest.params.clone();

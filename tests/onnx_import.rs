@@ -877,6 +877,73 @@ fn layout_ops_cases() -> Vec<Case> {
             17,
         ),
     ));
+    // Sequences, as the dynamo exporter writes `torch.chunk`/`unbind` and `torch.stack`.
+    let scalar = |name: &str, v: i64| {
+        export::tensor_proto(name, &Tensor::new(DType::I64, vec![], vec![v as f64]))
+    };
+    cases.push(case(
+        "split_to_sequence_at_concat",
+        model(
+            vec![
+                node(
+                    "SplitToSequence",
+                    &["x", "sp"],
+                    &["seq"],
+                    vec![attr_i("axis", 1)],
+                ),
+                node("SequenceAt", &["seq", "p"], &["a"], vec![]),
+                node(
+                    "ConcatFromSequence",
+                    &["seq"],
+                    &["c"],
+                    vec![attr_i("axis", 1)],
+                ),
+                node("Concat", &["a", "c"], &["y"], vec![attr_i("axis", 1)]),
+            ],
+            vec![iinit("sp", &[1, 2]), scalar("p", -1)],
+            &x,
+            17,
+        ),
+    ));
+    cases.push(case(
+        "split_to_sequence_unbind_stack",
+        model(
+            vec![
+                node(
+                    "SplitToSequence",
+                    &["x"],
+                    &["seq"],
+                    vec![attr_i("axis", 0), attr_i("keepdims", 0)],
+                ),
+                node(
+                    "ConcatFromSequence",
+                    &["seq"],
+                    &["y"],
+                    vec![attr_i("axis", -1), attr_i("new_axis", 1)],
+                ),
+            ],
+            vec![],
+            &x,
+            17,
+        ),
+    ));
+    cases.push(case(
+        "split_to_sequence_chunks",
+        model(
+            vec![
+                node(
+                    "SplitToSequence",
+                    &["x", "cs"],
+                    &["seq"],
+                    vec![attr_i("axis", 3)],
+                ),
+                node("SequenceAt", &["seq", "p"], &["y"], vec![]),
+            ],
+            vec![scalar("cs", 2), scalar("p", 2)],
+            &x,
+            17,
+        ),
+    ));
     cases
 }
 

@@ -65,6 +65,7 @@ pub const SUPPORTED_OPS: &[(&str, &str)] = &[
     ("InstanceNormalization, LayerNormalization, GroupNormalization", "GroupNormalization scale per channel or per group"),
     ("Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Expand", "constant shapes and axes; Reshape 0/−1 and allowzero"),
     ("Concat, Split", "Split by sizes, num_outputs or equal parts"),
+    ("SplitToSequence, SequenceAt, ConcatFromSequence", "sequences from a static split (sizes, one chunk size, or pieces of 1 with keepdims); constant positions; new_axis"),
     ("Slice", "constant bounds; step 1 only (other steps only on constants)"),
     ("Gather", "constant indices"),
     ("Pad", "constant mode; negative pads crop"),
@@ -261,6 +262,8 @@ pub(crate) struct Ctx<'m> {
     cand_ir: HashMap<usize, ValueId>,
     initial: HashMap<usize, Tensor>,
     const_ir: HashMap<String, ValueId>,
+    /// Sequences (from `SplitToSequence` of a static split): name → the pieces, in order.
+    pub seqs: HashMap<String, Vec<ValueId>>,
     /// Value name → the candidate it is a pass-through view of (reshape, unsqueeze, cast …).
     origin: HashMap<String, usize>,
     /// Per candidate, the nodes (other than pass-through views) that consume it.
@@ -313,6 +316,7 @@ impl<'m> Ctx<'m> {
             cand_ir: HashMap::new(),
             initial: HashMap::new(),
             const_ir: HashMap::new(),
+            seqs: HashMap::new(),
             origin: HashMap::new(),
             uses: HashMap::new(),
             roles: HashMap::new(),
@@ -570,6 +574,10 @@ impl<'m> Ctx<'m> {
             bail!("unsupported op '{domain}.{op}' in node '{name}' ({OP_TABLE_REF})");
         }
         for inp in p.input.iter().filter(|s| !s.is_empty()) {
+            // Sequences are not values; the sequence ops read them from `seqs`.
+            if self.seqs.contains_key(inp) {
+                continue;
+            }
             self.get(inp)
                 .with_context(|| format!("node '{name}' ({op})"))?;
         }
@@ -710,6 +718,15 @@ impl<'m> Ctx<'m> {
             "Expand" => one(tensor::expand(self, n)?),
             "Concat" => one(tensor::concat(self, n)?),
             "Split" => Ok(Some(tensor::split(self, n)?)),
+            "SplitToSequence" => {
+                let pieces = tensor::split_to_sequence(self, n)?;
+                let out = n.p.output.first().cloned().unwrap_or_default();
+                self.seqs.insert(out, pieces);
+                // The sequence lives in `seqs`; only the sequence ops read it.
+                Ok(Some(vec![]))
+            }
+            "SequenceAt" => one(tensor::sequence_at(self, n)?),
+            "ConcatFromSequence" => one(tensor::concat_from_sequence(self, n)?),
             "Slice" => one(tensor::slice(self, n)?),
             "Gather" => one(tensor::gather(self, n)?),
             "Pad" => one(tensor::pad(self, n)?),

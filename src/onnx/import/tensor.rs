@@ -198,6 +198,103 @@ pub fn split(cx: &mut Ctx, n: &NodeRef) -> Result<Vec<Val>> {
     Ok(outs.into_iter().map(Val::Ir).collect())
 }
 
+/// SplitToSequence of a run-time value, as the pieces of a static split: by the sizes of the
+/// `split` input, by one chunk size (the last piece takes the rest), or into pieces of 1 along
+/// the axis (squeezed unless `keepdims`).
+pub fn split_to_sequence(cx: &mut Ctx, n: &NodeRef) -> Result<Vec<ValueId>> {
+    let x = n.req(0)?;
+    let s = cx.shape(x)?;
+    let ax = axis(n.int("axis", 0), s.len())?;
+    let dim = s.get(ax).copied().unwrap_or(0);
+    let (sizes, squeeze) = match n.input(1) {
+        Some(name) => {
+            let t = cx.konst(name)?;
+            let k = as_ints(&t);
+            let sizes: Vec<usize> = if t.shape.is_empty() {
+                let c = k
+                    .first()
+                    .and_then(|&c| usize::try_from(c).ok())
+                    .filter(|&c| c > 0)
+                    .ok_or_else(|| anyhow!("the split size {k:?} must be positive"))?;
+                (0..dim).step_by(c).map(|i| c.min(dim - i)).collect()
+            } else {
+                k.iter()
+                    .map(|&d| usize::try_from(d).map_err(|_| anyhow!("negative split size {d}")))
+                    .collect::<Result<_>>()?
+            };
+            if sizes.iter().sum::<usize>() != dim {
+                bail!("split sizes {sizes:?} do not add up to {dim}");
+            }
+            (sizes, false)
+        }
+        None => (vec![1; dim], n.int("keepdims", 1) == 0),
+    };
+    let v = cx.ir(x)?;
+    let pieces = cx.g.push("", Op::Split { axis: ax, sizes }, &[v])?;
+    if !squeeze {
+        return Ok(pieces);
+    }
+    let mut shape = s.clone();
+    shape.remove(ax);
+    pieces
+        .into_iter()
+        .map(|p| {
+            Ok(cx.g.push1(
+                "",
+                Op::Reshape {
+                    shape: shape.clone(),
+                },
+                &[p],
+            )?)
+        })
+        .collect()
+}
+
+/// The pieces of sequence `name`.
+fn sequence<'c>(cx: &'c Ctx, name: &str) -> Result<&'c Vec<ValueId>> {
+    cx.seqs.get(name).ok_or_else(|| {
+        anyhow!("'{name}' is not a sequence from SplitToSequence (other sequences are not supported; {OP_TABLE_REF})")
+    })
+}
+
+/// SequenceAt with a constant position (negative counts from the end).
+pub fn sequence_at(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
+    let pos = as_ints(&cx.konst(n.req(1)?)?);
+    let seq = sequence(cx, n.req(0)?)?;
+    let len = seq.len() as i64;
+    let p = pos.first().copied().unwrap_or(0);
+    let i = if p < 0 { p + len } else { p };
+    usize::try_from(i)
+        .ok()
+        .and_then(|i| seq.get(i).copied())
+        .ok_or_else(|| anyhow!("position {p} is outside a sequence of {len}"))
+}
+
+/// ConcatFromSequence: the pieces concatenated along `axis`, or stacked on a new axis there.
+pub fn concat_from_sequence(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
+    let seq = sequence(cx, n.req(0)?)?.clone();
+    let new_axis = n.int("new_axis", 0) != 0;
+    let first = seq
+        .first()
+        .ok_or_else(|| anyhow!("ConcatFromSequence of an empty sequence"))?;
+    let rank = cx.g.shape(*first).len();
+    let ax = axis(n.int("axis", 0), rank + usize::from(new_axis))?;
+    let mut parts = Vec::with_capacity(seq.len());
+    for v in seq {
+        if new_axis {
+            let mut shape = cx.g.shape(v).to_vec();
+            shape.insert(ax, 1);
+            parts.push(cx.g.push1("", Op::Reshape { shape }, &[v])?);
+        } else {
+            parts.push(v);
+        }
+    }
+    if let [one] = parts.as_slice() {
+        return Ok(*one);
+    }
+    Ok(cx.g.push1("", Op::Concat { axis: ax }, &parts)?)
+}
+
 /// Normalised Slice bounds per axis of `shape`: (start, end, step), ONNX clamping rules.
 pub fn slice_bounds(cx: &mut Ctx, n: &NodeRef, shape: &[usize]) -> Result<Vec<(i64, i64, i64)>> {
     let r = shape.len();

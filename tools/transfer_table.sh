@@ -18,4 +18,4 @@ done
   --lr-lr 1e-5 --lr-init 0.1 --labels hard --out "$OUT/ipc10"
 MODELS="convnet-d3-w32,$OUT/resnet18.onnx,$OUT/vgg11.onnx,$OUT/alexnet.onnx,vit-p4-d128-l4-h4-m256"
 "$TESLA" eval --distilled "$OUT/ipc10/distilled.safetensors" --dataset fashion-mnist --models "$MODELS" --epochs 300 --runs 3 --out "$OUT/distilled.json"
-"$TESLA" eval --random 10 --dataset fashion-mnist --models "$MODELS" --epochs 300 --runs 3 --out "$OUT/random.json"
+"$TESLA" eval --random 10 --dataset fashion-mnist --models "$MODELS" --epochs 300 --runs 2 --out "$OUT/random.json"

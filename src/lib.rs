@@ -8,8 +8,10 @@
 //! - [`train_experts`] with an [`ExpertsConfig`]: expert trajectories, resumable;
 //! - [`distill`] with a [`DistillConfig`] (the run directory's `config.json`): the distilled set,
 //!   resumable, returning the final [`distill::run::State`];
-//! - [`evaluate`] with an [`EvalConfig`]: fresh networks trained on a set, a
-//!   [`eval::ModelResult`] per model.
+//! - [`evaluate`] with an [`EvalConfig`]: fresh networks of one model trained on a set, its
+//!   [`eval::ModelResult`]; [`distill::set_eval::evaluate_set`] and
+//!   [`eval::baseline::evaluate_baseline`] run it over several models for a distilled set file
+//!   and for real-image baselines.
 //!
 //! ```no_run
 //! use tesla_distill::{distill, progress, DistillConfig};

@@ -273,7 +273,6 @@ fn final_labels_mean_averages_every_target_teacher_on_the_final_images() {
     );
 }
 
-/// The teacher `theta`'s logits on `images`, on the f64 reference evaluator.
 /// The teacher's logits by the f64 reference evaluator, from the f32 values the run holds.
 fn teacher_logits(theta: Vec<f32>, images: &ndarray::Array4<f32>) -> Tensor {
     let m = ModelSpec::parse(MODEL)

@@ -205,10 +205,16 @@ fn memory(a: &BenchArgs) -> Result<()> {
                 .arg("--out")
                 .arg(&out)
                 .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()?;
-            // A run the machine cannot hold (the unrolled graph at large T) is a result too.
-            if !st.success() {
+                .stderr(std::process::Stdio::piped())
+                .output()?;
+            // A run the machine cannot hold (the unrolled graph at large T, killed) is a result
+            // too; any other failure is an error with its cause.
+            if !st.status.success() {
+                let err = String::from_utf8_lossy(&st.stderr);
+                let last = err.lines().rfind(|l| l.starts_with("error:"));
+                if let (Some(line), Some(_)) = (last, st.status.code()) {
+                    bail!("the {mode} run at T={t}: {line}");
+                }
                 row.push(None);
                 stored.push(0.0);
                 continue;
@@ -245,7 +251,7 @@ fn memory(a: &BenchArgs) -> Result<()> {
             row.iter()
                 .map(|v| match v {
                     Some((m, s)) => format!("{:>20}", format!("{m:.1} ({s:.1} s)")),
-                    None => format!("{:>20}", "failed"),
+                    None => format!("{:>20}", "killed"),
                 })
                 .collect::<String>()
         );

@@ -626,6 +626,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         );
     }
     crate::atomic_file::check_writable(&out)?;
+    crate::atomic_file::check_writable(&out.with_extension("md"))?;
     let (results, what) = if let Some(f) = &a.distilled {
         let labels = match (&a.teacher_labels, &a.teacher_epochs, a.hard_labels) {
             (Some(experts), Some(epochs), _) => SetLabels::Teachers {

@@ -239,7 +239,7 @@ fn update(ctx: &RunContext, st: &mut State, g: &MatchingGradient) -> Result<()> 
         anyhow!(
             "the run diverged at iteration {}: {what} became NaN/Inf; lower --lr-img/--lr-lr or \
              resume from the last checkpoint",
-            st.iteration
+            st.iteration + 1
         )
     };
     let mut images = st.images.as_standard_layout().into_owned();
@@ -299,7 +299,7 @@ pub fn iteration(
         .sum::<f64>()
         .sqrt();
     if !grad_norm.is_finite() || !g.dbeta.is_finite() {
-        bail!("the run diverged at iteration {}: the image gradient is not finite; lower --lr-img or resume from the last checkpoint", st.iteration);
+        bail!("the run diverged at iteration {}: the image gradient is not finite; lower --lr-img or resume from the last checkpoint", st.iteration + 1);
     }
     update(ctx, st, &g)?;
     st.last_labels = labels;
@@ -672,59 +672,56 @@ pub fn run_with(cfg: DistillConfig, resume: bool, observer: &SharedObserver) -> 
             out.join("checkpoint").display()
         )
     };
-    while st.iteration < cfg.iterations {
-        let t0 = Instant::now();
-        let exec = store.get(batch_syn)?.0;
-        let report = match iteration(&ctx, exec, &mut st) {
-            Ok(v) => v,
-            Err(err) => {
-                observer.event(Event::End);
-                return Err(err.context(stopped(st.iteration + 1, last_good)));
+    // Every failure inside the loop (a diverged run, a full disk) ends the task and names the
+    // checkpoint the run can continue from.
+    let mut at = st.iteration + 1;
+    let looped = (|| -> Result<()> {
+        while st.iteration < cfg.iterations {
+            let t0 = Instant::now();
+            at = st.iteration + 1;
+            let exec = store.get(batch_syn)?.0;
+            let report = iteration(&ctx, exec, &mut st)?;
+            let evaluate = cfg.eval_every > 0
+                && (st.iteration % cfg.eval_every == 0 || st.iteration == cfg.iterations);
+            let checkpoint =
+                st.iteration % cfg.checkpoint_every == 0 || st.iteration == cfg.iterations;
+            let y = if evaluate || checkpoint {
+                Some(saved_labels(&ctx, store.get(batch_syn)?.0, &st)?)
+            } else {
+                None
+            };
+            let eval_acc = match y.as_ref().filter(|_| evaluate) {
+                Some(y) => Some(quick_eval(&ctx, &st, y, &model, &test, kind, observer)?),
+                None => None,
+            };
+            let m = Metric {
+                iteration: st.iteration,
+                loss: report.loss,
+                beta: st.beta,
+                expert: report.expert,
+                start_epoch: report.start_epoch,
+                seconds: t0.elapsed().as_secs_f64(),
+                peak_rss_mib: peak_rss_kib().map_or(f64::NAN, |k| k as f64 / 1024.0),
+                grad_norm: report.grad_norm,
+                eval_acc,
+            };
+            writeln!(metrics, "{}", serde_json::to_string(&m)?)
+                .with_context(|| format!("writing {}", metrics_path.display()))?;
+            observer.event(Event::Advance {
+                n: 1,
+                status: Some(&format!("loss {:.4}, lr {:.5}", report.loss, st.beta)),
+            });
+            if let Some(y) = y.filter(|_| checkpoint) {
+                super::checkpoint::write(&out.join("checkpoint"), &st, &ctx.cfg)?;
+                last_good = st.iteration;
+                save_set(&ctx, &st, &y, train.mean(), train.std(), zca.as_ref())?;
+                written_labels = Some(y);
             }
-        };
-        let evaluate = cfg.eval_every > 0
-            && (st.iteration % cfg.eval_every == 0 || st.iteration == cfg.iterations);
-        let checkpoint = st.iteration % cfg.checkpoint_every == 0 || st.iteration == cfg.iterations;
-        let y = if evaluate || checkpoint {
-            Some(saved_labels(&ctx, store.get(batch_syn)?.0, &st)?)
-        } else {
-            None
-        };
-        let eval_acc = match y.as_ref().filter(|_| evaluate) {
-            Some(y) => Some(quick_eval(&ctx, &st, y, &model, &test, kind, observer)?),
-            None => None,
-        };
-        let m = Metric {
-            iteration: st.iteration,
-            loss: report.loss,
-            beta: st.beta,
-            expert: report.expert,
-            start_epoch: report.start_epoch,
-            seconds: t0.elapsed().as_secs_f64(),
-            peak_rss_mib: peak_rss_kib().map_or(f64::NAN, |k| k as f64 / 1024.0),
-            grad_norm: report.grad_norm,
-            eval_acc,
-        };
-        // A full disk surfaces here: the message says where the run can continue from.
-        writeln!(metrics, "{}", serde_json::to_string(&m)?)
-            .with_context(|| format!("writing {}", metrics_path.display()))
-            .with_context(|| stopped(st.iteration, last_good))?;
-        observer.event(Event::Advance {
-            n: 1,
-            status: Some(&format!("loss {:.4}, lr {:.5}", report.loss, st.beta)),
-        });
-        if let Some(y) = y.filter(|_| checkpoint) {
-            let saved = super::checkpoint::write(&out.join("checkpoint"), &st, &ctx.cfg)
-                .map(|()| last_good = st.iteration)
-                .and_then(|()| save_set(&ctx, &st, &y, train.mean(), train.std(), zca.as_ref()));
-            if let Err(err) = saved {
-                observer.event(Event::End);
-                return Err(err.context(stopped(st.iteration, last_good)));
-            }
-            written_labels = Some(y);
         }
-    }
+        Ok(())
+    })();
     observer.event(Event::End);
+    looped.map_err(|err| err.context(stopped(at, last_good)))?;
     // One-hot rows never warn, so hard-label runs need no special case.
     if let Some(y) = written_labels {
         warn_weak_labels(&y, &st.classes, train.class_names(), observer.as_ref());

@@ -308,7 +308,9 @@ fn train_one(
                 acc * 100.0
             );
             observer.event(Event::Line(&line));
-            observer.event(Event::Relabel(&label(epoch + 1)));
+            if epoch + 1 < cfg.epochs {
+                observer.event(Event::Relabel(&label(epoch + 1)));
+            }
             Ok(())
         },
     )

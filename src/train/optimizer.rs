@@ -30,12 +30,18 @@ impl<F: Scalar> MomentumSgd<F> {
     /// (`θ ← θ − lr·d` without a buffer). A buffer of zeros makes the first step the plain
     /// gradient, as PyTorch's, which starts the buffer at the first gradient.
     pub fn step(&self, params: &mut [F], velocity: Option<&mut [F]>, grad: &[F]) -> Result<()> {
-        if grad.len() != params.len() || velocity.as_ref().is_some_and(|v| v.len() != params.len())
-        {
+        if grad.len() != params.len() {
             bail!(
                 "an update of {} parameters got a gradient of {} values",
                 params.len(),
                 grad.len()
+            );
+        }
+        if let Some(v) = velocity.as_ref().filter(|v| v.len() != params.len()) {
+            bail!(
+                "an update of {} parameters got a momentum buffer of {} values",
+                params.len(),
+                v.len()
             );
         }
         let wd = self.weight_decay;

@@ -9,11 +9,7 @@ use common::tensor_hash;
 use std::path::Path;
 use tesla_distill::distill::gradient::Mode;
 use tesla_distill::distill::run::{run, DistillConfig, Labels};
-use tesla_distill::experts::{run_experts, ExpertsConfig};
-use tesla_distill::runtime::BackendKind;
-use tesla_distill::zoo::ModelSpec;
-
-const MODEL: &str = "convnet-d3-w4";
+use tesla_distill::experts::run_experts;
 
 fn distill_config(experts: &Path, out: &Path, gradient: Mode) -> DistillConfig {
     DistillConfig {
@@ -26,24 +22,7 @@ fn distill_config(experts: &Path, out: &Path, gradient: Mode) -> DistillConfig {
 fn a_small_run_gives_the_pinned_experts_and_images() {
     let d = tempfile::tempdir().unwrap();
     let experts = d.path().join("experts");
-    run_experts(&ExpertsConfig {
-        dataset: "fmnist-small".into(),
-        model: ModelSpec::parse(MODEL).unwrap(),
-        experts: 1,
-        epochs: 2,
-        lr: 0.01,
-        batch: 64,
-        momentum: 0.0,
-        weight_decay: 0.0,
-        strategy: Default::default(),
-        zca: false,
-        seed: 1,
-        shard: (0, 1),
-        backend: BackendKind::Tract,
-        out: experts.clone(),
-        limit: Some(200),
-    })
-    .unwrap();
+    run_experts(&common::tiny_experts_config(&experts, 1, 2, 1)).unwrap();
     let got_expert = tensor_hash(&experts.join("expert_0000.safetensors"), &["trajectory"]);
     let mut got = vec![("expert".to_string(), got_expert)];
     for mode in [Mode::Tesla, Mode::Exact] {

@@ -10,7 +10,7 @@ use tesla_distill::compiler::ir::{DType, Tensor};
 use tesla_distill::distill::run::{run, DistillConfig, FinalLabels, Labels, PixInit};
 use tesla_distill::experts::trajectory::{list, Trajectory};
 use tesla_distill::experts::{run_experts, ExpertsConfig};
-use tesla_distill::runtime::{read_safetensors, BackendKind};
+use tesla_distill::runtime::read_safetensors;
 use tesla_distill::zoo::ModelSpec;
 
 const MODEL: &str = "convnet-d3-w4";
@@ -25,21 +25,10 @@ fn experts_with_momentum(dir: &Path, momentum: f64) {
 
 fn experts_with(dir: &Path, lr: f64, momentum: f64, limit: usize) {
     run_experts(&ExpertsConfig {
-        dataset: "fmnist-small".into(),
-        model: ModelSpec::parse(MODEL).unwrap(),
-        experts: 2,
-        epochs: 2,
         lr,
-        batch: 64,
         momentum,
-        weight_decay: 0.0,
-        strategy: Default::default(),
-        zca: false,
-        seed: 1,
-        shard: (0, 1),
-        backend: BackendKind::Tract,
-        out: dir.to_path_buf(),
         limit: Some(limit),
+        ..common::tiny_experts_config(dir, 2, 2, 1)
     })
     .unwrap();
 }

@@ -43,23 +43,7 @@ fn experts_and_distillation_report_through_the_observer() {
     let ex = d.path().join("experts");
     let rec = Arc::new(Recorder::default());
     let obs: SharedObserver = rec.clone();
-    let cfg = tesla_distill::experts::ExpertsConfig {
-        dataset: "fmnist-small".into(),
-        model: tesla_distill::zoo::ModelSpec::parse("convnet-d3-w4").unwrap(),
-        experts: 1,
-        epochs: 2,
-        lr: 0.01,
-        batch: 64,
-        momentum: 0.0,
-        weight_decay: 0.0,
-        strategy: Default::default(),
-        zca: false,
-        seed: 0,
-        shard: (0, 1),
-        backend: tesla_distill::runtime::BackendKind::Tract,
-        out: ex.clone(),
-        limit: Some(200),
-    };
+    let cfg = common::tiny_experts_config(&ex, 1, 2, 0);
     run_experts_with(&cfg, &obs).unwrap();
     let ev = recorded(&rec);
     assert_eq!(ev.first().unwrap(), "begin expert 0 epoch 1/2 0/200 images");

@@ -390,6 +390,34 @@ pub fn tiny_experts_args(out: &Path, experts: usize, epochs: usize, limit: usize
     .to_vec()
 }
 
+/// The tiny experts the library-level tests train: `experts` × `epochs` of `convnet-d3-w4` on
+/// 200 `fmnist-small` images, plain SGD, tract (the CLI form is [`tiny_experts_args`]).
+#[allow(dead_code)]
+pub fn tiny_experts_config(
+    out: &Path,
+    experts: usize,
+    epochs: usize,
+    seed: u64,
+) -> tesla_distill::experts::ExpertsConfig {
+    tesla_distill::experts::ExpertsConfig {
+        dataset: "fmnist-small".into(),
+        model: tesla_distill::zoo::ModelSpec::parse("convnet-d3-w4").expect("a model"),
+        experts,
+        epochs,
+        lr: 0.01,
+        batch: 64,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        strategy: Default::default(),
+        zca: false,
+        seed,
+        shard: (0, 1),
+        backend: tesla_distill::runtime::BackendKind::Tract,
+        out: out.to_path_buf(),
+        limit: Some(200),
+    }
+}
+
 /// Runs `tesla` with `args` and asserts success.
 pub fn tesla_ok(args: &[String]) {
     let v: Vec<&str> = args.iter().map(String::as_str).collect();

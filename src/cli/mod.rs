@@ -275,9 +275,10 @@ struct EvalArgs {
     /// Baseline: the whole training set.
     #[arg(long)]
     whole: bool,
-    /// Dataset spec.
+    /// Dataset spec (see `tesla experts --help` for the forms). Default with `--distilled`: the
+    /// dataset the set was distilled from.
     #[arg(long)]
-    dataset: String,
+    dataset: Option<String>,
     /// Models, comma-separated (e.g. convnet-d3,resnet18,vit for cross-architecture evaluation).
     #[arg(long, default_value = "convnet-d3")]
     models: String,
@@ -611,7 +612,22 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     if a.runs == 0 || a.epochs == 0 {
         bail!("--runs and --epochs must be at least 1");
     }
-    let test = crate::data::load(&a.dataset, Split::Test, None)?;
+    let dataset = match (&a.dataset, &a.distilled) {
+        (Some(d), _) => d.clone(),
+        (None, Some(f)) => {
+            let set = crate::distill::set_file::DistilledSet::read(f)?;
+            let d = set.meta.get("dataset").cloned().ok_or_else(|| {
+                anyhow!(
+                    "{} does not say which dataset it was distilled from; give --dataset",
+                    f.display()
+                )
+            })?;
+            eprintln!("dataset: {d} (from the distilled set)");
+            d
+        }
+        (None, None) => bail!("a baseline (--random or --whole) needs --dataset"),
+    };
+    let test = crate::data::load(&dataset, Split::Test, None)?;
     let bars = progress_bars::bars_with_results_on_stdout();
     let work = std::env::temp_dir().join("tesla-eval-artifacts");
     let out = match (&a.out, &a.distilled) {
@@ -652,7 +668,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         };
         let lr = a.lr.unwrap_or(0.01);
         let results = evaluate_baseline(
-            &a.dataset,
+            &dataset,
             baseline,
             &models,
             lr,
@@ -664,10 +680,10 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         )?;
         (results, baseline.describe())
     };
-    let json = serde_json::json!({ "evaluated": what, "dataset": a.dataset, "epochs": a.epochs, "results": results });
+    let json = serde_json::json!({ "evaluated": what, "dataset": dataset, "epochs": a.epochs, "results": results });
     crate::atomic_file::write(&out, serde_json::to_string_pretty(&json)?.as_bytes())?;
     let md = out.with_extension("md");
-    let table = crate::eval::markdown_table(&results, &what, &a.dataset, a.epochs);
+    let table = crate::eval::markdown_table(&results, &what, &dataset, a.epochs);
     crate::atomic_file::write(&md, table.as_bytes())?;
     println!("results in {} and {}", out.display(), md.display());
     Ok(())

@@ -351,7 +351,11 @@ pub fn open_experts(
     let mut v = Vec::with_capacity(files.len());
     for f in files {
         let t = Trajectory::open(&f)?;
-        if t.meta.model != model {
+        // Older expert files may name an ONNX file by a relative path.
+        let recorded = ModelSpec::parse(&t.meta.model)
+            .and_then(ModelSpec::resolved)
+            .map(|m| m.name());
+        if t.meta.model != model && recorded.ok().as_deref() != Some(model) {
             bail!(
                 "{} was trained with model '{}', this run uses '{model}'",
                 f.display(),
@@ -553,7 +557,8 @@ pub fn run_with(cfg: DistillConfig, resume: bool, observer: &SharedObserver) -> 
         }
         (cfg, None)
     };
-    let model = ModelSpec::parse(&cfg.model)?;
+    let model = ModelSpec::parse(&cfg.model)?.resolved()?;
+    cfg.model = model.name();
     let kind: BackendKind = cfg.backend.parse()?;
     let strategy = Strategy::parse(&cfg.dsa_strategy)?;
     let zca_src = cfg.experts.join("zca.safetensors");

@@ -111,6 +111,10 @@ pub fn run_experts_with(cfg: &ExpertsConfig, observer: &SharedObserver) -> Resul
     if cfg.experts == 0 || cfg.epochs == 0 {
         bail!("--experts and --epochs must be at least 1");
     }
+    let cfg = &ExpertsConfig {
+        model: cfg.model.clone().resolved()?,
+        ..cfg.clone()
+    };
     std::fs::create_dir_all(&cfg.out)
         .with_context(|| format!("cannot create the output directory {}", cfg.out.display()))?;
     let (mut train_set, test, _) =

@@ -41,6 +41,19 @@ impl ModelSpec {
         }
     }
 
+    /// The same model with an ONNX file's path made absolute, so that a name recorded in a run's
+    /// files (experts, distilled sets) still names the file when read from another directory.
+    pub fn resolved(self) -> Result<ModelSpec> {
+        match self {
+            ModelSpec::Onnx(p, mode) => {
+                let abs = std::fs::canonicalize(&p)
+                    .with_context(|| format!("cannot read the model file {}", p.display()))?;
+                Ok(ModelSpec::Onnx(abs, mode))
+            }
+            other => Ok(other),
+        }
+    }
+
     /// [`ModelSpec::with_batchnorm`] when a mode is given, else the model as it is.
     pub fn with_batchnorm_given(self, mode: Option<BatchNormMode>) -> ModelSpec {
         match mode {

@@ -195,3 +195,50 @@ fn parameter_layout_matches_pytorch() {
         1152 + 128 + 256 + 2 * (147456 + 128 + 256) + 2048 * 10 + 10
     );
 }
+
+/// The faster forms the passes give the backends (masks as products, pooling's upsampling as a
+/// depthwise transposed convolution) compute the very same values as the forms the derivative
+/// rules emit, through first and second order, and leave none of the slow forms behind. Equal as
+/// numbers: a masked-out zero may come out as −0.
+#[test]
+fn fast_forms_compute_the_same_values() {
+    use tesla_distill::compiler::autodiff::grad;
+    use tesla_distill::compiler::ir::Op;
+    use tesla_distill::compiler::lower::pool_2d;
+    use tesla_distill::compiler::passes::{fast_forms, set_outputs};
+    let mut r = rng(11);
+    let mut g = Graph::new();
+    let x = g.input("x", DType::F64, vec![2, 3, 8, 8]);
+    let v = g.input("v", DType::F64, vec![2, 3, 8, 8]);
+    let h = g.unary(Op::Relu, x).unwrap();
+    let p = pool_2d(&mut g, h, 2, false).unwrap();
+    let q = pool_2d(&mut g, p, 2, true).unwrap();
+    let loss = weighted_sum(&mut g, &mut r, q);
+    let dx = grad(&mut g, loss, &[x], None).unwrap()[0];
+    // Second order, as pass 2: the gradient of ⟨dx, v⟩, which differentiates the masks again.
+    let pr = g.mul(dx, v).unwrap();
+    let dot = g.sum_all(pr).unwrap();
+    let ddx = grad(&mut g, dot, &[x, v], None).unwrap();
+    set_outputs(&mut g, &[(dx, "dx"), (ddx[0], "ddx"), (ddx[1], "dv")]).unwrap();
+    let fast = fast_forms(&g);
+    let count = |g: &Graph, f: &dyn Fn(&Op) -> bool| g.nodes.iter().filter(|n| f(&n.op)).count();
+    let is_where = |o: &Op| matches!(o, Op::Where);
+    let is_expand = |o: &Op| matches!(o, Op::Expand { .. });
+    let is_deconv = |o: &Op| matches!(o, Op::ConvTranspose { .. });
+    assert!(count(&g, &is_where) >= 2 && count(&g, &is_expand) >= 1);
+    // The max pool's tie mask is a Where against the cotangent, not zero: it stays.
+    assert!(count(&fast, &is_where) < count(&g, &is_where));
+    assert!(count(&fast, &is_deconv) >= 1);
+    assert!(count(&fast, &is_expand) < count(&g, &is_expand));
+    let mut xs = distinct(&mut r, &[2, 3, 8, 8]);
+    xs.dtype = DType::F64;
+    let vs = uniform(&mut r, &[2, 3, 8, 8], -1.0, 1.0);
+    let a = run(&g, &[xs.clone(), vs.clone()]);
+    let b = run(&fast, &[xs, vs]);
+    for (ta, tb) in a.iter().zip(&b) {
+        assert_eq!(ta.shape, tb.shape);
+        assert!(ta.data.iter().all(|v| v.is_finite()));
+        assert_eq!(ta.data, tb.data);
+    }
+    assert!(a[0].data.iter().any(|&v| v != 0.0));
+}

@@ -93,13 +93,13 @@ pub fn set_outputs(g: &mut Graph, named: &[(ValueId, &str)]) -> Result<(), super
     Ok(())
 }
 
-/// Removes work the derivative rules leave behind for the backends:
+/// Removes work the derivative rules leave behind for the backends (after [`fast_forms`]):
 /// - an `Expand` feeding a broadcasting elementwise op is dropped when broadcasting the
 ///   un-expanded operand gives the same result shape (the backends then broadcast on the fly
 ///   instead of materialising a full tensor);
 /// - `Reshape` of a `Reshape` reads the first one's input.
 pub fn simplify(g: &Graph) -> Graph {
-    let mut out = g.clone();
+    let mut out = fast_forms(g);
     let mut producer: HashMap<ValueId, usize> = HashMap::new();
     for (i, n) in out.nodes.iter().enumerate() {
         for &o in &n.outputs {
@@ -138,4 +138,162 @@ pub fn simplify(g: &Graph) -> Graph {
         }
     }
     prune(&out)
+}
+
+/// Rewrites two forms the derivative rules emit into equivalent ones that both backends run several
+/// times faster on large activations; each gives the same values (a masked-out zero may become −0,
+/// and a non-finite value under a mask stays non-finite):
+/// - a mask `Where(c, a, 0)` (ReLU's and max's backward) becomes `a · float(c)`, and
+///   `Where(c, 0, b)` becomes `b · (1 − float(c))` (ONNX Runtime's `Where` with a broadcast scalar
+///   is about 4× slower than a `Mul`);
+/// - the nearest-neighbour upsampling that non-overlapping pooling's backward emits
+///   (`Reshape` to \[N,C,h,1,w,1\], `Expand` to \[N,C,h,k,w,k\], `Reshape` to \[N,C,hk,wk\]) becomes a
+///   depthwise `ConvTranspose` with a kernel of ones and stride k (an `Expand` over inner axes of
+///   size k is about 5× slower).
+///
+/// Values are renumbered by [`prune`] afterwards, so the replaced nodes disappear.
+pub fn fast_forms(g: &Graph) -> Graph {
+    let mut out = Graph {
+        values: g.values.clone(),
+        nodes: Vec::with_capacity(g.nodes.len()),
+        inputs: g.inputs.clone(),
+        outputs: vec![],
+    };
+    let mut producer: HashMap<ValueId, usize> = HashMap::new();
+    // Old value → the value that replaces it.
+    let mut subst: HashMap<ValueId, ValueId> = HashMap::new();
+    for n in &g.nodes {
+        let mut node = n.clone();
+        for x in node.inputs.iter_mut() {
+            if let Some(&s) = subst.get(x) {
+                *x = s;
+            }
+        }
+        let replaced = match &node.op {
+            Op::Where => where_as_mul(&mut out, &producer, &node),
+            Op::Reshape { .. } => upsample_as_conv_transpose(&mut out, &producer, &node),
+            _ => None,
+        };
+        match replaced {
+            Some(v) => {
+                subst.insert(n.outputs[0], v);
+            }
+            None => {
+                for &o in &node.outputs {
+                    producer.insert(o, out.nodes.len());
+                }
+                out.nodes.push(node);
+            }
+        }
+    }
+    out.outputs = g
+        .outputs
+        .iter()
+        .map(|o| subst.get(o).copied().unwrap_or(*o))
+        .collect();
+    // A replaced graph output keeps its name on export.
+    for (&old, &new) in g.outputs.iter().zip(out.outputs.clone().iter()) {
+        if old != new {
+            let name = g.values[old].name.clone();
+            out.rename(new, &name);
+        }
+    }
+    prune(&out)
+}
+
+/// Whether `v` is produced by a constant whose every element is zero.
+fn is_zero_constant(g: &Graph, producer: &HashMap<ValueId, usize>, v: ValueId) -> bool {
+    producer
+        .get(&v)
+        .and_then(|&p| g.nodes.get(p))
+        .is_some_and(|n| matches!(&n.op, Op::Constant(t) if t.data.iter().all(|&x| x == 0.0)))
+}
+
+fn where_as_mul(g: &mut Graph, producer: &HashMap<ValueId, usize>, n: &Node) -> Option<ValueId> {
+    let &[c, a, b] = n.inputs.as_slice() else {
+        return None;
+    };
+    let out_shape = g.shape(n.outputs[0]).to_vec();
+    let dt = g.dtype(n.outputs[0]);
+    if !dt.is_float() {
+        return None;
+    }
+    let (kept, keep_where_true) = if is_zero_constant(g, producer, b) {
+        (a, true)
+    } else if is_zero_constant(g, producer, a) {
+        (b, false)
+    } else {
+        return None;
+    };
+    let name = |s: &str| format!("{}_{s}", n.name);
+    let m = g.push1(&name("mask"), Op::Cast { to: dt }, &[c]).ok()?;
+    let m = if keep_where_true {
+        m
+    } else {
+        let one = g.scalar(dt, 1.0);
+        g.push1(&name("not"), Op::Sub, &[one, m]).ok()?
+    };
+    let y = g.push1(&name("masked"), Op::Mul, &[kept, m]).ok()?;
+    (g.shape(y) == out_shape.as_slice()).then_some(y)
+}
+
+fn upsample_as_conv_transpose(
+    g: &mut Graph,
+    producer: &HashMap<ValueId, usize>,
+    n: &Node,
+) -> Option<ValueId> {
+    let out_shape = g.shape(n.outputs[0]).to_vec();
+    let &[e] = n.inputs.as_slice() else {
+        return None;
+    };
+    let en = g.nodes.get(*producer.get(&e)?)?;
+    let (Op::Expand { shape: big }, &[src]) = (&en.op, en.inputs.as_slice()) else {
+        return None;
+    };
+    let small = g.shape(src).to_vec();
+    let (&[nb, c, h, 1, w, 1], &[nb2, c2, h2, kh, w2, kw], &[nb3, c3, hh, ww]) =
+        (small.as_slice(), big.as_slice(), out_shape.as_slice())
+    else {
+        return None;
+    };
+    if (nb, c, h, w) != (nb2, c2, h2, w2) || (nb, c) != (nb3, c3) || (hh, ww) != (h * kh, w * kw) {
+        return None;
+    }
+    let dt = g.dtype(src);
+    if !dt.is_float() {
+        return None;
+    }
+    let name = |s: &str| format!("{}_{s}", n.name);
+    let flat = g
+        .push1(
+            &name("grid"),
+            Op::Reshape {
+                shape: vec![nb, c, h, w],
+            },
+            &[src],
+        )
+        .ok()?;
+    let ones = g.constant(super::ir::Tensor::new(
+        dt,
+        vec![c, 1, kh, kw],
+        vec![1.0; c * kh * kw],
+    ));
+    let conv = super::ir::ConvAttrs {
+        strides: vec![kh, kw],
+        pads_begin: vec![0, 0],
+        pads_end: vec![0, 0],
+        dilations: vec![1, 1],
+        group: c,
+    };
+    let y = g
+        .push1(
+            &name("upsample"),
+            Op::ConvTranspose {
+                conv,
+                out_spatial: vec![hh, ww],
+            },
+            &[flat, ones],
+        )
+        .ok()?;
+    Some(y)
 }

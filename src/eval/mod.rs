@@ -20,8 +20,8 @@ use ndarray::{ArrayView2, ArrayView4};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// Evaluation settings.
-#[derive(Clone, Debug)]
+/// Evaluation settings (serde, so a JSON file can hold them).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvalConfig {
     /// Networks trained per model.
     pub runs: usize,

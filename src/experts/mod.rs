@@ -16,8 +16,9 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use trajectory::ExpertMeta;
 
-/// `tesla experts` settings.
-#[derive(Clone, Debug)]
+/// `tesla experts` settings; a run writes them to `config.json` in its output directory, and the
+/// same JSON read back is the same configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct ExpertsConfig {
     /// Dataset spec.
     pub dataset: String,
@@ -117,6 +118,10 @@ pub fn run_experts_with(cfg: &ExpertsConfig, observer: &SharedObserver) -> Resul
     };
     std::fs::create_dir_all(&cfg.out)
         .with_context(|| format!("cannot create the output directory {}", cfg.out.display()))?;
+    crate::atomic_file::write(
+        &cfg.out.join("config.json"),
+        serde_json::to_string_pretty(cfg)?.as_bytes(),
+    )?;
     let (mut train_set, test, _) =
         load_data(&cfg.dataset, cfg.zca, &cfg.out.join("zca.safetensors"))?;
     if let Some(n) = cfg.limit {

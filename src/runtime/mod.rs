@@ -24,7 +24,10 @@ pub use ort_backend::ort_library_path;
 pub use run_file::run_graph_file;
 
 /// Which engine runs the graphs (see [`default_backend`] for the one a command gets by default).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum BackendKind {
     /// tract, pure Rust (needs nothing installed).
     #[default]

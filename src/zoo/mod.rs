@@ -14,8 +14,10 @@ use resnet::ResNet;
 use std::path::PathBuf;
 use vit::Vit;
 
-/// What `--model` names: a built-in builder or a forward ONNX file.
-#[derive(Clone, Debug, PartialEq)]
+/// What `--model` names: a built-in builder or a forward ONNX file. In configuration files it is
+/// the same string (`convnet-d3-w32`, `path/to/model.onnx[batchnorm=batch]`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum ModelSpec {
     /// A ConvNet (`convnet-d3`, `convnet-d4`, with options such as `convnet-d3-w32-ln-max-leaky`).
     ConvNet(ConvNet),
@@ -30,6 +32,19 @@ pub enum ModelSpec {
 
 /// What follows an ONNX model's path in its name when its batch-norm mode is not `auto`.
 const BATCHNORM_SUFFIX: &str = "[batchnorm=";
+
+impl TryFrom<String> for ModelSpec {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> Result<ModelSpec> {
+        ModelSpec::parse(&s)
+    }
+}
+
+impl From<ModelSpec> for String {
+    fn from(m: ModelSpec) -> String {
+        m.name()
+    }
+}
 
 impl ModelSpec {
     /// The same model with its batch-norm nodes lowered as `mode` says (built-in models have

@@ -292,6 +292,17 @@ fn mlp_matches_hand_computation_and_rebinding_keeps_theta() {
         let y2 = s.run().expect("second run");
         let e2 = rel_err(&y2[0], &mlp_reference(&x2, &w, &b));
         assert!(e2 <= 1e-5, "{}: rel err after rebind {e2}", be.name());
+        // A new θ of the same shape, given in a non-standard memory layout, replaces the old one.
+        let w2t = rand_array(&[4, 3], 5);
+        let w2 = w2t.t().to_owned();
+        s.bind("w", w2t.t()).expect("rebind w transposed");
+        let y3 = s.run().expect("third run");
+        let e3 = rel_err(&y3[0], &mlp_reference(&x2, &w2, &b));
+        assert!(e3 <= 1e-5, "{}: rel err after rebinding w {e3}", be.name());
+        let moved = rel_err32(&y3[0], &y2[0]);
+        assert!(moved > 1e-2, "{}: output did not change with w", be.name());
+        s.bind("w", w.view()).expect("rebind w back");
+        let y2 = s.run().expect("fourth run");
         results.push(y2);
     }
     if let [a, b] = results.as_slice() {

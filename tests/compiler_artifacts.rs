@@ -7,6 +7,7 @@ use tesla_distill::compiler::artifact::{logits_graph, pass2_graph, step_graph};
 use tesla_distill::compiler::eval::eval;
 use tesla_distill::compiler::ir::{DType, Graph, Tensor};
 use tesla_distill::compiler::model::ForwardModel;
+use tesla_distill::compiler::ops::{ConvTranspose, Expand};
 use tesla_distill::zoo::convnet::{Act, ConvNet, Norm, Pool};
 use tesla_distill::zoo::resnet::ResNet;
 use tesla_distill::zoo::vit::Vit;
@@ -223,8 +224,8 @@ fn fast_forms_compute_the_same_values() {
     let fast = fast_forms(&g);
     let count = |g: &Graph, f: &dyn Fn(&Op) -> bool| g.nodes.iter().filter(|n| f(&n.op)).count();
     let is_where = |o: &Op| matches!(o, Op::Where);
-    let is_expand = |o: &Op| matches!(o, Op::Expand { .. });
-    let is_deconv = |o: &Op| matches!(o, Op::ConvTranspose { .. });
+    let is_expand = |o: &Op| matches!(o, Op::Expand(Expand { .. }));
+    let is_deconv = |o: &Op| matches!(o, Op::ConvTranspose(ConvTranspose { .. }));
     assert!(count(&g, &is_where) >= 2 && count(&g, &is_expand) >= 1);
     // The max pool's tie mask is a Where against the cotangent, not zero: it stays.
     assert!(count(&fast, &is_where) < count(&g, &is_where));

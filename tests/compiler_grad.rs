@@ -7,6 +7,9 @@ use common::*;
 use rand_chacha::ChaCha8Rng;
 use tesla_distill::compiler::ir::{ConvAttrs, DType, Graph, Op, Tensor, ValueId};
 use tesla_distill::compiler::lower;
+use tesla_distill::compiler::ops::{
+    Concat, ConvTranspose, LeakyRelu, Pad, ReduceMax, Slice, Split,
+};
 
 const TOL: f64 = 1e-6;
 
@@ -72,7 +75,7 @@ fn elementwise_unary() {
         g.unary(Op::Sqrt, v[0]).unwrap()
     });
     // Kinked ops are tested away from the kink; the product keeps the second derivative non-zero.
-    for op in [Op::Relu, Op::LeakyRelu { alpha: 0.1 }] {
+    for op in [Op::Relu, Op::LeakyRelu(LeakyRelu { alpha: 0.1 })] {
         check(
             op.name(),
             &[(&[3, 4], away_from_zero), (&[3, 4], smooth)],
@@ -134,10 +137,10 @@ fn reductions() {
         let m = g
             .push1(
                 "",
-                Op::ReduceMax {
+                Op::ReduceMax(ReduceMax {
                     axes: vec![2],
                     keepdims: false,
-                },
+                }),
                 &[v[0]],
             )
             .unwrap();
@@ -165,17 +168,19 @@ fn layout_ops() {
         g.mul(t, t).unwrap()
     });
     check("concat", &[(&[2, 3], smooth), (&[2, 2], smooth)], |g, v| {
-        let t = g.push1("", Op::Concat { axis: 1 }, &[v[0], v[1]]).unwrap();
+        let t = g
+            .push1("", Op::Concat(Concat { axis: 1 }), &[v[0], v[1]])
+            .unwrap();
         g.mul(t, t).unwrap()
     });
     check("split", &[(&[5, 2], smooth)], |g, v| {
         let p = g
             .push(
                 "",
-                Op::Split {
+                Op::Split(Split {
                     axis: 0,
                     sizes: vec![2, 3],
-                },
+                }),
                 &[v[0]],
             )
             .unwrap();
@@ -187,10 +192,10 @@ fn layout_ops() {
         let p = g
             .push(
                 "",
-                Op::Split {
+                Op::Split(Split {
                     axis: 0,
                     sizes: vec![2, 3],
-                },
+                }),
                 &[v[0]],
             )
             .unwrap();
@@ -200,10 +205,10 @@ fn layout_ops() {
         let t = g
             .push1(
                 "",
-                Op::Slice {
+                Op::Slice(Slice {
                     starts: vec![1, 0],
                     ends: vec![3, 4],
-                },
+                }),
                 &[v[0]],
             )
             .unwrap();
@@ -213,11 +218,11 @@ fn layout_ops() {
         let t = g
             .push1(
                 "",
-                Op::Pad {
+                Op::Pad(Pad {
                     begins: vec![1, 0],
                     ends: vec![0, 2],
                     value: 0.5,
-                },
+                }),
                 &[v[0]],
             )
             .unwrap();
@@ -276,10 +281,10 @@ fn convolution_variants() {
         |g, v| {
             g.push1(
                 "",
-                Op::ConvTranspose {
+                Op::ConvTranspose(ConvTranspose {
                     conv: a.clone(),
                     out_spatial: vec![6, 6],
-                },
+                }),
                 &[v[0], v[1]],
             )
             .unwrap()

@@ -7,6 +7,9 @@ mod common;
 use serde_json::{json, Value};
 use tesla_distill::compiler::eval::eval;
 use tesla_distill::compiler::ir::{ConvAttrs, DType, Graph, Op, Tensor};
+use tesla_distill::compiler::ops::{
+    Cast, Concat, ConvTranspose, LeakyRelu, Pad, ReduceMax, ReduceSum, Slice, Split,
+};
 use tesla_distill::onnx::export;
 
 fn np(dt: DType) -> &'static str {
@@ -73,7 +76,7 @@ fn elementwise(dt: DType) -> Graph {
         g.unary(Op::Relu, a).unwrap(),
         g.unary(Op::Sigmoid, a).unwrap(),
         g.unary(Op::Tanh, a).unwrap(),
-        g.unary(Op::LeakyRelu { alpha: 0.1 }, a).unwrap(),
+        g.unary(Op::LeakyRelu(LeakyRelu { alpha: 0.1 }), a).unwrap(),
         g.push1("sg", Op::StopGradient, &[a]).unwrap(),
         g.push1("id", Op::Identity, &[c]).unwrap(),
     ];
@@ -87,14 +90,14 @@ fn elementwise(dt: DType) -> Graph {
     outs.push(g.where_(gt, a, c).unwrap());
     outs.push(gt);
     outs.push(eq);
-    outs.push(g.unary(Op::Cast { to: DType::I64 }, a).unwrap());
-    outs.push(g.unary(Op::Cast { to: dt }, gt).unwrap());
+    outs.push(g.unary(Op::Cast(Cast { to: DType::I64 }), a).unwrap());
+    outs.push(g.unary(Op::Cast(Cast { to: dt }), gt).unwrap());
     let other = if dt == DType::F32 {
         DType::F64
     } else {
         DType::F32
     };
-    outs.push(g.unary(Op::Cast { to: other }, a).unwrap());
+    outs.push(g.unary(Op::Cast(Cast { to: other }), a).unwrap());
     let k = g.const_tensor(dt, vec![3], vec![0.5, -1.0, 2.0]);
     outs.push(k); // a constant as a graph output
     outs.push(a); // an input as a graph output
@@ -116,48 +119,49 @@ fn layout() -> Graph {
         g.reduce_sum(x, &[1], true).unwrap(),
         g.push1(
             "",
-            Op::ReduceSum {
+            Op::ReduceSum(ReduceSum {
                 axes: vec![],
                 keepdims: true,
-            },
+            }),
             &[x],
         )
         .unwrap(),
         g.push1(
             "",
-            Op::ReduceMax {
+            Op::ReduceMax(ReduceMax {
                 axes: vec![2],
                 keepdims: true,
-            },
+            }),
             &[x],
         )
         .unwrap(),
         g.push1(
             "",
-            Op::ReduceMax {
+            Op::ReduceMax(ReduceMax {
                 axes: vec![0, 1],
                 keepdims: false,
-            },
+            }),
             &[x],
         )
         .unwrap(),
-        g.push1("", Op::Concat { axis: 1 }, &[x, x]).unwrap(),
+        g.push1("", Op::Concat(Concat { axis: 1 }), &[x, x])
+            .unwrap(),
         g.push1(
             "",
-            Op::Slice {
+            Op::Slice(Slice {
                 starts: vec![1, 0, 1],
                 ends: vec![2, 2, 4],
-            },
+            }),
             &[x],
         )
         .unwrap(),
         g.push1(
             "",
-            Op::Pad {
+            Op::Pad(Pad {
                 begins: vec![0, 1, 2],
                 ends: vec![1, 0, 1],
                 value: 1.5,
-            },
+            }),
             &[x],
         )
         .unwrap(),
@@ -166,10 +170,10 @@ fn layout() -> Graph {
     outs.extend(
         g.push(
             "",
-            Op::Split {
+            Op::Split(Split {
                 axis: 2,
                 sizes: vec![1, 3],
-            },
+            }),
             &[x],
         )
         .unwrap(),
@@ -199,10 +203,10 @@ fn conv() -> Graph {
     let t = g
         .push1(
             "convT",
-            Op::ConvTranspose {
+            Op::ConvTranspose(ConvTranspose {
                 conv: a,
                 out_spatial: vec![8, 8],
-            },
+            }),
             &[gy, w],
         )
         .unwrap();
@@ -218,10 +222,10 @@ fn conv() -> Graph {
     let t1 = g
         .push1(
             "convT1",
-            Op::ConvTranspose {
+            Op::ConvTranspose(ConvTranspose {
                 conv: a1.clone(),
                 out_spatial: vec![7],
-            },
+            }),
             &[x1, w1],
         )
         .unwrap();

@@ -8,6 +8,7 @@ mod common;
 use serde_json::{json, Value};
 use std::path::Path;
 use tesla_distill::compiler::ir::{DType, Tensor};
+use tesla_distill::compiler::ops::LeakyRelu;
 use tesla_distill::onnx::pb;
 use tesla_distill::onnx::{export, import};
 
@@ -1413,7 +1414,7 @@ fn local_functions_are_inlined() {
         .nodes
         .iter()
         .filter_map(|n| match n.op {
-            tesla_distill::compiler::ir::Op::LeakyRelu { alpha } => {
+            tesla_distill::compiler::ir::Op::LeakyRelu(LeakyRelu { alpha }) => {
                 Some((alpha * 10.0).round() / 10.0)
             }
             _ => None,

@@ -14,6 +14,7 @@ use super::ir::{numel, DType, Graph, IrError, Op, ValueId};
 use super::lower::{soft_cross_entropy, softmax};
 use super::model::ForwardModel;
 use super::passes::{inline, prune, set_outputs, simplify};
+use crate::compiler::ops::Split;
 
 /// The role of an artifact.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -58,7 +59,7 @@ pub fn forward_from_theta(
     let parts = if sizes.len() == 1 {
         vec![theta]
     } else {
-        g.push("split_theta", Op::Split { axis: 0, sizes }, &[theta])?
+        g.push("split_theta", Op::Split(Split { axis: 0, sizes }), &[theta])?
     };
     let mut args = Vec::with_capacity(m.graph.inputs.len());
     for &inp in &m.graph.inputs {
@@ -210,18 +211,18 @@ pub fn unrolled_graph(m: &ForwardModel, steps: usize) -> Result<Graph, IrError> 
     let ys = g.input("ys", float_type(m), ty);
     let xparts = g.push(
         "split_xs",
-        Op::Split {
+        Op::Split(Split {
             axis: 0,
             sizes: vec![1; steps],
-        },
+        }),
         &[xs],
     )?;
     let yparts = g.push(
         "split_ys",
-        Op::Split {
+        Op::Split(Split {
             axis: 0,
             sizes: vec![1; steps],
-        },
+        }),
         &[ys],
     )?;
     let mut theta = theta0;
@@ -252,55 +253,14 @@ pub fn unrolled_graph(m: &ForwardModel, steps: usize) -> Result<Graph, IrError> 
     Ok(simplify(&g))
 }
 
-/// Multiply-accumulate count (×2 = FLOPs) of the heavy ops, per sample of a batch-`batch` graph.
+/// Floating-point operations of the graph per sample of a batch-`batch` graph, each primitive
+/// costed by its own rule.
 pub fn flops_per_sample(g: &Graph, batch: usize) -> f64 {
     let mut f = 0.0;
     for n in &g.nodes {
-        let out = |k: usize| numel(g.shape(n.outputs[k])) as f64;
-        f += match &n.op {
-            Op::MatMul => {
-                let a = g.shape(n.inputs[0]);
-                2.0 * out(0) * a[a.len() - 1] as f64
-            }
-            Op::Conv(c) => {
-                let w = g.shape(n.inputs[1]);
-                let per = numel(&w[1..]) as f64;
-                let _ = c;
-                2.0 * out(0) * per
-            }
-            Op::ConvTranspose { .. } => {
-                let w = g.shape(n.inputs[1]);
-                2.0 * numel(g.shape(n.inputs[0])) as f64 * numel(&w[1..]) as f64
-            }
-            Op::Constant(_) | Op::Reshape { .. } | Op::Identity | Op::StopGradient => 0.0,
-            // One operation per output element; every variant is listed, so a new primitive
-            // must say what it costs.
-            Op::Add
-            | Op::Sub
-            | Op::Mul
-            | Op::Div
-            | Op::Neg
-            | Op::Exp
-            | Op::Log
-            | Op::Sqrt
-            | Op::Relu
-            | Op::Sigmoid
-            | Op::Tanh
-            | Op::Erf
-            | Op::LeakyRelu { .. }
-            | Op::Greater
-            | Op::Equal
-            | Op::Where
-            | Op::Cast { .. }
-            | Op::Transpose { .. }
-            | Op::Expand { .. }
-            | Op::ReduceSum { .. }
-            | Op::ReduceMax { .. }
-            | Op::Concat { .. }
-            | Op::Split { .. }
-            | Op::Slice { .. }
-            | Op::Pad { .. } => n.outputs.iter().enumerate().map(|(k, _)| out(k)).sum(),
-        };
+        let ins: Vec<&[usize]> = n.inputs.iter().map(|&v| g.shape(v)).collect();
+        let outs: Vec<&[usize]> = n.outputs.iter().map(|&v| g.shape(v)).collect();
+        f += n.op.rules().flops(&ins, &outs);
     }
     f / batch.max(1) as f64
 }

@@ -2,6 +2,7 @@
 //! builders are written with these.
 
 use super::ir::{DType, Graph, IrError, Op, Tensor, ValueId};
+use crate::compiler::ops::{Expand, ReduceSum, Reshape, Transpose};
 
 /// Result of emitting one value.
 pub type R = Result<ValueId, IrError>;
@@ -58,9 +59,9 @@ impl Graph {
         }
         self.push1(
             "",
-            Op::Transpose {
+            Op::Transpose(Transpose {
                 perm: perm.to_vec(),
-            },
+            }),
             &[a],
         )
     }
@@ -78,9 +79,9 @@ impl Graph {
         }
         self.push1(
             "",
-            Op::Reshape {
+            Op::Reshape(Reshape {
                 shape: shape.to_vec(),
-            },
+            }),
             &[a],
         )
     }
@@ -91,9 +92,9 @@ impl Graph {
         }
         self.push1(
             "",
-            Op::Expand {
+            Op::Expand(Expand {
                 shape: shape.to_vec(),
-            },
+            }),
             &[a],
         )
     }
@@ -104,7 +105,7 @@ impl Graph {
         }
         let mut axes = axes.to_vec();
         axes.sort_unstable();
-        self.push1("", Op::ReduceSum { axes, keepdims }, &[a])
+        self.push1("", Op::ReduceSum(ReduceSum { axes, keepdims }), &[a])
     }
     /// Mean over axes.
     pub fn reduce_mean(&mut self, a: ValueId, axes: &[usize], keepdims: bool) -> R {

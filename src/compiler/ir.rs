@@ -2,6 +2,7 @@
 //! [`Op`] each and are kept in topological order. Composite ONNX ops (norms, softmax, Gemm, pooling
 //! …) are lowered to these primitives on import, so the derivative rules stay few.
 
+use super::ops::{self, Primitive};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -76,124 +77,101 @@ pub struct ValueInfo {
     pub shape: Vec<usize>,
 }
 
-/// The primitive operations. Attributes are static; shapes are known at build time.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Op {
+/// Declares [`Op`] from one line per primitive: a unit primitive names the type whose rules it
+/// has, a primitive with attributes holds them in a type that has the rules.
+macro_rules! primitives {
+    (
+        $( $(#[$udoc:meta])* $unit:ident => $rules:path, )*
+        ;
+        $( $(#[$adoc:meta])* $attrs:ident($ty:ty), )*
+    ) => {
+        /// The primitive operations. Attributes are static; shapes are known at build time.
+        /// Each primitive's rules (shape, derivative, reference kernel, ONNX form, cost) are its
+        /// [`Primitive`] implementation in `compiler::ops`.
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum Op {
+            $( $(#[$udoc])* $unit, )*
+            $( $(#[$adoc])* $attrs($ty), )*
+        }
+
+        impl Op {
+            /// The rules of this primitive.
+            pub fn rules(&self) -> &dyn Primitive {
+                match self {
+                    $( Op::$unit => &$rules, )*
+                    $( Op::$attrs(p) => p, )*
+                }
+            }
+        }
+    };
+}
+
+primitives! {
+    /// Pass-through.
+    Identity => ops::Identity,
+    /// Pass-through whose derivative is zero (the max in a stable softmax, say).
+    StopGradient => ops::StopGradient,
+    /// a + b, broadcasting.
+    Add => ops::Add,
+    /// a − b, broadcasting.
+    Sub => ops::Sub,
+    /// a · b, broadcasting.
+    Mul => ops::Mul,
+    /// a / b, broadcasting.
+    Div => ops::Div,
+    /// −x.
+    Neg => ops::Neg,
+    /// eˣ.
+    Exp => ops::Exp,
+    /// ln x.
+    Log => ops::Log,
+    /// √x.
+    Sqrt => ops::Sqrt,
+    /// max(x, 0).
+    Relu => ops::Relu,
+    /// 1/(1+e⁻ˣ).
+    Sigmoid => ops::Sigmoid,
+    /// tanh x.
+    Tanh => ops::Tanh,
+    /// The error function.
+    Erf => ops::Erf,
+    /// a > b (bool, broadcasting; no gradient).
+    Greater => ops::Greater,
+    /// a == b (bool, broadcasting; no gradient).
+    Equal => ops::Equal,
+    /// cond ? a : b, broadcasting; gradient flows to a and b.
+    Where => ops::Where,
+    /// Matrix product with batch broadcasting (both ranks ≥ 2 after import).
+    MatMul => ops::MatMul,
+    ;
     /// A constant tensor (no inputs).
     Constant(Tensor),
-    /// Pass-through.
-    Identity,
-    /// Pass-through whose derivative is zero (the max in a stable softmax, say).
-    StopGradient,
-    /// Elementwise binary ops with numpy broadcasting.
-    Add,
-    /// a − b.
-    Sub,
-    /// a · b.
-    Mul,
-    /// a / b.
-    Div,
-    /// Elementwise unary ops.
-    Neg,
-    /// eˣ.
-    Exp,
-    /// ln x.
-    Log,
-    /// √x.
-    Sqrt,
-    /// max(x, 0).
-    Relu,
-    /// 1/(1+e⁻ˣ).
-    Sigmoid,
-    /// tanh x.
-    Tanh,
-    /// The error function.
-    Erf,
     /// x for x > 0, αx otherwise.
-    LeakyRelu {
-        /// Negative slope.
-        alpha: f64,
-    },
-    /// a > b (bool, broadcasting; no gradient).
-    Greater,
-    /// a == b (bool, broadcasting; no gradient).
-    Equal,
-    /// cond ? a : b, broadcasting; gradient flows to a and b.
-    Where,
+    LeakyRelu(ops::LeakyRelu),
     /// Element type conversion (no gradient unless float → float).
-    Cast {
-        /// Target type.
-        to: DType,
-    },
-    /// Matrix product with batch broadcasting (both ranks ≥ 2 after import).
-    MatMul,
+    Cast(ops::Cast),
     /// Axis permutation.
-    Transpose {
-        /// Output axis i is input axis perm\[i\].
-        perm: Vec<usize>,
-    },
+    Transpose(ops::Transpose),
     /// Same elements, another static shape.
-    Reshape {
-        /// Target shape.
-        shape: Vec<usize>,
-    },
+    Reshape(ops::Reshape),
     /// Numpy broadcast to a static shape.
-    Expand {
-        /// Target shape.
-        shape: Vec<usize>,
-    },
+    Expand(ops::Expand),
     /// Sum over axes.
-    ReduceSum {
-        /// Axes (non-negative, sorted).
-        axes: Vec<usize>,
-        /// Keep reduced axes as size 1.
-        keepdims: bool,
-    },
+    ReduceSum(ops::ReduceSum),
     /// Max over axes (ties pass the gradient to every maximal element).
-    ReduceMax {
-        /// Axes (non-negative, sorted).
-        axes: Vec<usize>,
-        /// Keep reduced axes as size 1.
-        keepdims: bool,
-    },
+    ReduceMax(ops::ReduceMax),
     /// Concatenation along an axis.
-    Concat {
-        /// Axis.
-        axis: usize,
-    },
+    Concat(ops::Concat),
     /// Split along an axis into pieces of the given sizes (one output per piece).
-    Split {
-        /// Axis.
-        axis: usize,
-        /// Piece sizes (sum = the axis' extent).
-        sizes: Vec<usize>,
-    },
+    Split(ops::Split),
     /// Unit-step slice, static bounds per axis.
-    Slice {
-        /// Start per axis (all axes, non-negative).
-        starts: Vec<usize>,
-        /// End per axis (exclusive).
-        ends: Vec<usize>,
-    },
+    Slice(ops::Slice),
     /// Constant padding, `begins`/`ends` per axis.
-    Pad {
-        /// Elements added before, per axis.
-        begins: Vec<usize>,
-        /// Elements added after, per axis.
-        ends: Vec<usize>,
-        /// The fill value.
-        value: f64,
-    },
+    Pad(ops::Pad),
     /// N-d convolution (no bias): x \[N,C,…\], w \[O,C/g,k…\].
     Conv(ConvAttrs),
-    /// The adjoint of [`Op::Conv`] with the same attributes and weight layout, mapping \[N,O,…\]
-    /// to \[N,C,…\]; `out_shape` fixes the spatial output extent.
-    ConvTranspose {
-        /// Attributes of the convolution this is the adjoint of.
-        conv: ConvAttrs,
-        /// Spatial extent of the output.
-        out_spatial: Vec<usize>,
-    },
+    /// The adjoint of [`Op::Conv`] with the same attributes and weight layout.
+    ConvTranspose(ops::ConvTranspose),
 }
 
 /// Convolution attributes (spatial rank = `strides.len()`).
@@ -209,46 +187,6 @@ pub struct ConvAttrs {
     pub dilations: Vec<usize>,
     /// Group count.
     pub group: usize,
-}
-
-impl Op {
-    /// The op's name as shown in messages and op tables.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Op::Constant(_) => "Constant",
-            Op::Identity => "Identity",
-            Op::StopGradient => "StopGradient",
-            Op::Add => "Add",
-            Op::Sub => "Sub",
-            Op::Mul => "Mul",
-            Op::Div => "Div",
-            Op::Neg => "Neg",
-            Op::Exp => "Exp",
-            Op::Log => "Log",
-            Op::Sqrt => "Sqrt",
-            Op::Relu => "Relu",
-            Op::Sigmoid => "Sigmoid",
-            Op::Tanh => "Tanh",
-            Op::Erf => "Erf",
-            Op::LeakyRelu { .. } => "LeakyRelu",
-            Op::Greater => "Greater",
-            Op::Equal => "Equal",
-            Op::Where => "Where",
-            Op::Cast { .. } => "Cast",
-            Op::MatMul => "MatMul",
-            Op::Transpose { .. } => "Transpose",
-            Op::Reshape { .. } => "Reshape",
-            Op::Expand { .. } => "Expand",
-            Op::ReduceSum { .. } => "ReduceSum",
-            Op::ReduceMax { .. } => "ReduceMax",
-            Op::Concat { .. } => "Concat",
-            Op::Split { .. } => "Split",
-            Op::Slice { .. } => "Slice",
-            Op::Pad { .. } => "Pad",
-            Op::Conv(_) => "Conv",
-            Op::ConvTranspose { .. } => "ConvTranspose",
-        }
-    }
 }
 
 /// One node: an op applied to values, producing values.

@@ -4,6 +4,7 @@
 
 use super::emit::R;
 use super::ir::{Graph, IrError, Op, ValueId};
+use crate::compiler::ops::{ReduceMax, Slice};
 
 /// `(x − mean) / √(var + eps)` over `axes` (biased variance, as PyTorch's norms).
 pub fn normalize(g: &mut Graph, x: ValueId, axes: &[usize], eps: f64) -> R {
@@ -106,10 +107,10 @@ pub fn pool_2d(g: &mut Graph, x: ValueId, k: usize, max: bool) -> R {
         // PyTorch floors: the trailing rows and columns that do not fill a window are dropped.
         g.push1(
             "",
-            Op::Slice {
+            Op::Slice(Slice {
                 starts: vec![0; 4],
                 ends: vec![n, c, ho * k, wo * k],
-            },
+            }),
             &[x],
         )?
     } else {
@@ -119,10 +120,10 @@ pub fn pool_2d(g: &mut Graph, x: ValueId, k: usize, max: bool) -> R {
     let y = if max {
         g.push1(
             "",
-            Op::ReduceMax {
+            Op::ReduceMax(ReduceMax {
                 axes: vec![3, 5],
                 keepdims: false,
-            },
+            }),
             &[r],
         )?
     } else {
@@ -136,10 +137,10 @@ pub fn pool_2d(g: &mut Graph, x: ValueId, k: usize, max: bool) -> R {
 fn shifted(g: &mut Graph, z: ValueId, axes: &[usize]) -> Result<(ValueId, ValueId), IrError> {
     let m = g.push1(
         "",
-        Op::ReduceMax {
+        Op::ReduceMax(ReduceMax {
             axes: axes.to_vec(),
             keepdims: true,
-        },
+        }),
         &[z],
     )?;
     let m = g.push1("", Op::StopGradient, &[m])?;

@@ -1,6 +1,7 @@
 //! Graph passes: functions from a graph to a graph.
 
 use super::ir::{Graph, Node, Op, ValueId};
+use crate::compiler::ops::{Cast, ConvTranspose, Expand, Reshape};
 use std::collections::HashMap;
 
 /// Removes the nodes no output needs and renumbers values. Graph inputs are kept even when unused
@@ -114,7 +115,7 @@ pub fn simplify(g: &Graph) -> Graph {
             let Some(&p) = producer.get(&v) else { continue };
             let pn = &out.nodes[p];
             match (&pn.op, &op) {
-                (Op::Expand { .. }, _) if broadcasting => {
+                (Op::Expand(Expand { .. }), _) if broadcasting => {
                     let src = pn.inputs[0];
                     let mut shapes: Vec<Vec<usize>> = out.nodes[i]
                         .inputs
@@ -129,7 +130,7 @@ pub fn simplify(g: &Graph) -> Graph {
                         out.nodes[i].inputs[k] = src;
                     }
                 }
-                (Op::Reshape { .. }, Op::Reshape { .. }) => {
+                (Op::Reshape(Reshape { .. }), Op::Reshape(Reshape { .. })) => {
                     let src = pn.inputs[0];
                     out.nodes[i].inputs[k] = src;
                 }
@@ -171,7 +172,7 @@ pub fn fast_forms(g: &Graph) -> Graph {
         }
         let replaced = match &node.op {
             Op::Where => where_as_mul(&mut out, &producer, &node),
-            Op::Reshape { .. } => upsample_as_conv_transpose(&mut out, &producer, &node),
+            Op::Reshape(Reshape { .. }) => upsample_as_conv_transpose(&mut out, &producer, &node),
             _ => None,
         };
         match replaced {
@@ -226,7 +227,9 @@ fn where_as_mul(g: &mut Graph, producer: &HashMap<ValueId, usize>, n: &Node) -> 
         return None;
     };
     let name = |s: &str| format!("{}_{s}", n.name);
-    let m = g.push1(&name("mask"), Op::Cast { to: dt }, &[c]).ok()?;
+    let m = g
+        .push1(&name("mask"), Op::Cast(Cast { to: dt }), &[c])
+        .ok()?;
     let m = if keep_where_true {
         m
     } else {
@@ -247,7 +250,7 @@ fn upsample_as_conv_transpose(
         return None;
     };
     let en = g.nodes.get(*producer.get(&e)?)?;
-    let (Op::Expand { shape: big }, &[src]) = (&en.op, en.inputs.as_slice()) else {
+    let (Op::Expand(Expand { shape: big }), &[src]) = (&en.op, en.inputs.as_slice()) else {
         return None;
     };
     let small = g.shape(src).to_vec();
@@ -267,9 +270,9 @@ fn upsample_as_conv_transpose(
     let flat = g
         .push1(
             &name("grid"),
-            Op::Reshape {
+            Op::Reshape(Reshape {
                 shape: vec![nb, c, h, w],
-            },
+            }),
             &[src],
         )
         .ok()?;
@@ -288,10 +291,10 @@ fn upsample_as_conv_transpose(
     let y = g
         .push1(
             &name("upsample"),
-            Op::ConvTranspose {
+            Op::ConvTranspose(ConvTranspose {
                 conv,
                 out_spatial: vec![hh, ww],
-            },
+            }),
             &[flat, ones],
         )
         .ok()?;

@@ -1,15 +1,15 @@
 //! Export of an IR [`Graph`] to a plain ONNX model (default domain, opset [`OPSET`]).
 //!
-//! Every IR primitive maps to standard ONNX ops, so any runtime that implements opset 17 can run
-//! the artifacts unchanged: constants become initializers, static attributes that ONNX takes as
-//! inputs (reshape targets, reduction axes, slice bounds, pads) become int64 initializers, and
-//! `ConvTranspose` (the exact adjoint of `Conv` in the IR) becomes ONNX `ConvTranspose` with its
-//! end pads chosen to crop to the IR's output extent, followed by a zero `Pad` at the spatial
-//! ends where that extent exceeds what any window reaches.
+//! Every IR primitive says, as data, which standard ONNX ops it is written as (its
+//! [`Primitive::export`](crate::compiler::ops::Primitive::export) rule), so any runtime that
+//! implements opset 17 can run the artifacts unchanged: constants become initializers, static
+//! attributes that ONNX takes as inputs (reshape targets, reduction axes, slice bounds, pads)
+//! become int64 initializers named after the result they serve.
 
 use super::onnx_dtype;
 use super::pb;
-use crate::compiler::ir::{ConvAttrs, DType, Graph, Op, Tensor, ValueId};
+use crate::compiler::ir::{DType, Graph, Tensor, ValueId, ValueInfo};
+use crate::compiler::ops::{AttrValue, Export, Operand, Output};
 use prost::Message;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -103,11 +103,11 @@ fn attr_int(name: &str, v: i64) -> pb::AttributeProto {
     }
 }
 
-fn attr_ints(name: &str, v: &[usize]) -> pb::AttributeProto {
+fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
     pb::AttributeProto {
         name: Some(name.into()),
         r#type: Some(pb::attribute_proto::AttributeType::Ints as i32),
-        ints: v.iter().map(|&x| x as i64).collect(),
+        ints: v.to_vec(),
         ..Default::default()
     }
 }
@@ -128,18 +128,6 @@ fn attr_tensor(name: &str, t: pb::TensorProto) -> pb::AttributeProto {
         t: Some(t),
         ..Default::default()
     }
-}
-
-fn ints_tensor(v: &[i64]) -> Tensor {
-    Tensor::new(
-        DType::I64,
-        vec![v.len()],
-        v.iter().map(|&x| x as f64).collect(),
-    )
-}
-
-fn usizes(v: &[usize]) -> Vec<i64> {
-    v.iter().map(|&x| x as i64).collect()
 }
 
 struct Exporter<'a> {
@@ -259,18 +247,22 @@ impl<'a> Exporter<'a> {
         });
     }
 
-    fn conv_attrs(a: &ConvAttrs, kernel: &[usize]) -> Vec<pb::AttributeProto> {
-        let mut pads = a.pads_begin.clone();
-        pads.extend_from_slice(&a.pads_end);
-        vec![
-            attr_ints("kernel_shape", kernel),
-            attr_ints("strides", &a.strides),
-            attr_ints("dilations", &a.dilations),
-            attr_ints("pads", &pads),
-            attr_int("group", a.group as i64),
-        ]
+    fn attribute(name: &str, value: &AttrValue) -> pb::AttributeProto {
+        match value {
+            AttrValue::Int(v) => attr_int(name, *v),
+            AttrValue::Ints(v) => attr_ints(name, v),
+            AttrValue::Float(v) => attr_float(name, *v),
+            AttrValue::Type(t) => attr_int(name, onnx_dtype(*t) as i64),
+            AttrValue::Str(v) => pb::AttributeProto {
+                name: Some(name.into()),
+                r#type: Some(pb::attribute_proto::AttributeType::String as i32),
+                s: Some(v.as_bytes().to_vec()),
+                ..Default::default()
+            },
+        }
     }
 
+    /// Writes one IR node in the ONNX form its primitive gives.
     fn node(&mut self, node: &crate::compiler::ir::Node, graph_outputs: &HashSet<ValueId>) {
         let g = self.g;
         let ins: Vec<String> = node.inputs.iter().map(|&v| self.names[v].clone()).collect();
@@ -280,198 +272,58 @@ impl<'a> Exporter<'a> {
             .map(|&v| self.names[v].clone())
             .collect();
         let out0 = outs.first().cloned().unwrap_or_default();
-        let nm = node.name.as_str();
-        let simple = |op: &str| Some(op.to_string());
-        let plain = match &node.op {
-            Op::Identity | Op::StopGradient => simple("Identity"),
-            Op::Add => simple("Add"),
-            Op::Sub => simple("Sub"),
-            Op::Mul => simple("Mul"),
-            Op::Div => simple("Div"),
-            Op::Neg => simple("Neg"),
-            Op::Exp => simple("Exp"),
-            Op::Log => simple("Log"),
-            Op::Sqrt => simple("Sqrt"),
-            Op::Relu => simple("Relu"),
-            Op::Sigmoid => simple("Sigmoid"),
-            Op::Tanh => simple("Tanh"),
-            Op::Erf => simple("Erf"),
-            Op::Greater => simple("Greater"),
-            Op::Equal => simple("Equal"),
-            Op::Where => simple("Where"),
-            Op::MatMul => simple("MatMul"),
-            // Written with attributes or constant operands below; every variant is listed, so
-            // a new primitive must say how it is exported.
-            Op::Constant(_)
-            | Op::LeakyRelu { .. }
-            | Op::Cast { .. }
-            | Op::Transpose { .. }
-            | Op::Reshape { .. }
-            | Op::Expand { .. }
-            | Op::ReduceSum { .. }
-            | Op::ReduceMax { .. }
-            | Op::Concat { .. }
-            | Op::Split { .. }
-            | Op::Slice { .. }
-            | Op::Pad { .. }
-            | Op::Conv(_)
-            | Op::ConvTranspose { .. } => None,
-        };
-        if let Some(op) = plain {
-            self.emit(nm, &op, ins, outs, vec![]);
-            return;
-        }
-        match &node.op {
-            Op::Constant(t) => {
-                if graph_outputs.contains(&node.outputs[0]) {
+        let infos: Vec<&ValueInfo> = node.inputs.iter().map(|&v| g.info(v)).collect();
+        let nodes = match node.op.rules().export(&infos) {
+            Export::Initializer(t) => {
+                if node
+                    .outputs
+                    .first()
+                    .is_some_and(|o| graph_outputs.contains(o))
+                {
                     // An initializer cannot double as a graph output in every runtime.
-                    let tp = tensor_proto("", t);
-                    self.emit(nm, "Constant", vec![], outs, vec![attr_tensor("value", tp)]);
+                    let tp = tensor_proto("", &t);
+                    self.emit(
+                        &node.name,
+                        "Constant",
+                        vec![],
+                        outs,
+                        vec![attr_tensor("value", tp)],
+                    );
                 } else {
-                    self.graph.initializer.push(tensor_proto(&out0, t));
+                    self.graph.initializer.push(tensor_proto(&out0, &t));
+                }
+                return;
+            }
+            Export::Nodes(nodes) => nodes,
+        };
+        let mut temps: HashMap<&'static str, String> = HashMap::new();
+        for en in nodes {
+            let mut input = Vec::with_capacity(en.inputs.len());
+            for operand in &en.inputs {
+                input.push(match operand {
+                    Operand::Input(k) => ins.get(*k).cloned().unwrap_or_default(),
+                    Operand::Temp(stem) => temps.get(stem).cloned().unwrap_or_default(),
+                    Operand::Constant(stem, t) => self.init(&format!("{out0}_{stem}"), t),
+                });
+            }
+            let mut output = Vec::new();
+            for o in &en.outputs {
+                match o {
+                    Output::Results => output.extend(outs.iter().cloned()),
+                    Output::Temp(stem) => {
+                        let name = Self::unique(&mut self.used, &format!("{out0}_{stem}"));
+                        temps.insert(stem, name.clone());
+                        output.push(name);
+                    }
                 }
             }
-            Op::LeakyRelu { alpha } => self.emit(
-                nm,
-                "LeakyRelu",
-                ins,
-                outs,
-                vec![attr_float("alpha", *alpha)],
-            ),
-            Op::Cast { to } => self.emit(
-                nm,
-                "Cast",
-                ins,
-                outs,
-                vec![attr_int("to", onnx_dtype(*to) as i64)],
-            ),
-            Op::Transpose { perm } => {
-                self.emit(nm, "Transpose", ins, outs, vec![attr_ints("perm", perm)])
-            }
-            Op::Reshape { shape } | Op::Expand { shape } => {
-                let s = self.init(&format!("{out0}_shape"), &ints_tensor(&usizes(shape)));
-                let op = if matches!(node.op, Op::Reshape { .. }) {
-                    "Reshape"
-                } else {
-                    "Expand"
-                };
-                self.emit(nm, op, vec![ins[0].clone(), s], outs, vec![]);
-            }
-            Op::ReduceSum { axes, keepdims } | Op::ReduceMax { axes, keepdims } => {
-                if axes.is_empty() {
-                    // ONNX reads empty axes as "all axes"; the IR means "none".
-                    self.emit(nm, "Identity", ins, outs, vec![]);
-                } else if matches!(node.op, Op::ReduceSum { .. }) {
-                    let a = self.init(&format!("{out0}_axes"), &ints_tensor(&usizes(axes)));
-                    let attrs = vec![attr_int("keepdims", *keepdims as i64)];
-                    self.emit(nm, "ReduceSum", vec![ins[0].clone(), a], outs, attrs);
-                } else {
-                    let attrs = vec![
-                        attr_ints("axes", axes),
-                        attr_int("keepdims", *keepdims as i64),
-                    ];
-                    self.emit(nm, "ReduceMax", ins, outs, attrs);
-                }
-            }
-            Op::Concat { axis } => self.emit(
-                nm,
-                "Concat",
-                ins,
-                outs,
-                vec![attr_int("axis", *axis as i64)],
-            ),
-            Op::Split { axis, sizes } => {
-                let s = self.init(&format!("{out0}_split"), &ints_tensor(&usizes(sizes)));
-                let attrs = vec![attr_int("axis", *axis as i64)];
-                self.emit(nm, "Split", vec![ins[0].clone(), s], outs, attrs);
-            }
-            Op::Slice { starts, ends } => {
-                let r = starts.len();
-                let st = self.init(&format!("{out0}_starts"), &ints_tensor(&usizes(starts)));
-                let en = self.init(&format!("{out0}_ends"), &ints_tensor(&usizes(ends)));
-                let axes: Vec<i64> = (0..r as i64).collect();
-                let ax = self.init(&format!("{out0}_axes"), &ints_tensor(&axes));
-                self.emit(nm, "Slice", vec![ins[0].clone(), st, en, ax], outs, vec![]);
-            }
-            Op::Pad {
-                begins,
-                ends,
-                value,
-            } => {
-                let dt = g.dtype(node.inputs[0]);
-                self.pad(nm, &ins[0], &out0, begins, ends, *value, dt);
-            }
-            Op::Conv(a) => {
-                let kernel = g.shape(node.inputs[1])[2..].to_vec();
-                self.emit(nm, "Conv", ins, outs, Self::conv_attrs(a, &kernel));
-            }
-            Op::ConvTranspose { conv, out_spatial } => {
-                let (y, w) = (node.inputs[0], node.inputs[1]);
-                let kernel = g.shape(w)[2..].to_vec();
-                let sy = g.shape(y);
-                // The adjoint writes input position j·s + t·d − pb for every output j and tap t:
-                // up to `reach` = s·(in−1) + (k−1)·d + 1 − pb positions. The IR conv's own
-                // pads_end only fixed the forward extent, so ONNX gets pads_end = reach − out
-                // (crop to exactly out_spatial), or 0 and a zero Pad for positions no window
-                // reaches.
-                let mut pads_end = Vec::with_capacity(kernel.len());
-                let mut rest = Vec::with_capacity(kernel.len());
-                for i in 0..kernel.len() {
-                    let span = conv.dilations[i] * (kernel[i] - 1) + 1;
-                    let reach = (conv.strides[i] * (sy[2 + i] - 1) + span)
-                        .saturating_sub(conv.pads_begin[i]);
-                    pads_end.push(reach.saturating_sub(out_spatial[i]));
-                    rest.push(out_spatial[i].saturating_sub(reach));
-                }
-                let onnx_conv = ConvAttrs {
-                    pads_end,
-                    ..conv.clone()
-                };
-                let mut attrs = Self::conv_attrs(&onnx_conv, &kernel);
-                attrs.push(attr_ints("output_padding", &vec![0; kernel.len()]));
-                if rest.iter().all(|&r| r == 0) {
-                    self.emit(nm, "ConvTranspose", ins, outs, attrs);
-                } else {
-                    let mid = Self::unique(&mut self.used, &format!("{out0}_natural"));
-                    self.emit(nm, "ConvTranspose", ins, vec![mid.clone()], attrs);
-                    let mut ends = vec![0, 0];
-                    ends.extend(rest);
-                    let begins = vec![0; ends.len()];
-                    let dt = g.dtype(y);
-                    self.pad(&format!("{nm}_pad"), &mid, &out0, &begins, &ends, 0.0, dt);
-                }
-            }
-            _ => unreachable!("handled above"),
+            let attrs = en
+                .attrs
+                .iter()
+                .map(|(name, v)| Self::attribute(name, v))
+                .collect();
+            let name = format!("{}{}", node.name, en.name_suffix);
+            self.emit(&name, en.op_type, input, output, attrs);
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn pad(
-        &mut self,
-        nm: &str,
-        x: &str,
-        out: &str,
-        begins: &[usize],
-        ends: &[usize],
-        value: f64,
-        dt: DType,
-    ) {
-        let mut pads = usizes(begins);
-        pads.extend(usizes(ends));
-        let p = self.init(&format!("{out}_pads"), &ints_tensor(&pads));
-        let v = self.init(&format!("{out}_value"), &Tensor::scalar(dt, value));
-        let attrs = vec![pb::AttributeProto {
-            name: Some("mode".into()),
-            r#type: Some(pb::attribute_proto::AttributeType::String as i32),
-            s: Some(b"constant".to_vec()),
-            ..Default::default()
-        }];
-        self.emit(
-            nm,
-            "Pad",
-            vec![x.to_string(), p, v],
-            vec![out.to_string()],
-            attrs,
-        );
     }
 }

@@ -4,6 +4,7 @@
 use crate::compiler::ir::{ConvAttrs, DType, Graph, Op};
 use crate::compiler::lower;
 use crate::compiler::model::{ForwardModel, InitRule, Param};
+use crate::compiler::ops::LeakyRelu;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
@@ -160,7 +161,7 @@ impl ConvNet {
             }
             cur = match self.act {
                 Act::Relu => g.unary(Op::Relu, cur)?,
-                Act::LeakyRelu => g.unary(Op::LeakyRelu { alpha: 0.01 }, cur)?,
+                Act::LeakyRelu => g.unary(Op::LeakyRelu(LeakyRelu { alpha: 0.01 }), cur)?,
                 Act::Sigmoid => g.unary(Op::Sigmoid, cur)?,
             };
             idx += 1;

@@ -10,6 +10,7 @@ use super::builder::ModelBuilder;
 use crate::compiler::ir::{DType, Op, ValueId};
 use crate::compiler::lower;
 use crate::compiler::model::{ForwardModel, InitRule};
+use crate::compiler::ops::{Concat, Slice, Split};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
@@ -84,7 +85,8 @@ impl Vit {
         let patches = b.g.reshape(r, &[batch, gh * gw, p * p * c])?;
         let tokens = b.linear("to_patch_embedding.1", patches, p * p * c, dim, true)?;
         let cls_b = b.g.expand(cls, &[batch, 1, dim])?;
-        let seq = b.g.push1("", Op::Concat { axis: 1 }, &[cls_b, tokens])?;
+        let seq =
+            b.g.push1("", Op::Concat(Concat { axis: 1 }), &[cls_b, tokens])?;
         let mut cur = b.g.add(seq, pos)?;
 
         let scale = (self.dim_head as f64).powf(-0.5);
@@ -95,10 +97,10 @@ impl Vit {
             let qkv = b.linear(&format!("{pre}.0.fn.to_qkv"), a, dim, 3 * inner, false)?;
             let parts = b.g.push(
                 "",
-                Op::Split {
+                Op::Split(Split {
                     axis: 2,
                     sizes: vec![inner; 3],
-                },
+                }),
                 &[qkv],
             )?;
             // 'b n (h d) -> b h n d'
@@ -127,10 +129,10 @@ impl Vit {
         }
         let first = b.g.push1(
             "",
-            Op::Slice {
+            Op::Slice(Slice {
                 starts: vec![0; 3],
                 ends: vec![batch, 1, dim],
-            },
+            }),
             &[cur],
         )?;
         let first = b.g.reshape(first, &[batch, dim])?;

@@ -2,7 +2,21 @@
 //! weight-gradient correlation, which is itself a grouped convolution of transposed operands, so
 //! the family is closed under differentiation.
 
-use crate::compiler::ir::{ConvAttrs, DType, Graph, IrError, Node, Op, ValueId, ValueInfo};
+use super::export_form::{pad_node, usizes, AttrValue, Export, ExportNode, Operand, Output};
+use super::layout::{Concat, Pad, Slice};
+use super::{operand, operands, result_cotangent, result_shape, Cotangents, OutTypes, Primitive};
+use crate::compiler::ir::{numel, ConvAttrs, DType, Graph, IrError, Node, Op, ValueId, ValueInfo};
+use ndarray::{ArrayD, IxDyn};
+
+/// The adjoint of the convolution (`Op::Conv`) with the same attributes and weight layout,
+/// mapping \[N,O,…\] to \[N,C,…\]; `out_spatial` fixes the spatial output extent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvTranspose {
+    /// Attributes of the convolution this is the adjoint of.
+    pub conv: ConvAttrs,
+    /// Spatial extent of the output.
+    pub out_spatial: Vec<usize>,
+}
 
 /// Spatial output extent of a convolution.
 pub fn conv_out(a: &ConvAttrs, input: &[usize], kernel: &[usize]) -> Result<Vec<usize>, String> {
@@ -49,7 +63,7 @@ fn check_attrs(a: &ConvAttrs, x: &ValueInfo, w: &ValueInfo) -> Result<usize, Str
 }
 
 /// Shape rule of `Conv(x [N,C,…], w [O,C/g,k…]) → [N,O,…]`.
-pub fn infer_conv(
+fn infer_conv(
     a: &ConvAttrs,
     x: &ValueInfo,
     w: &ValueInfo,
@@ -70,7 +84,7 @@ pub fn infer_conv(
 }
 
 /// Shape rule of `ConvTranspose(y [N,O,…], w [O,C/g,k…]) → [N,C,out…]`.
-pub fn infer_conv_transpose(
+fn infer_conv_transpose(
     a: &ConvAttrs,
     out: &[usize],
     y: &ValueInfo,
@@ -131,11 +145,11 @@ fn weight_grad_windows(
         ends.extend(&a.pads_end);
         g.push1(
             "",
-            Op::Pad {
+            Op::Pad(Pad {
                 begins,
                 ends,
                 value: 0.0,
-            },
+            }),
             &[x],
         )?
     } else {
@@ -173,7 +187,7 @@ fn weight_grad_windows(
         let win = if starts.iter().all(|&s| s == 0) && ends == xts {
             xt
         } else {
-            g.push1("", Op::Slice { starts, ends }, &[xt])?
+            g.push1("", Op::Slice(Slice { starts, ends }), &[xt])?
         };
         let win = g.reshape(win, &[rows, ci])?;
         let m = g.matmul(gt, win)?;
@@ -182,7 +196,7 @@ fn weight_grad_windows(
     let cat = if parts.len() == 1 {
         parts[0]
     } else {
-        g.push1("", Op::Concat { axis: 0 }, &parts)?
+        g.push1("", Op::Concat(Concat { axis: 0 }), &parts)?
     };
     let t = g.transpose(cat, &[1, 2, 0])?;
     let mut ws = vec![o, ci];
@@ -238,10 +252,10 @@ fn weight_grad_conv(
     } else {
         g.push1(
             "",
-            Op::Slice {
+            Op::Slice(Slice {
                 starts: vec![0; ends.len()],
                 ends,
-            },
+            }),
             &[full],
         )?
     };
@@ -250,30 +264,282 @@ fn weight_grad_conv(
     g.transpose(cut, &perm)
 }
 
-/// Derivative rules for `Conv` and `ConvTranspose`.
-pub fn vjp(g: &mut Graph, node: &Node, gy: ValueId) -> Result<Vec<Option<ValueId>>, IrError> {
-    let (x, w) = (node.inputs[0], node.inputs[1]);
-    let kernel = g.shape(w)[2..].to_vec();
-    match &node.op {
-        Op::Conv(a) => {
-            let out_spatial = g.shape(x)[2..].to_vec();
-            let dx = g.push1(
-                "",
-                Op::ConvTranspose {
-                    conv: a.clone(),
-                    out_spatial,
-                },
-                &[gy, w],
-            )?;
-            let dw = weight_grad(g, a, x, gy, &kernel)?;
-            Ok(vec![Some(dx), Some(dw)])
-        }
-        Op::ConvTranspose { conv, .. } => {
-            // ⟨h, Convᵀ_w(y)⟩ = ⟨Conv_w(h), y⟩.
-            let dy = g.push1("", Op::Conv(conv.clone()), &[gy, w])?;
-            let dw = weight_grad(g, conv, gy, x, &kernel)?;
-            Ok(vec![Some(dy), Some(dw)])
-        }
-        other => unreachable!("{} is not a convolution", other.name()),
+/// The ONNX attributes of a convolution with this kernel.
+fn conv_attrs(a: &ConvAttrs, kernel: &[usize]) -> Vec<(&'static str, AttrValue)> {
+    let mut pads = a.pads_begin.clone();
+    pads.extend_from_slice(&a.pads_end);
+    vec![
+        ("kernel_shape", AttrValue::Ints(usizes(kernel))),
+        ("strides", AttrValue::Ints(usizes(&a.strides))),
+        ("dilations", AttrValue::Ints(usizes(&a.dilations))),
+        ("pads", AttrValue::Ints(usizes(&pads))),
+        ("group", AttrValue::Int(a.group as i64)),
+    ]
+}
+
+/// The spatial kernel extent of a weight operand.
+fn kernel_of(w: Option<&&ValueInfo>) -> Vec<usize> {
+    w.map_or_else(Vec::new, |w| w.shape.get(2..).unwrap_or_default().to_vec())
+}
+
+/// Multiply-adds of a weight with these dimensions per element of `per`.
+fn conv_flops(per: Option<&&[usize]>, w: Option<&&[usize]>) -> f64 {
+    let per = per.map_or(0, |s| numel(s)) as f64;
+    let taps = w.map_or(0, |w| numel(w.get(1..).unwrap_or_default())) as f64;
+    2.0 * per * taps
+}
+
+/// N-d convolution (no bias): x \[N,C,…\], w \[O,C/g,k…\]; the primitive is its attributes.
+impl Primitive for ConvAttrs {
+    fn name(&self) -> &'static str {
+        "Conv"
     }
+    fn broadcasts(&self) -> bool {
+        false
+    }
+    fn infer(&self, inputs: &[&ValueInfo]) -> OutTypes {
+        let [x, w] = operands::<2>(inputs)?;
+        infer_conv(self, x, w)
+    }
+    fn vjp(&self, g: &mut Graph, node: &Node, cots: &[Option<ValueId>]) -> Cotangents {
+        let gy = result_cotangent(node, cots)?;
+        let (x, w) = (node.inputs[0], node.inputs[1]);
+        let kernel = g.shape(w)[2..].to_vec();
+        let out_spatial = g.shape(x)[2..].to_vec();
+        let adjoint = ConvTranspose {
+            conv: self.clone(),
+            out_spatial,
+        };
+        let dx = g.push1("", Op::ConvTranspose(adjoint), &[gy, w])?;
+        let dw = weight_grad(g, self, x, gy, &kernel)?;
+        Ok(vec![Some(dx), Some(dw)])
+    }
+    fn eval(&self, inputs: &[&ArrayD<f64>], outs: &[&[usize]]) -> Result<Vec<ArrayD<f64>>, String> {
+        let (x, w) = (operand(inputs, 0)?, operand(inputs, 1)?);
+        Ok(vec![reference_conv(x, w, self, result_shape(outs, 0)?)?])
+    }
+    fn export(&self, inputs: &[&ValueInfo]) -> Export {
+        let kernel = kernel_of(inputs.get(1));
+        Export::node(ExportNode {
+            attrs: conv_attrs(self, &kernel),
+            ..ExportNode::on_operands("Conv", 2)
+        })
+    }
+    fn flops(&self, inputs: &[&[usize]], outputs: &[&[usize]]) -> f64 {
+        conv_flops(outputs.first(), inputs.get(1))
+    }
+}
+
+impl Primitive for ConvTranspose {
+    fn name(&self) -> &'static str {
+        "ConvTranspose"
+    }
+    fn broadcasts(&self) -> bool {
+        false
+    }
+    fn infer(&self, inputs: &[&ValueInfo]) -> OutTypes {
+        let [y, w] = operands::<2>(inputs)?;
+        infer_conv_transpose(&self.conv, &self.out_spatial, y, w)
+    }
+    fn vjp(&self, g: &mut Graph, node: &Node, cots: &[Option<ValueId>]) -> Cotangents {
+        let gy = result_cotangent(node, cots)?;
+        let (x, w) = (node.inputs[0], node.inputs[1]);
+        let kernel = g.shape(w)[2..].to_vec();
+        // ⟨h, Convᵀ_w(y)⟩ = ⟨Conv_w(h), y⟩.
+        let dy = g.push1("", Op::Conv(self.conv.clone()), &[gy, w])?;
+        let dw = weight_grad(g, &self.conv, gy, x, &kernel)?;
+        Ok(vec![Some(dy), Some(dw)])
+    }
+    fn eval(&self, inputs: &[&ArrayD<f64>], outs: &[&[usize]]) -> Result<Vec<ArrayD<f64>>, String> {
+        let (y, w) = (operand(inputs, 0)?, operand(inputs, 1)?);
+        Ok(vec![reference_conv_transpose(
+            y,
+            w,
+            &self.conv,
+            result_shape(outs, 0)?,
+        )?])
+    }
+    /// ONNX `ConvTranspose` with its end pads chosen to crop to the IR's output extent, followed
+    /// by a zero `Pad` at the spatial ends where that extent exceeds what any window reaches.
+    fn export(&self, inputs: &[&ValueInfo]) -> Export {
+        let conv = &self.conv;
+        let kernel = kernel_of(inputs.get(1));
+        let sy = inputs.first().map_or(&[][..], |y| &y.shape[..]);
+        // The adjoint writes input position j·s + t·d − pb for every output j and tap t: up to
+        // `reach` = s·(in−1) + (k−1)·d + 1 − pb positions. The IR conv's own pads_end only fixed
+        // the forward extent, so ONNX gets pads_end = reach − out (crop to exactly
+        // out_spatial), or 0 and a zero Pad for positions no window reaches.
+        let mut pads_end = Vec::with_capacity(kernel.len());
+        let mut rest = Vec::with_capacity(kernel.len());
+        for (i, &k) in kernel.iter().enumerate() {
+            let span = conv.dilations[i] * (k - 1) + 1;
+            let extent = sy.get(2 + i).copied().unwrap_or(1);
+            let reach = (conv.strides[i] * (extent - 1) + span).saturating_sub(conv.pads_begin[i]);
+            pads_end.push(reach.saturating_sub(self.out_spatial[i]));
+            rest.push(self.out_spatial[i].saturating_sub(reach));
+        }
+        let onnx_conv = ConvAttrs {
+            pads_end,
+            ..conv.clone()
+        };
+        let mut attrs = conv_attrs(&onnx_conv, &kernel);
+        attrs.push(("output_padding", AttrValue::Ints(vec![0; kernel.len()])));
+        let transposed = ExportNode {
+            attrs,
+            ..ExportNode::on_operands("ConvTranspose", 2)
+        };
+        if rest.iter().all(|&r| r == 0) {
+            return Export::node(transposed);
+        }
+        let mut ends = vec![0, 0];
+        ends.extend(rest);
+        let begins = vec![0; ends.len()];
+        let dtype = inputs.first().map_or(DType::F32, |y| y.dtype);
+        let pad = ExportNode {
+            name_suffix: "_pad",
+            ..pad_node(Operand::Temp("natural"), &begins, &ends, 0.0, dtype)
+        };
+        Export::Nodes(vec![
+            ExportNode {
+                outputs: vec![Output::Temp("natural")],
+                ..transposed
+            },
+            pad,
+        ])
+    }
+    fn flops(&self, inputs: &[&[usize]], _outputs: &[&[usize]]) -> f64 {
+        conv_flops(inputs.first(), inputs.get(1))
+    }
+}
+
+/// Spatial geometry of a 2-d convolution after lifting 1-d to 2-d.
+struct Geo {
+    s: [usize; 2],
+    d: [usize; 2],
+    p: [usize; 2],
+}
+
+fn geo(c: &ConvAttrs) -> Result<Geo, String> {
+    match c.strides.len() {
+        1 => Ok(Geo {
+            s: [1, c.strides[0]],
+            d: [1, c.dilations[0]],
+            p: [0, c.pads_begin[0]],
+        }),
+        2 => Ok(Geo {
+            s: [c.strides[0], c.strides[1]],
+            d: [c.dilations[0], c.dilations[1]],
+            p: [c.pads_begin[0], c.pads_begin[1]],
+        }),
+        r => Err(format!(
+            "the reference evaluator handles 1-d and 2-d convolutions, not {r}-d"
+        )),
+    }
+}
+
+fn as4(x: &ArrayD<f64>) -> Result<ndarray::Array4<f64>, String> {
+    let s = x.shape();
+    let s4 = match *s {
+        [a, b, c] => [a, b, 1, c],
+        [a, b, c, d] => [a, b, c, d],
+        _ => return Err(format!("a convolution operand of shape {s:?}")),
+    };
+    x.as_standard_layout()
+        .into_owned()
+        .into_shape_with_order(s4)
+        .map_err(|e| e.to_string())
+}
+
+fn shape4(s: &[usize]) -> Result<(usize, usize, usize, usize), String> {
+    Ok(as4(&ArrayD::zeros(IxDyn(s)))?.dim())
+}
+
+/// The convolution written from its definition.
+fn reference_conv(
+    x: &ArrayD<f64>,
+    w: &ArrayD<f64>,
+    c: &ConvAttrs,
+    out_shape: &[usize],
+) -> Result<ArrayD<f64>, String> {
+    let gm = geo(c)?;
+    let (x, w) = (as4(x)?, as4(w)?);
+    let (n, cin, h, wd) = x.dim();
+    let (o, cg, kh, kw) = w.dim();
+    let (_, _, oh, ow) = shape4(out_shape)?;
+    let og = o / c.group;
+    let mut out = ndarray::Array4::<f64>::zeros((n, o, oh, ow));
+    for b in 0..n {
+        for oc in 0..o {
+            let grp = oc / og;
+            for i in 0..oh {
+                for j in 0..ow {
+                    let mut acc = 0.0;
+                    for ic in 0..cg {
+                        let ch = grp * cg + ic;
+                        debug_assert!(ch < cin);
+                        for a in 0..kh {
+                            let hi = (i * gm.s[0] + a * gm.d[0]) as isize - gm.p[0] as isize;
+                            if hi < 0 || hi >= h as isize {
+                                continue;
+                            }
+                            for bb in 0..kw {
+                                let wi = (j * gm.s[1] + bb * gm.d[1]) as isize - gm.p[1] as isize;
+                                if wi < 0 || wi >= wd as isize {
+                                    continue;
+                                }
+                                acc += x[[b, ch, hi as usize, wi as usize]] * w[[oc, ic, a, bb]];
+                            }
+                        }
+                    }
+                    out[[b, oc, i, j]] = acc;
+                }
+            }
+        }
+    }
+    out.into_shape_with_order(IxDyn(out_shape))
+        .map_err(|e| e.to_string())
+}
+
+/// The adjoint of [`reference_conv`], scattering each output back over its window.
+fn reference_conv_transpose(
+    y: &ArrayD<f64>,
+    w: &ArrayD<f64>,
+    c: &ConvAttrs,
+    out_shape: &[usize],
+) -> Result<ArrayD<f64>, String> {
+    let gm = geo(c)?;
+    let (y, w) = (as4(y)?, as4(w)?);
+    let (n, o, ih, iw) = y.dim();
+    let (_, cg, kh, kw) = w.dim();
+    let (_, cout, oh, ow) = shape4(out_shape)?;
+    let og = o / c.group;
+    let mut out = ndarray::Array4::<f64>::zeros((n, cout, oh, ow));
+    for b in 0..n {
+        for oc in 0..o {
+            let grp = oc / og;
+            for i in 0..ih {
+                for j in 0..iw {
+                    let v = y[[b, oc, i, j]];
+                    for ic in 0..cg {
+                        let ch = grp * cg + ic;
+                        for a in 0..kh {
+                            let hi = (i * gm.s[0] + a * gm.d[0]) as isize - gm.p[0] as isize;
+                            if hi < 0 || hi >= oh as isize {
+                                continue;
+                            }
+                            for bb in 0..kw {
+                                let wi = (j * gm.s[1] + bb * gm.d[1]) as isize - gm.p[1] as isize;
+                                if wi < 0 || wi >= ow as isize {
+                                    continue;
+                                }
+                                out[[b, ch, hi as usize, wi as usize]] += v * w[[oc, ic, a, bb]];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out.into_shape_with_order(IxDyn(out_shape))
+        .map_err(|e| e.to_string())
 }

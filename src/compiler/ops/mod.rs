@@ -1,17 +1,59 @@
-//! The primitive ops, one module per family. Each module holds the family's shape rule and its
-//! derivative rule (a vector-Jacobian product emitted as more primitives, so the transform can
-//! differentiate what it produced).
+//! The primitive ops. Each primitive is a type implementing [`Primitive`], which holds every rule
+//! the compiler needs for it: the shape rule, the derivative rule (a vector-Jacobian product
+//! emitted as more primitives, so the transform can differentiate what it produced), the f64
+//! reference kernel, the ONNX form it is written as, and its cost. The trait has no default
+//! methods, so a primitive that lacks a rule does not compile; [`Op`] lists each primitive once.
+//!
+//! One module per family: `constant`, `unary`, `binary`, `matmul`, `reduce`, `layout`, `conv`.
 
+pub mod binary;
+pub mod constant;
 pub mod conv;
-pub mod elementwise;
+pub mod export_form;
 pub mod layout;
 pub mod matmul;
 pub mod reduce;
+pub mod unary;
+
+pub use binary::{Add, Div, Equal, Greater, Mul, Sub, Where};
+pub use conv::ConvTranspose;
+pub use export_form::{AttrValue, Export, ExportNode, Operand, Output};
+pub use layout::{Concat, Expand, Pad, Reshape, Slice, Split, Transpose};
+pub use matmul::MatMul;
+pub use reduce::{ReduceMax, ReduceSum};
+pub use unary::{
+    Cast, Erf, Exp, Identity, LeakyRelu, Log, Neg, Relu, Sigmoid, Sqrt, StopGradient, Tanh,
+};
 
 use super::ir::{DType, Graph, IrError, Node, Op, ValueId, ValueInfo};
+use ndarray::ArrayD;
+
+/// Output types of a primitive: one (dtype, shape) per result.
+pub type OutTypes = Result<Vec<(DType, Vec<usize>)>, String>;
+/// Cotangents of a node's operands: one per operand, `None` where no gradient flows.
+pub type Cotangents = Result<Vec<Option<ValueId>>, IrError>;
+
+/// Every rule the compiler needs for one primitive.
+pub trait Primitive {
+    /// The name shown in messages and op tables.
+    fn name(&self) -> &'static str;
+    /// Whether the operands broadcast numpy-style (so an `Expand` feeding one can be dropped).
+    fn broadcasts(&self) -> bool;
+    /// Output dtypes and shapes for operands of the given types.
+    fn infer(&self, inputs: &[&ValueInfo]) -> OutTypes;
+    /// Emits, into `g`, the cotangents of `node`'s operands given those of its results
+    /// (`None` = zero; for a single-result node the cotangent is always present).
+    fn vjp(&self, g: &mut Graph, node: &Node, cots: &[Option<ValueId>]) -> Cotangents;
+    /// The reference kernel in f64: the results for these operands (`outs`: the result shapes).
+    fn eval(&self, inputs: &[&ArrayD<f64>], outs: &[&[usize]]) -> Result<Vec<ArrayD<f64>>, String>;
+    /// How the primitive is written in plain ONNX, for operands of these types.
+    fn export(&self, inputs: &[&ValueInfo]) -> Export;
+    /// Floating-point operations for operands and results of these shapes (a multiply-add is 2).
+    fn flops(&self, inputs: &[&[usize]], outputs: &[&[usize]]) -> f64;
+}
 
 // Node insertion lives here rather than in `ir`, so the IR stays a plain data structure and the
-// shape rules it consults are the op families' own.
+// shape rules it consults are the primitives' own.
 impl Graph {
     /// Appends a node, inferring its output types. Returns the output values.
     pub fn push(
@@ -61,150 +103,69 @@ impl Graph {
 }
 
 impl Op {
+    /// The op's name as shown in messages and op tables.
+    pub fn name(&self) -> &'static str {
+        self.rules().name()
+    }
+
     /// Whether the op broadcasts its operands numpy-style (so an `Expand` feeding it can be
-    /// dropped). Every variant is listed: a new primitive must say.
+    /// dropped).
     pub fn broadcasts(&self) -> bool {
-        match self {
-            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Where | Op::Greater | Op::Equal => true,
-            Op::Constant(_)
-            | Op::Identity
-            | Op::StopGradient
-            | Op::Neg
-            | Op::Exp
-            | Op::Log
-            | Op::Sqrt
-            | Op::Relu
-            | Op::Sigmoid
-            | Op::Tanh
-            | Op::Erf
-            | Op::LeakyRelu { .. }
-            | Op::Cast { .. }
-            | Op::MatMul
-            | Op::Transpose { .. }
-            | Op::Reshape { .. }
-            | Op::Expand { .. }
-            | Op::ReduceSum { .. }
-            | Op::ReduceMax { .. }
-            | Op::Concat { .. }
-            | Op::Split { .. }
-            | Op::Slice { .. }
-            | Op::Pad { .. }
-            | Op::Conv(_)
-            | Op::ConvTranspose { .. } => false,
-        }
+        self.rules().broadcasts()
     }
 }
 
 /// Output dtypes and shapes of `op` applied to operands of the given types.
-pub fn infer(op: &Op, inputs: &[&ValueInfo]) -> Result<Vec<(DType, Vec<usize>)>, String> {
-    let want = |n: usize| -> Result<(), String> {
-        if inputs.len() == n {
-            Ok(())
-        } else {
-            Err(format!("expects {n} operands, got {}", inputs.len()))
-        }
-    };
-    match op {
-        Op::Constant(t) => {
-            want(0)?;
-            Ok(vec![(t.dtype, t.shape.clone())])
-        }
-        Op::Identity | Op::StopGradient => {
-            want(1)?;
-            Ok(vec![(inputs[0].dtype, inputs[0].shape.clone())])
-        }
-        Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Greater | Op::Equal => {
-            want(2)?;
-            elementwise::infer_binary(op, inputs[0], inputs[1])
-        }
-        Op::Where => {
-            want(3)?;
-            elementwise::infer_where(inputs[0], inputs[1], inputs[2])
-        }
-        Op::Neg
-        | Op::Exp
-        | Op::Log
-        | Op::Sqrt
-        | Op::Relu
-        | Op::Sigmoid
-        | Op::Tanh
-        | Op::Erf
-        | Op::LeakyRelu { .. }
-        | Op::Cast { .. } => {
-            want(1)?;
-            elementwise::infer_unary(op, inputs[0])
-        }
-        Op::MatMul => {
-            want(2)?;
-            matmul::infer(inputs[0], inputs[1])
-        }
-        Op::ReduceSum { axes, keepdims } | Op::ReduceMax { axes, keepdims } => {
-            want(1)?;
-            reduce::infer(inputs[0], axes, *keepdims)
-        }
-        Op::Transpose { .. }
-        | Op::Reshape { .. }
-        | Op::Expand { .. }
-        | Op::Concat { .. }
-        | Op::Split { .. }
-        | Op::Slice { .. }
-        | Op::Pad { .. } => layout::infer(op, inputs),
-        Op::Conv(a) => {
-            want(2)?;
-            conv::infer_conv(a, inputs[0], inputs[1])
-        }
-        Op::ConvTranspose { conv, out_spatial } => {
-            want(2)?;
-            conv::infer_conv_transpose(conv, out_spatial, inputs[0], inputs[1])
-        }
-    }
+pub fn infer(op: &Op, inputs: &[&ValueInfo]) -> OutTypes {
+    op.rules().infer(inputs)
 }
 
 /// Emits, into `g`, the cotangents of `node`'s inputs given the cotangents of its outputs
 /// (`None` = zero). Returns one entry per input; `None` where the input gets no gradient.
-pub fn vjp(
-    g: &mut Graph,
-    node: &Node,
-    cots: &[Option<ValueId>],
-) -> Result<Vec<Option<ValueId>>, IrError> {
-    let n_in = node.inputs.len();
+pub fn vjp(g: &mut Graph, node: &Node, cots: &[Option<ValueId>]) -> Cotangents {
     // Ops with one output: a missing cotangent means nothing flows back.
-    if node.outputs.len() == 1 && cots[0].is_none() {
-        return Ok(vec![None; n_in]);
+    if node.outputs.len() == 1 && cots.first().is_none_or(Option::is_none) {
+        return Ok(vec![None; node.inputs.len()]);
     }
-    match &node.op {
-        Op::Constant(_) | Op::StopGradient | Op::Greater | Op::Equal => Ok(vec![None; n_in]),
-        Op::Identity => Ok(vec![cots[0]]),
-        Op::Add
-        | Op::Sub
-        | Op::Mul
-        | Op::Div
-        | Op::Where
-        | Op::Neg
-        | Op::Exp
-        | Op::Log
-        | Op::Sqrt
-        | Op::Relu
-        | Op::Sigmoid
-        | Op::Tanh
-        | Op::Erf
-        | Op::LeakyRelu { .. }
-        | Op::Cast { .. } => elementwise::vjp(g, node, cots[0].expect("checked above")),
-        Op::MatMul => matmul::vjp(g, node, cots[0].expect("checked above")),
-        Op::ReduceSum { .. } | Op::ReduceMax { .. } => {
-            reduce::vjp(g, node, cots[0].expect("checked above"))
-        }
-        Op::Transpose { .. }
-        | Op::Reshape { .. }
-        | Op::Expand { .. }
-        | Op::Concat { .. }
-        | Op::Split { .. }
-        | Op::Slice { .. }
-        | Op::Pad { .. } => layout::vjp(g, node, cots),
-        Op::Conv(_) | Op::ConvTranspose { .. } => {
-            conv::vjp(g, node, cots[0].expect("checked above"))
-        }
-    }
+    node.op.rules().vjp(g, node, cots)
+}
+
+/// The cotangent of a single-result node, which [`vjp`] only asks a rule for when it is present.
+fn result_cotangent(node: &Node, cots: &[Option<ValueId>]) -> Result<ValueId, IrError> {
+    cots.first()
+        .copied()
+        .flatten()
+        .ok_or_else(|| IrError::Shape {
+            node: node.name.clone(),
+            op: node.op.name(),
+            msg: "no cotangent for its result".into(),
+        })
+}
+
+/// Checks the operand count.
+fn operands<'a, const N: usize>(inputs: &[&'a ValueInfo]) -> Result<[&'a ValueInfo; N], String> {
+    <[&ValueInfo; N]>::try_from(inputs)
+        .map_err(|_| format!("expects {N} operands, got {}", inputs.len()))
+}
+
+/// The one operand of a unary reference kernel.
+fn operand<'a>(inputs: &[&'a ArrayD<f64>], k: usize) -> Result<&'a ArrayD<f64>, String> {
+    inputs
+        .get(k)
+        .copied()
+        .ok_or_else(|| format!("operand {k} is missing"))
+}
+
+/// The shape of result `k`.
+fn result_shape<'a>(outs: &[&'a [usize]], k: usize) -> Result<&'a [usize], String> {
+    outs.get(k)
+        .copied()
+        .ok_or_else(|| format!("result {k} is missing"))
+}
+
+/// Elements of all results: the cost of an op doing one operation per result element.
+fn per_result_element(outputs: &[&[usize]]) -> f64 {
+    outputs.iter().map(|s| super::ir::numel(s) as f64).sum()
 }
 
 /// Numpy broadcast of two shapes.

@@ -1,6 +1,29 @@
 //! Reductions over static axes.
 
-use crate::compiler::ir::{DType, Graph, IrError, Node, Op, ValueId, ValueInfo};
+use super::export_form::{ints, usizes, AttrValue, Export, ExportNode};
+use super::{
+    operand, operands, per_result_element, result_cotangent, Cotangents, OutTypes, Primitive,
+};
+use crate::compiler::ir::{Graph, Node, Op, ValueId, ValueInfo};
+use ndarray::{ArrayD, Axis};
+
+/// Sum over axes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReduceSum {
+    /// Axes (non-negative, sorted).
+    pub axes: Vec<usize>,
+    /// Keep reduced axes as size 1.
+    pub keepdims: bool,
+}
+
+/// Max over axes (ties pass the gradient to every maximal element).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReduceMax {
+    /// Axes (non-negative, sorted).
+    pub axes: Vec<usize>,
+    /// Keep reduced axes as size 1.
+    pub keepdims: bool,
+}
 
 /// The shape a reduction keeps (reduced axes set to 1).
 pub fn kept_shape(shape: &[usize], axes: &[usize]) -> Vec<usize> {
@@ -11,12 +34,9 @@ pub fn kept_shape(shape: &[usize], axes: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-/// Shape rule.
-pub fn infer(
-    a: &ValueInfo,
-    axes: &[usize],
-    keepdims: bool,
-) -> Result<Vec<(DType, Vec<usize>)>, String> {
+/// Shape rule of both reductions.
+fn reduced(inputs: &[&ValueInfo], axes: &[usize], keepdims: bool) -> OutTypes {
+    let [a] = operands::<1>(inputs)?;
     if let Some(&bad) = axes.iter().find(|&&ax| ax >= a.shape.len()) {
         return Err(format!("axis {bad} out of range for shape {:?}", a.shape));
     }
@@ -33,25 +53,114 @@ pub fn infer(
     Ok(vec![(a.dtype, shape)])
 }
 
-/// Sum: broadcast the cotangent back. Max: route it to the maximal elements (every tied one).
-pub fn vjp(g: &mut Graph, node: &Node, gy: ValueId) -> Result<Vec<Option<ValueId>>, IrError> {
-    let x = node.inputs[0];
-    let sx = g.shape(x).to_vec();
-    let axes = match &node.op {
-        Op::ReduceSum { axes, .. } | Op::ReduceMax { axes, .. } => axes.clone(),
-        other => unreachable!("{} is not a reduction", other.name()),
-    };
-    let keep = kept_shape(&sx, &axes);
-    let gk = g.reshape(gy, &keep)?;
-    let dx = match &node.op {
-        Op::ReduceSum { .. } => g.expand(gk, &sx)?,
-        _ => {
-            let yk = g.reshape(node.outputs[0], &keep)?;
-            let hit = g.push1("", Op::Equal, &[x, yk])?;
-            let z = g.scalar_like(x, 0.0);
-            let w = g.where_(hit, gk, z)?;
-            g.expand(w, &sx)?
+/// The reference kernel of both reductions.
+fn fold(
+    x: &ArrayD<f64>,
+    axes: &[usize],
+    keepdims: bool,
+    init: f64,
+    f: impl Fn(f64, f64) -> f64 + Copy,
+) -> ArrayD<f64> {
+    let mut out = x.clone();
+    for &ax in axes.iter().rev() {
+        out = out.fold_axis(Axis(ax), init, |&s, &v| f(s, v));
+        if keepdims {
+            out = out.insert_axis(Axis(ax));
         }
-    };
-    Ok(vec![Some(dx)])
+    }
+    out
+}
+
+impl Primitive for ReduceSum {
+    fn name(&self) -> &'static str {
+        "ReduceSum"
+    }
+    fn broadcasts(&self) -> bool {
+        false
+    }
+    fn infer(&self, inputs: &[&ValueInfo]) -> OutTypes {
+        reduced(inputs, &self.axes, self.keepdims)
+    }
+    /// Broadcast the cotangent back.
+    fn vjp(&self, g: &mut Graph, node: &Node, cots: &[Option<ValueId>]) -> Cotangents {
+        let gy = result_cotangent(node, cots)?;
+        let sx = g.shape(node.inputs[0]).to_vec();
+        let gk = g.reshape(gy, &kept_shape(&sx, &self.axes))?;
+        Ok(vec![Some(g.expand(gk, &sx)?)])
+    }
+    fn eval(
+        &self,
+        inputs: &[&ArrayD<f64>],
+        _outs: &[&[usize]],
+    ) -> Result<Vec<ArrayD<f64>>, String> {
+        let x = operand(inputs, 0)?;
+        Ok(vec![fold(x, &self.axes, self.keepdims, 0.0, |s, x| s + x)])
+    }
+    fn export(&self, _inputs: &[&ValueInfo]) -> Export {
+        if self.axes.is_empty() {
+            // ONNX reads empty axes as "all axes"; the IR means "none".
+            return Export::plain("Identity", 1);
+        }
+        Export::node(
+            ExportNode::on_operands("ReduceSum", 1)
+                .constant("axes", ints(&usizes(&self.axes)))
+                .attr("keepdims", AttrValue::Int(self.keepdims as i64)),
+        )
+    }
+    fn flops(&self, _inputs: &[&[usize]], outputs: &[&[usize]]) -> f64 {
+        per_result_element(outputs)
+    }
+}
+
+impl Primitive for ReduceMax {
+    fn name(&self) -> &'static str {
+        "ReduceMax"
+    }
+    fn broadcasts(&self) -> bool {
+        false
+    }
+    fn infer(&self, inputs: &[&ValueInfo]) -> OutTypes {
+        reduced(inputs, &self.axes, self.keepdims)
+    }
+    /// Route the cotangent to the maximal elements (every tied one).
+    fn vjp(&self, g: &mut Graph, node: &Node, cots: &[Option<ValueId>]) -> Cotangents {
+        let gy = result_cotangent(node, cots)?;
+        let x = node.inputs[0];
+        let sx = g.shape(x).to_vec();
+        let keep = kept_shape(&sx, &self.axes);
+        let gk = g.reshape(gy, &keep)?;
+        let yk = g.reshape(node.outputs[0], &keep)?;
+        let hit = g.push1("", Op::Equal, &[x, yk])?;
+        let z = g.scalar_like(x, 0.0);
+        let w = g.where_(hit, gk, z)?;
+        Ok(vec![Some(g.expand(w, &sx)?)])
+    }
+    fn eval(
+        &self,
+        inputs: &[&ArrayD<f64>],
+        _outs: &[&[usize]],
+    ) -> Result<Vec<ArrayD<f64>>, String> {
+        let x = operand(inputs, 0)?;
+        Ok(vec![fold(
+            x,
+            &self.axes,
+            self.keepdims,
+            f64::NEG_INFINITY,
+            f64::max,
+        )])
+    }
+    fn export(&self, _inputs: &[&ValueInfo]) -> Export {
+        if self.axes.is_empty() {
+            return Export::plain("Identity", 1);
+        }
+        // Opset 17's ReduceMax takes its axes as an attribute (an input only from opset 18).
+        Export::node(
+            ExportNode::on_operands("ReduceMax", 1)
+                .attr("axes", AttrValue::Ints(usizes(&self.axes)))
+                .attr("keepdims", AttrValue::Int(self.keepdims as i64)),
+        )
+    }
+    fn flops(&self, _inputs: &[&[usize]], outputs: &[&[usize]]) -> f64 {
+        per_result_element(outputs)
+    }
 }

@@ -5,6 +5,7 @@ use super::proto::{as_ints, axes, axis, ir_dtype, NodeRef};
 use super::{Ctx, Val, OP_TABLE_REF};
 use crate::compiler::ir::{Op, ValueId};
 use crate::compiler::model::InitRule;
+use crate::compiler::ops::{Cast, LeakyRelu, ReduceMax};
 use anyhow::{anyhow, bail, Result};
 
 /// Add, Sub, Mul, Div, and Pow with a constant exponent.
@@ -107,9 +108,9 @@ pub fn unary(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
         "Sqrt" => g.unary(Op::Sqrt, x)?,
         "Erf" => g.unary(Op::Erf, x)?,
         "LeakyRelu" => g.unary(
-            Op::LeakyRelu {
+            Op::LeakyRelu(LeakyRelu {
                 alpha: n.float("alpha", 0.01),
-            },
+            }),
             x,
         )?,
         "Reciprocal" => {
@@ -266,7 +267,7 @@ pub fn cast(cx: &mut Ctx, n: &NodeRef) -> Result<Val> {
         return Ok(cx.get(x)?.clone());
     }
     let v = cx.ir(x)?;
-    Ok(Val::Ir(cx.g.unary(Op::Cast { to }, v)?))
+    Ok(Val::Ir(cx.g.unary(Op::Cast(Cast { to }), v)?))
 }
 
 /// Gemm: alpha·A'·B' + beta·C.
@@ -376,20 +377,20 @@ pub fn reduce(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
         "ReduceMean" => g.reduce_mean(x, &ax, keep)?,
         "ReduceMax" => g.push1(
             "",
-            Op::ReduceMax {
+            Op::ReduceMax(ReduceMax {
                 axes: ax,
                 keepdims: keep,
-            },
+            }),
             &[x],
         )?,
         _ => {
             let m = g.neg(x)?;
             let r = g.push1(
                 "",
-                Op::ReduceMax {
+                Op::ReduceMax(ReduceMax {
                     axes: ax,
                     keepdims: keep,
-                },
+                }),
                 &[m],
             )?;
             g.neg(r)?

@@ -8,6 +8,7 @@ use super::tensor::fconst;
 use super::{Ctx, OP_TABLE_REF};
 use crate::compiler::ir::{numel, ConvAttrs, Op, ValueId};
 use crate::compiler::model::InitRule;
+use crate::compiler::ops::{Concat, ConvTranspose, Pad, ReduceMax, Slice};
 use anyhow::{anyhow, bail, Result};
 
 /// Bound on kernel sizes, strides, dilations and pads read from a file, so arithmetic on them
@@ -225,10 +226,10 @@ pub fn conv_transpose(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     };
     let mut y = cx.g.push1(
         &n.name,
-        Op::ConvTranspose {
+        Op::ConvTranspose(ConvTranspose {
             conv,
             out_spatial: out_ir,
-        },
+        }),
         &[x, w],
     )?;
     if extra.iter().any(|&e| e > 0) {
@@ -236,11 +237,11 @@ pub fn conv_transpose(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
         ends.extend(extra);
         y = cx.g.push1(
             "",
-            Op::Pad {
+            Op::Pad(Pad {
                 begins: vec![0; sp + 2],
                 ends,
                 value: 0.0,
-            },
+            }),
             &[y],
         )?;
     }
@@ -401,11 +402,11 @@ pub fn max_pool(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     } else {
         cx.g.push1(
             "",
-            Op::Pad {
+            Op::Pad(Pad {
                 begins,
                 ends,
                 value: f32::MIN as f64,
-            },
+            }),
             &[x],
         )?
     };
@@ -432,7 +433,7 @@ pub fn max_pool(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
         let mut v = if starts.iter().all(|&s| s == 0) && ends == xs {
             xp
         } else {
-            cx.g.push1("", Op::Slice { starts, ends }, &[xp])?
+            cx.g.push1("", Op::Slice(Slice { starts, ends }), &[xp])?
         };
         if p.s.iter().any(|&s| s > 1) {
             // [N, C, out·s …] → [N, C, out, s, …] → keep index 0 of every s axis.
@@ -447,7 +448,7 @@ pub fn max_pool(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
             for i in 0..sp {
                 e[3 + 2 * i] = 1;
             }
-            v = cx.g.push1("", Op::Slice { starts, ends: e }, &[v])?;
+            v = cx.g.push1("", Op::Slice(Slice { starts, ends: e }), &[v])?;
         }
         views.push(cx.g.reshape(v, &view_shape)?);
     }
@@ -455,14 +456,14 @@ pub fn max_pool(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     let stacked = if views.len() == 1 {
         views[0]
     } else {
-        cx.g.push1("", Op::Concat { axis: last }, &views)?
+        cx.g.push1("", Op::Concat(Concat { axis: last }), &views)?
     };
     Ok(cx.g.push1(
         &n.name,
-        Op::ReduceMax {
+        Op::ReduceMax(ReduceMax {
             axes: vec![last],
             keepdims: false,
-        },
+        }),
         &[stacked],
     )?)
 }
@@ -480,10 +481,10 @@ pub fn global_pool(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     } else {
         Ok(cx.g.push1(
             "",
-            Op::ReduceMax {
+            Op::ReduceMax(ReduceMax {
                 axes: ax,
                 keepdims: true,
-            },
+            }),
             &[x],
         )?)
     }

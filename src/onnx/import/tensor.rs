@@ -6,6 +6,7 @@ use super::proto::{as_ints, axes, axis, NodeRef};
 use super::{Ctx, Val, OP_TABLE_REF};
 use crate::compiler::ir::{numel, Op, Tensor, ValueId};
 use crate::compiler::ops::broadcast_shapes;
+use crate::compiler::ops::{Concat, Pad, Reshape, Slice, Split};
 use anyhow::{anyhow, bail, Result};
 
 /// ONNX Reshape target: `0` copies the input's dimension (unless `allowzero`), `-1` is inferred.
@@ -160,7 +161,7 @@ pub fn concat(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     if vs.len() == 1 {
         return Ok(vs[0]);
     }
-    Ok(cx.g.push1("", Op::Concat { axis: ax }, &vs)?)
+    Ok(cx.g.push1("", Op::Concat(Concat { axis: ax }), &vs)?)
 }
 
 /// Piece sizes of a Split node.
@@ -194,7 +195,7 @@ pub fn split(cx: &mut Ctx, n: &NodeRef) -> Result<Vec<Val>> {
     let ax = axis(n.int("axis", 0), s.len())?;
     let sizes = split_sizes(cx, n, s[ax])?;
     let v = cx.ir(x)?;
-    let outs = cx.g.push("", Op::Split { axis: ax, sizes }, &[v])?;
+    let outs = cx.g.push("", Op::Split(Split { axis: ax, sizes }), &[v])?;
     Ok(outs.into_iter().map(Val::Ir).collect())
 }
 
@@ -230,7 +231,7 @@ pub fn split_to_sequence(cx: &mut Ctx, n: &NodeRef) -> Result<Vec<ValueId>> {
         None => (vec![1; dim], n.int("keepdims", 1) == 0),
     };
     let v = cx.ir(x)?;
-    let pieces = cx.g.push("", Op::Split { axis: ax, sizes }, &[v])?;
+    let pieces = cx.g.push("", Op::Split(Split { axis: ax, sizes }), &[v])?;
     if !squeeze {
         return Ok(pieces);
     }
@@ -241,9 +242,9 @@ pub fn split_to_sequence(cx: &mut Ctx, n: &NodeRef) -> Result<Vec<ValueId>> {
         .map(|p| {
             Ok(cx.g.push1(
                 "",
-                Op::Reshape {
+                Op::Reshape(Reshape {
                     shape: shape.clone(),
-                },
+                }),
                 &[p],
             )?)
         })
@@ -284,7 +285,7 @@ pub fn concat_from_sequence(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
         if new_axis {
             let mut shape = cx.g.shape(v).to_vec();
             shape.insert(ax, 1);
-            parts.push(cx.g.push1("", Op::Reshape { shape }, &[v])?);
+            parts.push(cx.g.push1("", Op::Reshape(Reshape { shape }), &[v])?);
         } else {
             parts.push(v);
         }
@@ -292,7 +293,7 @@ pub fn concat_from_sequence(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     if let [one] = parts.as_slice() {
         return Ok(*one);
     }
-    Ok(cx.g.push1("", Op::Concat { axis: ax }, &parts)?)
+    Ok(cx.g.push1("", Op::Concat(Concat { axis: ax }), &parts)?)
 }
 
 /// Normalised Slice bounds per axis of `shape`: (start, end, step), ONNX clamping rules.
@@ -351,7 +352,7 @@ pub fn slice(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     if starts.iter().all(|&s| s == 0) && ends == s {
         return Ok(v);
     }
-    Ok(cx.g.push1("", Op::Slice { starts, ends }, &[v])?)
+    Ok(cx.g.push1("", Op::Slice(Slice { starts, ends }), &[v])?)
 }
 
 /// Unit-step slice of one axis.
@@ -370,7 +371,7 @@ pub fn slice_axis(
     let mut ends = s;
     starts[ax] = start;
     ends[ax] = end;
-    Ok(cx.g.push1("", Op::Slice { starts, ends }, &[v])?)
+    Ok(cx.g.push1("", Op::Slice(Slice { starts, ends }), &[v])?)
 }
 
 /// Gather with constant indices: a slice for a scalar index, slices and a concat for a few
@@ -407,7 +408,7 @@ pub fn gather(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
         let cat = match parts.len() {
             0 => bail!("empty indices are not supported"),
             1 => parts[0],
-            _ => cx.g.push1("", Op::Concat { axis: ax }, &parts)?,
+            _ => cx.g.push1("", Op::Concat(Concat { axis: ax }), &parts)?,
         };
         return Ok(cx.g.reshape(cat, &out_shape)?);
     }
@@ -477,11 +478,11 @@ pub fn pad(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     }
     Ok(cx.g.push1(
         "",
-        Op::Pad {
+        Op::Pad(Pad {
             begins: b,
             ends: e,
             value,
-        },
+        }),
         &[v],
     )?)
 }

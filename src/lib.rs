@@ -27,6 +27,7 @@ pub mod atomic_file;
 pub mod cli;
 pub mod compile_cache;
 pub mod compiler;
+pub mod config_file;
 pub mod data;
 pub mod distill;
 pub mod eval;

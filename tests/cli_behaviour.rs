@@ -1,6 +1,7 @@
 //! The command line without surprises: help shows every default, a distillation takes its model
-//! and dataset from the experts when not given, a bad output path fails before any work, and a
-//! resumed run lists each iteration once in `metrics.jsonl`.
+//! and dataset from the experts when not given, a bad output path fails before any work, a
+//! resumed run lists each iteration once in `metrics.jsonl`, and the `config.json` a run wrote
+//! runs it again.
 
 mod common;
 
@@ -163,4 +164,56 @@ fn a_resumed_run_lists_each_iteration_once() {
     std::fs::write(&metrics, text).unwrap();
     call(args(4));
     assert_eq!(common::metrics_iterations(&metrics), [1, 2, 3, 4]);
+}
+
+#[test]
+fn the_config_json_a_run_wrote_runs_it_again() {
+    let d = tempfile::tempdir().unwrap();
+    let e = d.path().join("experts");
+    experts(&e, 2);
+    let e2 = d.path().join("experts-again");
+    let (ec, e2s) = (e.join("config.json"), e2.to_str().unwrap().to_string());
+    common::tesla_ok(
+        &["experts", "--config", ec.to_str().unwrap(), "--out", &e2s].map(String::from),
+    );
+    // Tensors, not bytes: the files' metadata maps are written in no fixed order.
+    let tensors =
+        |path: std::path::PathBuf| tesla_distill::tensor_file::read_safetensors(&path).unwrap();
+    let name = "expert_0000.safetensors";
+    assert_eq!(
+        tensors(e.join(name)),
+        tensors(e2.join(name)),
+        "the experts from their config.json differ"
+    );
+    let run = d.path().join("run");
+    common::tesla_ok(&common::tiny_distill_args(&e, &run, 2, &[]));
+    let again = d.path().join("run-again");
+    let rc = run.join("config.json");
+    let args = [
+        "distill",
+        "--config",
+        rc.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ];
+    common::tesla_ok(&args.map(String::from));
+    let images = |dir: &Path| tensors(dir.join("distilled.safetensors"));
+    assert_eq!(
+        images(&run),
+        images(&again),
+        "the distillation from its config.json differs"
+    );
+    // Another option beside --config would be silently overridden: it is refused by name.
+    fails_with(
+        &["distill", "--config", rc.to_str().unwrap(), "--ipc", "3"],
+        &["--config", "--ipc"],
+    );
+    fails_with(
+        &[
+            "distill",
+            "--config",
+            d.path().join("none.json").to_str().unwrap(),
+        ],
+        &["none.json"],
+    );
 }

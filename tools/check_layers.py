@@ -15,7 +15,7 @@ import sys
 # Bottom to top. Modules on one line form one layer and may not refer to each other.
 LAYERS = [
     ["atomic_file", "progress"],
-    ["tensor_file"],
+    ["tensor_file", "config_file"],
     ["compiler"],
     ["onnx"],
     ["runtime"],

@@ -22,7 +22,8 @@ use crate::runtime::BackendKind;
 use crate::zoo::standard::write_standard_graphs;
 use crate::zoo::ModelSpec;
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
 /// Dataset distillation by matching training trajectories with constant memory (TESLA).
@@ -107,9 +108,13 @@ struct CompileArgs {
 
 #[derive(Args, Debug)]
 struct ExpertsArgs {
+    /// Run with every setting from this file, the `config.json` an experts run wrote (beside it
+    /// only --out and --backend may be given).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Dataset spec (fashion-mnist[:DIR], fmnist-small, cifar10:DIR, …).
-    #[arg(long)]
-    dataset: String,
+    #[arg(long, required_unless_present = "config")]
+    dataset: Option<String>,
     /// Model: convnet-dN[-wN…], resnet18[-wN], vit[-pN-dN-lN-hN-mN] or a forward .onnx file.
     #[arg(long, default_value = "convnet-d3")]
     model: String,
@@ -125,8 +130,8 @@ struct ExpertsArgs {
     #[arg(long, default_value_t = 50)]
     epochs: usize,
     /// Output directory.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    out: Option<PathBuf>,
     /// Learning rate.
     #[arg(long, default_value_t = 0.01)]
     lr: f64,
@@ -163,6 +168,10 @@ struct ExpertsArgs {
 /// `tesla distill` arguments.
 #[derive(Args, Debug)]
 pub struct DistillArgs {
+    /// Run with every setting from this file, the `config.json` a distillation wrote (beside it
+    /// only --out, --backend and --resume may be given).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Paper settings: cifar10-ipc1|10|50, cifar100-ipc1|10|50, imagenet-ipc1|2|10|50, fmnist-ipc1|10.
     #[arg(long)]
     preset: Option<String>,
@@ -181,8 +190,8 @@ pub struct DistillArgs {
     #[arg(long, value_parser = parse_batchnorm)]
     batchnorm: Option<BatchNormMode>,
     /// Experts directory.
-    #[arg(long)]
-    experts: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    experts: Option<PathBuf>,
     /// Images per class (required unless a preset gives it).
     #[arg(long)]
     ipc: Option<usize>,
@@ -260,8 +269,8 @@ pub struct DistillArgs {
     #[arg(long)]
     resume: bool,
     /// Run directory.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -373,7 +382,23 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
 
 /// Entry point: parses the arguments and runs the command.
 pub fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let command = Cli::command();
+    let matches = command.clone().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The options written on the command line (not defaulted), for `--config`'s check.
+    let given: Vec<String> = matches
+        .subcommand()
+        .and_then(|(name, m)| {
+            let sub = command.find_subcommand(name)?;
+            Some(
+                sub.get_arguments()
+                    .map(|arg| arg.get_id().as_str())
+                    .filter(|id| m.value_source(id) == Some(ValueSource::CommandLine))
+                    .map(str::to_string)
+                    .collect(),
+            )
+        })
+        .unwrap_or_default();
     match cli.command {
         Command::Compile(a) => {
             let spec = ModelSpec::parse(&a.model)?.with_batchnorm_given(a.batchnorm);
@@ -418,30 +443,38 @@ pub fn main() -> Result<()> {
             Ok(())
         }
         Command::Experts(a) => {
-            let cfg = ExpertsConfig {
-                dataset: a.dataset,
-                model: ModelSpec::parse(&a.model)?.with_batchnorm_given(a.batchnorm),
-                experts: a.experts,
-                epochs: a.epochs,
-                lr: a.lr,
-                batch: a.batch,
-                momentum: a.momentum,
-                weight_decay: a.weight_decay,
-                strategy: Strategy::parse(&a.dsa_strategy)?,
-                zca: a.zca,
-                seed: a.seed,
-                shard: parse_shard(&a.shard)?,
-                backend: resolve_backend(a.backend),
-                out: a.out.clone(),
-                limit: a.limit,
+            let cfg = match &a.config {
+                Some(file) => {
+                    only_beside_config(&given, &["out", "backend"])?;
+                    let cfg: ExpertsConfig = crate::config_file::read(file)?;
+                    ExpertsConfig {
+                        out: a.out.clone().unwrap_or(cfg.out),
+                        backend: a.backend.map_or(cfg.backend, |b| resolve_backend(Some(b))),
+                        ..cfg
+                    }
+                }
+                None => experts_config(&a)?,
             };
             crate::experts::run_experts_with(&cfg, &progress_bars::bars())?;
-            println!("experts in {}", a.out.display());
+            println!("experts in {}", cfg.out.display());
             Ok(())
         }
         Command::Distill(a) => {
             let resume = a.resume;
-            let cfg = distill_config(*a)?;
+            let cfg = match &a.config {
+                Some(file) => {
+                    only_beside_config(&given, &["out", "backend", "resume"])?;
+                    let cfg: DistillConfig = crate::config_file::read(file)?;
+                    DistillConfig {
+                        out: a.out.clone().unwrap_or(cfg.out),
+                        backend: a
+                            .backend
+                            .map_or(cfg.backend, |b| resolve_backend(Some(b)).to_string()),
+                        ..cfg
+                    }
+                }
+                None => distill_config(*a)?,
+            };
             let out = cfg.out.clone();
             let st = crate::distill::run::run_with(cfg, resume, &progress_bars::bars())?;
             println!(
@@ -459,6 +492,52 @@ pub fn main() -> Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Quickstart(a) => quickstart::run(a),
     }
+}
+
+/// With `--config`, every setting comes from the file: an option given beside it (other than
+/// `allowed`) would be silently overridden or ignored, so it is an error.
+fn only_beside_config(given: &[String], allowed: &[&str]) -> Result<()> {
+    let extra: Vec<String> = given
+        .iter()
+        .filter(|id| id.as_str() != "config" && !allowed.contains(&id.as_str()))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect();
+    if extra.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "--config takes every setting from its file; {} cannot be given beside it (edit the file, \
+         or give only {})",
+        extra.join(", "),
+        allowed
+            .iter()
+            .map(|a| format!("--{a}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+fn experts_config(a: &ExpertsArgs) -> Result<ExpertsConfig> {
+    let (Some(dataset), Some(out)) = (a.dataset.clone(), a.out.clone()) else {
+        bail!("--dataset and --out are required (or --config FILE)");
+    };
+    Ok(ExpertsConfig {
+        dataset,
+        model: ModelSpec::parse(&a.model)?.with_batchnorm_given(a.batchnorm),
+        experts: a.experts,
+        epochs: a.epochs,
+        lr: a.lr,
+        batch: a.batch,
+        momentum: a.momentum,
+        weight_decay: a.weight_decay,
+        strategy: Strategy::parse(&a.dsa_strategy)?,
+        zca: a.zca,
+        seed: a.seed,
+        shard: parse_shard(&a.shard)?,
+        backend: resolve_backend(a.backend),
+        out,
+        limit: a.limit,
+    })
 }
 
 fn inspect(dir: &Path) -> Result<()> {
@@ -510,6 +589,9 @@ fn inspect(dir: &Path) -> Result<()> {
 }
 
 fn distill_config(a: DistillArgs) -> Result<DistillConfig> {
+    let (Some(experts), Some(out)) = (a.experts.clone(), a.out.clone()) else {
+        bail!("--experts and --out are required (or --config FILE)");
+    };
     let p = a.preset.as_deref().map(preset).transpose()?;
     // What the experts were trained with fills what neither the flags nor a preset give, so a
     // run matches its experts without restating them.
@@ -518,11 +600,11 @@ fn distill_config(a: DistillArgs) -> Result<DistillConfig> {
         if let Some(m) = &from_experts {
             return Ok(m.clone());
         }
-        let files = crate::experts::trajectory::list(&a.experts)?;
+        let files = crate::experts::trajectory::list(&experts)?;
         let first = files.first().ok_or_else(|| {
             anyhow!(
                 "no expert files (expert_NNNN.safetensors) in {}; train them with `tesla experts`",
-                a.experts.display()
+                experts.display()
             )
         })?;
         let meta = crate::experts::trajectory::Trajectory::open(first)?.meta;
@@ -561,7 +643,7 @@ fn distill_config(a: DistillArgs) -> Result<DistillConfig> {
         model: ModelSpec::parse(&model)?
             .with_batchnorm_given(a.batchnorm)
             .name(),
-        experts: a.experts,
+        experts: experts.clone(),
         ipc: pick(a.ipc, p.map(|p| p.ipc), "ipc")?,
         syn_steps: pick(a.syn_steps, p.map(|p| p.syn_steps), "syn-steps")?,
         expert_epochs: pick(a.expert_epochs, p.map(|p| p.expert_epochs), "expert-epochs")?,
@@ -591,7 +673,7 @@ fn distill_config(a: DistillArgs) -> Result<DistillConfig> {
         eval_epochs: a.eval_epochs,
         eval_runs: a.eval_runs,
         checkpoint_every: a.checkpoint_every,
-        out: a.out,
+        out,
     })
 }
 

@@ -653,8 +653,7 @@ pub fn run_with(cfg: DistillConfig, resume: bool, observer: &SharedObserver) -> 
         let y = saved_labels(&ctx, store.get(batch_syn)?.0, &st)?;
         save(&ctx, &st, &y, train.mean(), train.std(), zca.as_ref())?;
     }
-    let cfg_path = out.join("config.json");
-    crate::atomic_file::write(&cfg_path, serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    crate::config_file::write(&out.join("config.json"), &cfg)?;
     let metrics_path = out.join("metrics.jsonl");
     truncate_metrics(&metrics_path, st.iteration)?;
     let mut metrics = std::fs::OpenOptions::new()

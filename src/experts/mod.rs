@@ -118,10 +118,7 @@ pub fn run_experts_with(cfg: &ExpertsConfig, observer: &SharedObserver) -> Resul
     };
     std::fs::create_dir_all(&cfg.out)
         .with_context(|| format!("cannot create the output directory {}", cfg.out.display()))?;
-    crate::atomic_file::write(
-        &cfg.out.join("config.json"),
-        serde_json::to_string_pretty(cfg)?.as_bytes(),
-    )?;
+    crate::config_file::write(&cfg.out.join("config.json"), cfg)?;
     let (mut train_set, test, _) =
         load_data(&cfg.dataset, cfg.zca, &cfg.out.join("zca.safetensors"))?;
     if let Some(n) = cfg.limit {

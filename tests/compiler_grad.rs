@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use tesla_distill::compiler::ir::{ConvAttrs, DType, Graph, Op, Tensor, ValueId};
 use tesla_distill::compiler::lower;
 use tesla_distill::compiler::ops::{
-    Concat, ConvTranspose, LeakyRelu, Pad, ReduceMax, Slice, Split,
+    Concat, ConvTranspose, ConvWeightGrad, LeakyRelu, Pad, ReduceMax, Slice, Split,
 };
 
 const TOL: f64 = 1e-6;
@@ -290,6 +290,46 @@ fn convolution_variants() {
             .unwrap()
         },
     );
+}
+
+#[test]
+fn convolution_weight_gradient_as_its_own_op() {
+    // Unit stride and one group (written as windows in ONNX) and strided, dilated, grouped ones
+    // (written as a convolution of transposed operands): first and second order of the primitive
+    // itself, whose derivatives are a convolution and a transposed convolution.
+    let cases = [
+        (
+            "wgrad-windows",
+            conv_attrs(1, 1, 1, 1, 1),
+            [2usize, 2, 5, 5],
+            [3usize, 5, 5],
+            [3usize, 3],
+        ),
+        (
+            "wgrad-strided",
+            conv_attrs(2, 1, 0, 1, 2),
+            [1, 4, 6, 6],
+            [4, 3, 3],
+            [2, 2],
+        ),
+        (
+            "wgrad-dilated",
+            conv_attrs(1, 2, 1, 2, 1),
+            [1, 2, 6, 6],
+            [2, 5, 5],
+            [3, 3],
+        ),
+    ];
+    for (name, a, xs, gys, kernel) in cases {
+        let gy_shape = [xs[0], gys[0], gys[1], gys[2]];
+        check(name, &[(&xs, smooth), (&gy_shape, smooth)], |g, v| {
+            let wg = ConvWeightGrad {
+                conv: a.clone(),
+                kernel: kernel.to_vec(),
+            };
+            g.push1("", Op::ConvWeightGrad(wg), &[v[0], v[1]]).unwrap()
+        });
+    }
 }
 
 #[test]

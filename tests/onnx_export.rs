@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use tesla_distill::compiler::eval::eval;
 use tesla_distill::compiler::ir::{ConvAttrs, DType, Graph, Op, Tensor};
 use tesla_distill::compiler::ops::{
-    Cast, Concat, ConvTranspose, LeakyRelu, Pad, ReduceMax, ReduceSum, Slice, Split,
+    Cast, Concat, ConvTranspose, ConvWeightGrad, LeakyRelu, Pad, ReduceMax, ReduceSum, Slice, Split,
 };
 use tesla_distill::onnx::export;
 
@@ -230,8 +230,47 @@ fn conv() -> Graph {
         )
         .unwrap();
     let x2 = g.input("x2", DType::F32, vec![1, 2, 7]);
-    let c1 = g.push1("conv1", Op::Conv(a1), &[x2, w1]).unwrap();
+    let c1 = g.push1("conv1", Op::Conv(a1.clone()), &[x2, w1]).unwrap();
     g.outputs = vec![y, t, t1, c1];
+    g
+}
+
+/// The weight gradient, which ONNX has no op for: written as windows (unit stride, one group)
+/// and as a convolution of transposed operands (strided and grouped).
+fn weight_gradients() -> Graph {
+    let mut g = Graph::new();
+    let x = g.input("x", DType::F32, vec![2, 3, 6, 6]);
+    let gy = g.input("gy", DType::F32, vec![2, 4, 6, 6]);
+    let same = ConvAttrs {
+        strides: vec![1, 1],
+        pads_begin: vec![1, 1],
+        pads_end: vec![1, 1],
+        dilations: vec![1, 1],
+        group: 1,
+    };
+    let windows = ConvWeightGrad {
+        conv: same,
+        kernel: vec![3, 3],
+    };
+    let w1 = g
+        .push1("wgrad", Op::ConvWeightGrad(windows), &[x, gy])
+        .unwrap();
+    let x2 = g.input("x2", DType::F32, vec![1, 4, 7, 7]);
+    let gy2 = g.input("gy2", DType::F32, vec![1, 2, 3, 3]);
+    let strided = ConvWeightGrad {
+        conv: ConvAttrs {
+            strides: vec![2, 2],
+            pads_begin: vec![0, 0],
+            pads_end: vec![0, 0],
+            dilations: vec![1, 1],
+            group: 2,
+        },
+        kernel: vec![3, 3],
+    };
+    let w2 = g
+        .push1("wgrad2", Op::ConvWeightGrad(strided), &[x2, gy2])
+        .unwrap();
+    g.outputs = vec![w1, w2];
     g
 }
 
@@ -243,6 +282,7 @@ fn exported_graphs_run_on_onnx_runtime() {
         case(dir.path(), "elementwise_f64", &elementwise(DType::F64)),
         case(dir.path(), "layout", &layout()),
         case(dir.path(), "conv", &conv()),
+        case(dir.path(), "weight_gradients", &weight_gradients()),
     ];
     // The natural extent of the 2-D ConvTranspose is short by one row: a Pad must follow it.
     let m = export::to_model_proto(&conv());

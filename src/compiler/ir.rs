@@ -172,6 +172,8 @@ primitives! {
     Conv(ConvAttrs),
     /// The adjoint of [`Op::Conv`] with the same attributes and weight layout.
     ConvTranspose(ops::ConvTranspose),
+    /// The gradient of [`Op::Conv`] with respect to its weight.
+    ConvWeightGrad(ops::ConvWeightGrad),
 }
 
 /// Convolution attributes (spatial rank = `strides.len()`).

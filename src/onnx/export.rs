@@ -196,9 +196,11 @@ impl<'a> Exporter<'a> {
                 .push(value_info(&self.names[v], vi.dtype, &vi.shape));
         }
         let outputs: HashSet<ValueId> = g.outputs.iter().copied().collect();
+        let names = std::mem::take(&mut self.names);
         for node in &g.nodes {
-            self.node(node, &outputs);
+            self.node(g, &names, node, &outputs);
         }
+        self.names = names;
         for (k, &v) in g.outputs.iter().enumerate() {
             if out_alias.contains_key(&k) {
                 let nm = self.node_name("Identity");
@@ -262,15 +264,48 @@ impl<'a> Exporter<'a> {
         }
     }
 
-    /// Writes one IR node in the ONNX form its primitive gives.
-    fn node(&mut self, node: &crate::compiler::ir::Node, graph_outputs: &HashSet<ValueId>) {
-        let g = self.g;
-        let ins: Vec<String> = node.inputs.iter().map(|&v| self.names[v].clone()).collect();
-        let outs: Vec<String> = node
-            .outputs
-            .iter()
-            .map(|&v| self.names[v].clone())
-            .collect();
+    /// Writes the nodes of `sub`, the form of `node`: its inputs are the node's operands `ins`,
+    /// its outputs the node's results `outs`, its other values get names of their own.
+    fn subgraph(
+        &mut self,
+        sub: &Graph,
+        node: &crate::compiler::ir::Node,
+        ins: &[String],
+        outs: &[String],
+    ) {
+        let out0 = outs.first().cloned().unwrap_or_default();
+        let mut names = vec![String::new(); sub.values.len()];
+        for (&v, name) in sub.inputs.iter().zip(ins) {
+            names[v] = name.clone();
+        }
+        for (&v, name) in sub.outputs.iter().zip(outs) {
+            names[v] = name.clone();
+        }
+        for (v, name) in names.iter_mut().enumerate() {
+            if name.is_empty() {
+                *name = Self::unique(&mut self.used, &format!("{out0}_{}", sub.values[v].name));
+            }
+        }
+        for sn in &sub.nodes {
+            let inner = crate::compiler::ir::Node {
+                name: format!("{}_{}", node.name, sn.name),
+                ..sn.clone()
+            };
+            self.node(sub, &names, &inner, &HashSet::new());
+        }
+    }
+
+    /// Writes one node of `g` (whose values are named by `names`) in the ONNX form its primitive
+    /// gives.
+    fn node(
+        &mut self,
+        g: &Graph,
+        names: &[String],
+        node: &crate::compiler::ir::Node,
+        graph_outputs: &HashSet<ValueId>,
+    ) {
+        let ins: Vec<String> = node.inputs.iter().map(|&v| names[v].clone()).collect();
+        let outs: Vec<String> = node.outputs.iter().map(|&v| names[v].clone()).collect();
         let out0 = outs.first().cloned().unwrap_or_default();
         let infos: Vec<&ValueInfo> = node.inputs.iter().map(|&v| g.info(v)).collect();
         let nodes = match node.op.rules().export(&infos) {
@@ -295,6 +330,10 @@ impl<'a> Exporter<'a> {
                 return;
             }
             Export::Nodes(nodes) => nodes,
+            Export::Graph(sub) => {
+                self.subgraph(&sub, node, &ins, &outs);
+                return;
+            }
         };
         let mut temps: HashMap<&'static str, String> = HashMap::new();
         for en in nodes {

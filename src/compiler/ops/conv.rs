@@ -8,6 +8,20 @@ use super::{operand, operands, result_cotangent, result_shape, Cotangents, OutTy
 use crate::compiler::ir::{numel, ConvAttrs, DType, Graph, IrError, Node, Op, ValueId, ValueInfo};
 use ndarray::{ArrayD, IxDyn};
 
+/// `∂⟨gy, Conv(x, w)⟩/∂w` for a convolution with these attributes and kernel extent: operands
+/// x \[N,C,…\] and gy \[N,O,…\], result \[O,C/g,k…\]. Being bilinear, its derivatives are a
+/// convolution and a transposed convolution with the cotangent as their weight, which the
+/// backends run as such; in ONNX (which has no such op) it is written as the matrix products of
+/// [`weight_grad`]. Kept as one primitive, pass 2 differentiates it in two kernels instead of
+/// through a window per kernel tap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConvWeightGrad {
+    /// Attributes of the convolution whose weight gradient this is.
+    pub conv: ConvAttrs,
+    /// Spatial kernel extent.
+    pub kernel: Vec<usize>,
+}
+
 /// The adjoint of the convolution (`Op::Conv`) with the same attributes and weight layout,
 /// mapping \[N,O,…\] to \[N,C,…\]; `out_spatial` fixes the spatial output extent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,10 +122,11 @@ fn infer_conv_transpose(
     Ok(vec![(y.dtype, s)])
 }
 
-/// `∂⟨gy, Conv(x, w)⟩/∂w`. With unit strides and one group (the common case) it is one matrix
-/// product per kernel offset between the output gradient and a shifted window of the input,
-/// which the backends run as large GEMMs; otherwise it is a grouped convolution of transposed
-/// operands (stride and dilation swap roles, the result is cut to the kernel extent).
+/// `∂⟨gy, Conv(x, w)⟩/∂w` in other primitives: the ONNX form of [`ConvWeightGrad`]. With unit
+/// strides and one group (the common case) it is one matrix product per kernel offset between
+/// the output gradient and a shifted window of the input, which the backends run as large GEMMs;
+/// otherwise it is a grouped convolution of transposed operands (stride and dilation swap roles,
+/// the result is cut to the kernel extent).
 pub fn weight_grad(
     g: &mut Graph,
     a: &ConvAttrs,
@@ -264,6 +279,108 @@ fn weight_grad_conv(
     g.transpose(cut, &perm)
 }
 
+/// The weight gradient as the [`ConvWeightGrad`] primitive.
+fn weight_grad_of(
+    g: &mut Graph,
+    a: &ConvAttrs,
+    x: ValueId,
+    gy: ValueId,
+    kernel: &[usize],
+) -> Result<ValueId, IrError> {
+    let wg = ConvWeightGrad {
+        conv: a.clone(),
+        kernel: kernel.to_vec(),
+    };
+    g.push1("", Op::ConvWeightGrad(wg), &[x, gy])
+}
+
+impl Primitive for ConvWeightGrad {
+    fn name(&self) -> &'static str {
+        "ConvWeightGrad"
+    }
+    fn broadcasts(&self) -> bool {
+        false
+    }
+    fn infer(&self, inputs: &[&ValueInfo]) -> OutTypes {
+        let [x, gy] = operands::<2>(inputs)?;
+        let a = &self.conv;
+        let r = x.shape.len();
+        if r < 3 || gy.shape.len() != r || self.kernel.len() != r - 2 {
+            return Err(format!(
+                "input {:?}, output gradient {:?} and kernel {:?} ranks do not fit",
+                x.shape, gy.shape, self.kernel
+            ));
+        }
+        if a.group == 0
+            || !x.shape[1].is_multiple_of(a.group)
+            || !gy.shape[1].is_multiple_of(a.group)
+        {
+            return Err(format!(
+                "channels {} and {} do not split into {} groups",
+                x.shape[1], gy.shape[1], a.group
+            ));
+        }
+        let mut ws = vec![gy.shape[1], x.shape[1] / a.group];
+        ws.extend_from_slice(&self.kernel);
+        let w = ValueInfo {
+            name: String::new(),
+            dtype: x.dtype,
+            shape: ws.clone(),
+        };
+        let out = infer_conv(a, x, &w)?;
+        if out.first().map(|(_, s)| s.as_slice()) != Some(gy.shape.as_slice())
+            || gy.dtype != x.dtype
+        {
+            return Err(format!(
+                "output gradient {:?} is not the shape of the convolution of {:?} by {ws:?}",
+                gy.shape, x.shape
+            ));
+        }
+        Ok(vec![(x.dtype, ws)])
+    }
+    /// `⟨h, ∂⟨gy, Conv_w(x)⟩/∂w⟩ = ⟨gy, Conv_h(x)⟩ = ⟨Convᵀ_h(gy), x⟩`.
+    fn vjp(&self, g: &mut Graph, node: &Node, cots: &[Option<ValueId>]) -> Cotangents {
+        let h = result_cotangent(node, cots)?;
+        let (x, gy) = (node.inputs[0], node.inputs[1]);
+        let adjoint = ConvTranspose {
+            conv: self.conv.clone(),
+            out_spatial: g.shape(x)[2..].to_vec(),
+        };
+        let dx = g.push1("", Op::ConvTranspose(adjoint), &[gy, h])?;
+        let dgy = g.push1("", Op::Conv(self.conv.clone()), &[x, h])?;
+        Ok(vec![Some(dx), Some(dgy)])
+    }
+    fn eval(&self, inputs: &[&ArrayD<f64>], outs: &[&[usize]]) -> Result<Vec<ArrayD<f64>>, String> {
+        let (x, gy) = (operand(inputs, 0)?, operand(inputs, 1)?);
+        Ok(vec![reference_weight_grad(
+            x,
+            gy,
+            &self.conv,
+            result_shape(outs, 0)?,
+        )?])
+    }
+    fn export(&self, inputs: &[&ValueInfo]) -> Export {
+        let mut sub = Graph::new();
+        let (Some(x), Some(gy)) = (inputs.first(), inputs.get(1)) else {
+            return Export::Graph(sub);
+        };
+        let xv = sub.input("x", x.dtype, x.shape.clone());
+        let gv = sub.input("gy", gy.dtype, gy.shape.clone());
+        // The shapes were checked when the node was made, so the lowering cannot fail here; an
+        // empty graph would be refused by any ONNX checker rather than run wrong.
+        if let Ok(dw) = weight_grad(&mut sub, &self.conv, xv, gv, &self.kernel) {
+            sub.outputs = vec![dw];
+        }
+        Export::Graph(sub)
+    }
+    fn flops(&self, inputs: &[&[usize]], _outputs: &[&[usize]]) -> f64 {
+        let taps = self.kernel.iter().product::<usize>() as f64;
+        let cg =
+            inputs.first().and_then(|x| x.get(1)).copied().unwrap_or(0) / self.conv.group.max(1);
+        2.0 * inputs.get(1).map_or(0, |gy| numel(gy)) as f64 * cg as f64 * taps
+    }
+}
+
 /// The ONNX attributes of a convolution with this kernel.
 fn conv_attrs(a: &ConvAttrs, kernel: &[usize]) -> Vec<(&'static str, AttrValue)> {
     let mut pads = a.pads_begin.clone();
@@ -311,7 +428,7 @@ impl Primitive for ConvAttrs {
             out_spatial,
         };
         let dx = g.push1("", Op::ConvTranspose(adjoint), &[gy, w])?;
-        let dw = weight_grad(g, self, x, gy, &kernel)?;
+        let dw = weight_grad_of(g, self, x, gy, &kernel)?;
         Ok(vec![Some(dx), Some(dw)])
     }
     fn eval(&self, inputs: &[&ArrayD<f64>], outs: &[&[usize]]) -> Result<Vec<ArrayD<f64>>, String> {
@@ -347,7 +464,7 @@ impl Primitive for ConvTranspose {
         let kernel = g.shape(w)[2..].to_vec();
         // ⟨h, Convᵀ_w(y)⟩ = ⟨Conv_w(h), y⟩.
         let dy = g.push1("", Op::Conv(self.conv.clone()), &[gy, w])?;
-        let dw = weight_grad(g, &self.conv, gy, x, &kernel)?;
+        let dw = weight_grad_of(g, &self.conv, gy, x, &kernel)?;
         Ok(vec![Some(dy), Some(dw)])
     }
     fn eval(&self, inputs: &[&ArrayD<f64>], outs: &[&[usize]]) -> Result<Vec<ArrayD<f64>>, String> {
@@ -533,6 +650,50 @@ fn reference_conv_transpose(
                                     continue;
                                 }
                                 out[[b, ch, hi as usize, wi as usize]] += v * w[[oc, ic, a, bb]];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out.into_shape_with_order(IxDyn(out_shape))
+        .map_err(|e| e.to_string())
+}
+
+/// The weight gradient written from its definition: `dW[o,c,a,b] = Σ gy[n,o,i,j]·x[n,c',i·s+a·d−p,j·s+b·d−p]`.
+fn reference_weight_grad(
+    x: &ArrayD<f64>,
+    gy: &ArrayD<f64>,
+    c: &ConvAttrs,
+    out_shape: &[usize],
+) -> Result<ArrayD<f64>, String> {
+    let gm = geo(c)?;
+    let (x, gy) = (as4(x)?, as4(gy)?);
+    let (n, _, h, wd) = x.dim();
+    let (_, o, oh, ow) = gy.dim();
+    let (_, cg, kh, kw) = shape4(out_shape)?;
+    let og = o / c.group;
+    let mut out = ndarray::Array4::<f64>::zeros((o, cg, kh, kw));
+    for b in 0..n {
+        for oc in 0..o {
+            let grp = oc / og;
+            for i in 0..oh {
+                for j in 0..ow {
+                    let v = gy[[b, oc, i, j]];
+                    for ic in 0..cg {
+                        let ch = grp * cg + ic;
+                        for a in 0..kh {
+                            let hi = (i * gm.s[0] + a * gm.d[0]) as isize - gm.p[0] as isize;
+                            if hi < 0 || hi >= h as isize {
+                                continue;
+                            }
+                            for bb in 0..kw {
+                                let wi = (j * gm.s[1] + bb * gm.d[1]) as isize - gm.p[1] as isize;
+                                if wi < 0 || wi >= wd as isize {
+                                    continue;
+                                }
+                                out[[oc, ic, a, bb]] += v * x[[b, ch, hi as usize, wi as usize]];
                             }
                         }
                     }

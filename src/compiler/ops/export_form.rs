@@ -2,7 +2,7 @@
 //! attributes. The `onnx` exporter turns this into protobuf, so the compiler knows ONNX's
 //! operator set without depending on its file format.
 
-use crate::compiler::ir::{DType, Tensor};
+use crate::compiler::ir::{DType, Graph, Tensor};
 
 /// The ONNX form of one primitive node.
 #[derive(Clone, Debug, PartialEq)]
@@ -12,6 +12,9 @@ pub enum Export {
     Initializer(Tensor),
     /// One or more ONNX nodes, in order.
     Nodes(Vec<ExportNode>),
+    /// Other primitives: a graph whose inputs are the node's operands and whose outputs are its
+    /// results, each of its nodes written in its own form.
+    Graph(Graph),
 }
 
 /// One ONNX node.

@@ -16,7 +16,7 @@ pub mod reduce;
 pub mod unary;
 
 pub use binary::{Add, Div, Equal, Greater, Mul, Sub, Where};
-pub use conv::ConvTranspose;
+pub use conv::{ConvTranspose, ConvWeightGrad};
 pub use export_form::{AttrValue, Export, ExportNode, Operand, Output};
 pub use layout::{Concat, Expand, Pad, Reshape, Slice, Split, Transpose};
 pub use matmul::MatMul;

@@ -1,5 +1,5 @@
 //! Compiled artifacts for one model at several batch sizes, compiled on first use into a cache
-//! directory and reused while the model's source hash is unchanged.
+//! directory and reused while the model's source hash and the compiler's revision are unchanged.
 
 use crate::compiler::manifest::Manifest;
 use crate::onnx::artifacts::compile_dir;
@@ -91,6 +91,7 @@ impl ProgramStore {
             };
             let reuse = Manifest::load(&dir).ok().filter(|man| {
                 man.source_hash == hash
+                    && man.compiler == crate::compiler::manifest::COMPILER_REVISION
                     && self.which.iter().all(|a| dir.join(a.file()).exists())
                     && (self.unrolled_steps == 0
                         || man.graphs.get("unrolled").is_some_and(|g| {

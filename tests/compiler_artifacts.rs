@@ -243,3 +243,43 @@ fn fast_forms_compute_the_same_values() {
     }
     assert!(a[0].data.iter().any(|&v| v != 0.0));
 }
+
+/// Artifacts in a cache directory are reused only by the compiler revision that wrote them: a
+/// manifest from another revision (here: an older one, with a step graph that no longer loads)
+/// is compiled again, never run.
+#[test]
+fn cached_artifacts_of_another_compiler_revision_are_compiled_again() {
+    use tesla_distill::compile_cache::ProgramStore;
+    use tesla_distill::compiler::manifest::{Manifest, COMPILER_REVISION};
+    use tesla_distill::runtime::programs::Artifact;
+    use tesla_distill::runtime::BackendKind;
+    use tesla_distill::zoo::ModelSpec;
+    let d = tempfile::tempdir().unwrap();
+    let store = || {
+        ProgramStore::new(
+            ModelSpec::parse("convnet-d1-w2").unwrap(),
+            [1, 8, 8],
+            3,
+            BackendKind::Tract,
+            d.path(),
+            &[Artifact::Step],
+        )
+    };
+    let dir = {
+        let mut s = store();
+        let (_, man) = s.get(2).unwrap();
+        assert_eq!(man.compiler, COMPILER_REVISION);
+        s.dir(2)
+    };
+    let path = dir.join("manifest.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    v["compiler"] = "an-older-revision".into();
+    std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+    std::fs::write(dir.join("step.onnx"), b"not the graph this revision writes").unwrap();
+    let mut s = store();
+    let (_, man) = s.get(2).unwrap();
+    assert_eq!(man.compiler, COMPILER_REVISION);
+    assert_eq!(Manifest::load(&dir).unwrap().compiler, COMPILER_REVISION);
+    assert!(std::fs::read(dir.join("step.onnx")).unwrap().len() > 100);
+}

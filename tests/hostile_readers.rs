@@ -15,6 +15,7 @@ fn manifest(params: Vec<ParamEntry>, num_params: usize) -> Manifest {
         format: FORMAT,
         model: "test".into(),
         source_hash: String::new(),
+        compiler: String::new(),
         opset: OPSET,
         batch: 2,
         input: vec![1, 4, 4],

@@ -55,6 +55,10 @@ pub struct GraphEntry {
     pub ops: BTreeMap<String, usize>,
 }
 
+/// A hash of the compiler's and exporter's sources: artifacts are reused only by the revision
+/// that wrote them, so a changed compiler never runs graphs an older one emitted.
+pub const COMPILER_REVISION: &str = env!("TESLA_COMPILER_REVISION");
+
 /// `manifest.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -64,6 +68,10 @@ pub struct Manifest {
     pub model: String,
     /// SHA-256 of the forward graph as exported (ONNX bytes).
     pub source_hash: String,
+    /// The revision of the compiler that wrote the artifacts ([`COMPILER_REVISION`]; empty in
+    /// manifests written before it was recorded).
+    #[serde(default)]
+    pub compiler: String,
     /// ONNX opset.
     pub opset: i64,
     /// Batch size every graph is compiled for (fixed, not symbolic).

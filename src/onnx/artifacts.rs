@@ -107,6 +107,7 @@ pub fn compile_dir(
         format: FORMAT,
         model: m.source.clone(),
         source_hash,
+        compiler: crate::compiler::manifest::COMPILER_REVISION.to_string(),
         opset: OPSET,
         batch,
         input: xs[1..].to_vec(),

@@ -571,6 +571,79 @@ fn shape4(s: &[usize]) -> Result<(usize, usize, usize, usize), String> {
     Ok(as4(&ArrayD::zeros(IxDyn(s)))?.dim())
 }
 
+/// One multiply-add of a 2-d convolution: image `b`, output channel `oc` at output position
+/// `(i, j)`, input channel `ch` (the `ic`-th of its group) at input position `(hi, wi)`, kernel
+/// tap `(ka, kb)`.
+struct Tap {
+    b: usize,
+    oc: usize,
+    i: usize,
+    j: usize,
+    ch: usize,
+    ic: usize,
+    hi: usize,
+    wi: usize,
+    ka: usize,
+    kb: usize,
+}
+
+/// The extents a convolution's multiply-adds range over.
+struct Extents {
+    images: usize,
+    out_channels: usize,
+    channels_per_group: usize,
+    output: (usize, usize),
+    input: (usize, usize),
+    kernel: (usize, usize),
+}
+
+/// Calls `f` for every multiply-add of the convolution, in one fixed order, skipping taps that
+/// fall in the padding. The convolution, its adjoint and its weight gradient are the same sum
+/// with a different operand written to.
+fn for_each_tap(c: &ConvAttrs, e: &Extents, mut f: impl FnMut(&Tap)) -> Result<(), String> {
+    let gm = geo(c)?;
+    let per_group = (e.out_channels / c.group.max(1)).max(1);
+    let inside =
+        |pos: usize, pad: usize, extent: usize| pos.checked_sub(pad).filter(|&p| p < extent);
+    for b in 0..e.images {
+        for oc in 0..e.out_channels {
+            let grp = oc / per_group;
+            for i in 0..e.output.0 {
+                for j in 0..e.output.1 {
+                    for ic in 0..e.channels_per_group {
+                        let ch = grp * e.channels_per_group + ic;
+                        for ka in 0..e.kernel.0 {
+                            let pos = i * gm.s[0] + ka * gm.d[0];
+                            let Some(hi) = inside(pos, gm.p[0], e.input.0) else {
+                                continue;
+                            };
+                            for kb in 0..e.kernel.1 {
+                                let pos = j * gm.s[1] + kb * gm.d[1];
+                                let Some(wi) = inside(pos, gm.p[1], e.input.1) else {
+                                    continue;
+                                };
+                                f(&Tap {
+                                    b,
+                                    oc,
+                                    i,
+                                    j,
+                                    ch,
+                                    ic,
+                                    hi,
+                                    wi,
+                                    ka,
+                                    kb,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The convolution written from its definition.
 fn reference_conv(
     x: &ArrayD<f64>,
@@ -578,41 +651,22 @@ fn reference_conv(
     c: &ConvAttrs,
     out_shape: &[usize],
 ) -> Result<ArrayD<f64>, String> {
-    let gm = geo(c)?;
     let (x, w) = (as4(x)?, as4(w)?);
-    let (n, cin, h, wd) = x.dim();
+    let (n, _, h, wd) = x.dim();
     let (o, cg, kh, kw) = w.dim();
     let (_, _, oh, ow) = shape4(out_shape)?;
-    let og = o / c.group;
     let mut out = ndarray::Array4::<f64>::zeros((n, o, oh, ow));
-    for b in 0..n {
-        for oc in 0..o {
-            let grp = oc / og;
-            for i in 0..oh {
-                for j in 0..ow {
-                    let mut acc = 0.0;
-                    for ic in 0..cg {
-                        let ch = grp * cg + ic;
-                        debug_assert!(ch < cin);
-                        for a in 0..kh {
-                            let hi = (i * gm.s[0] + a * gm.d[0]) as isize - gm.p[0] as isize;
-                            if hi < 0 || hi >= h as isize {
-                                continue;
-                            }
-                            for bb in 0..kw {
-                                let wi = (j * gm.s[1] + bb * gm.d[1]) as isize - gm.p[1] as isize;
-                                if wi < 0 || wi >= wd as isize {
-                                    continue;
-                                }
-                                acc += x[[b, ch, hi as usize, wi as usize]] * w[[oc, ic, a, bb]];
-                            }
-                        }
-                    }
-                    out[[b, oc, i, j]] = acc;
-                }
-            }
-        }
-    }
+    let e = Extents {
+        images: n,
+        out_channels: o,
+        channels_per_group: cg,
+        output: (oh, ow),
+        input: (h, wd),
+        kernel: (kh, kw),
+    };
+    for_each_tap(c, &e, |t| {
+        out[[t.b, t.oc, t.i, t.j]] += x[[t.b, t.ch, t.hi, t.wi]] * w[[t.oc, t.ic, t.ka, t.kb]];
+    })?;
     out.into_shape_with_order(IxDyn(out_shape))
         .map_err(|e| e.to_string())
 }
@@ -624,83 +678,50 @@ fn reference_conv_transpose(
     c: &ConvAttrs,
     out_shape: &[usize],
 ) -> Result<ArrayD<f64>, String> {
-    let gm = geo(c)?;
     let (y, w) = (as4(y)?, as4(w)?);
     let (n, o, ih, iw) = y.dim();
     let (_, cg, kh, kw) = w.dim();
     let (_, cout, oh, ow) = shape4(out_shape)?;
-    let og = o / c.group;
     let mut out = ndarray::Array4::<f64>::zeros((n, cout, oh, ow));
-    for b in 0..n {
-        for oc in 0..o {
-            let grp = oc / og;
-            for i in 0..ih {
-                for j in 0..iw {
-                    let v = y[[b, oc, i, j]];
-                    for ic in 0..cg {
-                        let ch = grp * cg + ic;
-                        for a in 0..kh {
-                            let hi = (i * gm.s[0] + a * gm.d[0]) as isize - gm.p[0] as isize;
-                            if hi < 0 || hi >= oh as isize {
-                                continue;
-                            }
-                            for bb in 0..kw {
-                                let wi = (j * gm.s[1] + bb * gm.d[1]) as isize - gm.p[1] as isize;
-                                if wi < 0 || wi >= ow as isize {
-                                    continue;
-                                }
-                                out[[b, ch, hi as usize, wi as usize]] += v * w[[oc, ic, a, bb]];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let e = Extents {
+        images: n,
+        out_channels: o,
+        channels_per_group: cg,
+        output: (ih, iw),
+        input: (oh, ow),
+        kernel: (kh, kw),
+    };
+    for_each_tap(c, &e, |t| {
+        out[[t.b, t.ch, t.hi, t.wi]] += y[[t.b, t.oc, t.i, t.j]] * w[[t.oc, t.ic, t.ka, t.kb]];
+    })?;
     out.into_shape_with_order(IxDyn(out_shape))
         .map_err(|e| e.to_string())
 }
 
-/// The weight gradient written from its definition: `dW[o,c,a,b] = Σ gy[n,o,i,j]·x[n,c',i·s+a·d−p,j·s+b·d−p]`.
+/// The weight gradient written from its definition:
+/// `dW[o,c,a,b] = Σ gy[n,o,i,j]·x[n,c',i·s+a·d−p,j·s+b·d−p]`.
 fn reference_weight_grad(
     x: &ArrayD<f64>,
     gy: &ArrayD<f64>,
     c: &ConvAttrs,
     out_shape: &[usize],
 ) -> Result<ArrayD<f64>, String> {
-    let gm = geo(c)?;
     let (x, gy) = (as4(x)?, as4(gy)?);
     let (n, _, h, wd) = x.dim();
     let (_, o, oh, ow) = gy.dim();
     let (_, cg, kh, kw) = shape4(out_shape)?;
-    let og = o / c.group;
     let mut out = ndarray::Array4::<f64>::zeros((o, cg, kh, kw));
-    for b in 0..n {
-        for oc in 0..o {
-            let grp = oc / og;
-            for i in 0..oh {
-                for j in 0..ow {
-                    let v = gy[[b, oc, i, j]];
-                    for ic in 0..cg {
-                        let ch = grp * cg + ic;
-                        for a in 0..kh {
-                            let hi = (i * gm.s[0] + a * gm.d[0]) as isize - gm.p[0] as isize;
-                            if hi < 0 || hi >= h as isize {
-                                continue;
-                            }
-                            for bb in 0..kw {
-                                let wi = (j * gm.s[1] + bb * gm.d[1]) as isize - gm.p[1] as isize;
-                                if wi < 0 || wi >= wd as isize {
-                                    continue;
-                                }
-                                out[[oc, ic, a, bb]] += v * x[[b, ch, hi as usize, wi as usize]];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let e = Extents {
+        images: n,
+        out_channels: o,
+        channels_per_group: cg,
+        output: (oh, ow),
+        input: (h, wd),
+        kernel: (kh, kw),
+    };
+    for_each_tap(c, &e, |t| {
+        out[[t.oc, t.ic, t.ka, t.kb]] += gy[[t.b, t.oc, t.i, t.j]] * x[[t.b, t.ch, t.hi, t.wi]];
+    })?;
     out.into_shape_with_order(IxDyn(out_shape))
         .map_err(|e| e.to_string())
 }

@@ -2,7 +2,7 @@
 """Per-op time of one ONNX graph on ONNX Runtime's CPU provider: which ops an artifact spends its
 time in (for `tesla compile` output, or a `tesla bench step` work directory).
 
-    python3 tools/profile_ort.py DIR/pass2.onnx [--threads 2] [--runs 3] [--top 12]
+    python3 tools/profile_ort.py DIR/pass2.onnx [--threads 2] [--runs 3] [--top 12] [--nodes 8]
 
 Inputs are deterministic small values of each input's static shape. Prints the mean wall time per
 run, then the kernel time per op type (ms per run and share) and the slowest single nodes.
@@ -24,6 +24,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--nodes", type=int, default=8, help="slowest nodes to list")
     a = ap.parse_args()
     so = ort.SessionOptions()
     so.intra_op_num_threads = a.threads
@@ -51,7 +52,7 @@ def main():
     for op, us in by_op.most_common(a.top):
         print(f"  {op:<18} {us / runs / 1e3:9.1f} ms  {100 * us / total:5.1f} %")
     print("slowest nodes:")
-    for (op, node), us in by_node.most_common(min(a.top, 8)):
+    for (op, node), us in by_node.most_common(a.nodes):
         print(f"  {op:<18} {us / runs / 1e3:9.1f} ms  {node}")
 
 

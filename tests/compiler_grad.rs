@@ -273,6 +273,20 @@ fn convolution_variants() {
             g.push1("", Op::Conv(a.clone()), &[v[0], v[1]]).unwrap()
         });
     }
+    // The bias as the convolution's third operand.
+    let a = conv_attrs(2, 1, 0, 1, 2);
+    check(
+        "conv-bias",
+        &[
+            (&[1, 4, 5, 5], smooth),
+            (&[4, 2, 3, 3], smooth),
+            (&[4], smooth),
+        ],
+        |g, v| {
+            g.push1("", Op::Conv(a.clone()), &[v[0], v[1], v[2]])
+                .unwrap()
+        },
+    );
     // ConvTranspose as its own op: the adjoint of a strided, padded, grouped convolution.
     let a = conv_attrs(2, 1, 0, 1, 2);
     check(
@@ -339,6 +353,9 @@ fn lowered_composites() {
         &[(&[2, 3, 4, 4], smooth), (&[3], smooth), (&[3], smooth)],
         |g, v| lower::instance_norm(g, v[0], Some(v[1]), Some(v[2]), 1e-5).unwrap(),
     );
+    check("instance-norm-1d", &[(&[3, 2, 5], smooth)], |g, v| {
+        lower::instance_norm(g, v[0], None, None, 1e-3).unwrap()
+    });
     check(
         "layer-norm",
         &[
@@ -349,6 +366,10 @@ fn lowered_composites() {
         |g, v| lower::layer_norm(g, v[0], 1, Some(v[1]), Some(v[2]), 1e-5).unwrap(),
     );
     check("avg-pool", &[(&[1, 2, 4, 6], smooth)], |g, v| {
+        let p = lower::pool_2d(g, v[0], 2, false).unwrap();
+        g.mul(p, p).unwrap()
+    });
+    check("avg-pool-floor", &[(&[2, 3, 5, 7], smooth)], |g, v| {
         let p = lower::pool_2d(g, v[0], 2, false).unwrap();
         g.mul(p, p).unwrap()
     });

@@ -7,6 +7,7 @@ mod common;
 use serde_json::{json, Value};
 use tesla_distill::compiler::eval::eval;
 use tesla_distill::compiler::ir::{ConvAttrs, DType, Graph, Op, Tensor};
+use tesla_distill::compiler::lower;
 use tesla_distill::compiler::ops::{
     Cast, Concat, ConvTranspose, ConvWeightGrad, LeakyRelu, Pad, ReduceMax, ReduceSum, Slice, Split,
 };
@@ -230,13 +231,17 @@ fn conv() -> Graph {
         )
         .unwrap();
     let x2 = g.input("x2", DType::F32, vec![1, 2, 7]);
-    let c1 = g.push1("conv1", Op::Conv(a1.clone()), &[x2, w1]).unwrap();
+    let b1 = g.input("b1", DType::F32, vec![3]);
+    let c1 = g
+        .push1("conv1", Op::Conv(a1.clone()), &[x2, w1, b1])
+        .unwrap();
     g.outputs = vec![y, t, t1, c1];
     g
 }
 
-/// The weight gradient, which ONNX has no op for: written as windows (unit stride, one group)
-/// and as a convolution of transposed operands (strided and grouped).
+/// The weight gradient, which ONNX has no op for: written as per-image products of windows and
+/// as one product per kernel offset (unit stride, one group), and as a convolution of transposed
+/// operands (strided and grouped).
 fn weight_gradients() -> Graph {
     let mut g = Graph::new();
     let x = g.input("x", DType::F32, vec![2, 3, 6, 6]);
@@ -270,7 +275,40 @@ fn weight_gradients() -> Graph {
     let w2 = g
         .push1("wgrad2", Op::ConvWeightGrad(strided), &[x2, gy2])
         .unwrap();
-    g.outputs = vec![w1, w2];
+    // Many input channels for few output positions: one product per kernel offset.
+    let x3 = g.input("x3", DType::F32, vec![2, 5, 4, 4]);
+    let gy3 = g.input("gy3", DType::F32, vec![2, 3, 4, 4]);
+    let per_offset = ConvWeightGrad {
+        conv: ConvAttrs {
+            strides: vec![1, 1],
+            pads_begin: vec![1, 0],
+            pads_end: vec![1, 2],
+            dilations: vec![1, 1],
+            group: 1,
+        },
+        kernel: vec![3, 3],
+    };
+    let w3 = g
+        .push1("wgrad3", Op::ConvWeightGrad(per_offset), &[x3, gy3])
+        .unwrap();
+    g.outputs = vec![w1, w2, w3];
+    g
+}
+
+/// Instance normalisation, written as ONNX `InstanceNormalization`, on 2-D and 1-D planes, and
+/// average pooling, written as `AveragePool`.
+fn norm_and_pool() -> Graph {
+    let mut g = Graph::new();
+    let x = g.input("x", DType::F32, vec![2, 3, 4, 5]);
+    let s = g.input("scale", DType::F32, vec![3]);
+    let b = g.input("bias", DType::F32, vec![3]);
+    let y = lower::instance_norm(&mut g, x, Some(s), Some(b), 1e-5).unwrap();
+    let x1 = g.input("x1", DType::F32, vec![2, 4, 7]);
+    let y1 = lower::instance_norm(&mut g, x1, None, None, 1e-3).unwrap();
+    let p = lower::pool_2d(&mut g, x, 2, false).unwrap();
+    let x3 = g.input("x3", DType::F32, vec![1, 2, 7, 9]);
+    let p3 = lower::pool_2d(&mut g, x3, 3, false).unwrap();
+    g.outputs = vec![y, y1, p, p3];
     g
 }
 
@@ -283,6 +321,7 @@ fn exported_graphs_run_on_onnx_runtime() {
         case(dir.path(), "layout", &layout()),
         case(dir.path(), "conv", &conv()),
         case(dir.path(), "weight_gradients", &weight_gradients()),
+        case(dir.path(), "norm_and_pool", &norm_and_pool()),
     ];
     // The natural extent of the 2-D ConvTranspose is short by one row: a Pad must follow it.
     let m = export::to_model_proto(&conv());

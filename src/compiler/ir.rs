@@ -168,12 +168,16 @@ primitives! {
     Slice(ops::Slice),
     /// Constant padding, `begins`/`ends` per axis.
     Pad(ops::Pad),
-    /// N-d convolution (no bias): x \[N,C,…\], w \[O,C/g,k…\].
+    /// N-d convolution: x \[N,C,…\], w \[O,C/g,k…\] and an optional bias \[O\].
     Conv(ConvAttrs),
     /// The adjoint of [`Op::Conv`] with the same attributes and weight layout.
     ConvTranspose(ops::ConvTranspose),
     /// The gradient of [`Op::Conv`] with respect to its weight.
     ConvWeightGrad(ops::ConvWeightGrad),
+    /// Instance normalisation with a per-channel scale and bias.
+    InstanceNorm(ops::InstanceNorm),
+    /// Mean over non-overlapping square windows.
+    AvgPool(ops::AvgPool),
 }
 
 /// Convolution attributes (spatial rank = `strides.len()`).

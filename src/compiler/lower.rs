@@ -4,7 +4,7 @@
 
 use super::emit::R;
 use super::ir::{Graph, IrError, Op, ValueId};
-use crate::compiler::ops::{ReduceMax, Slice};
+use crate::compiler::ops::{AvgPool, InstanceNorm, ReduceMax, Slice};
 
 /// `(x − mean) / √(var + eps)` over `axes` (biased variance, as PyTorch's norms).
 pub fn normalize(g: &mut Graph, x: ValueId, axes: &[usize], eps: f64) -> R {
@@ -33,7 +33,8 @@ pub fn normalize_parts(
 }
 
 /// Instance normalisation of `x` \[N,C,…\] with per-channel affine `scale`, `bias` \[C\]
-/// (PyTorch `GroupNorm(C, C)` and ONNX `InstanceNormalization`).
+/// (PyTorch `GroupNorm(C, C)` and ONNX `InstanceNormalization`); a missing scale is ones, a
+/// missing bias zeros.
 pub fn instance_norm(
     g: &mut Graph,
     x: ValueId,
@@ -41,13 +42,18 @@ pub fn instance_norm(
     bias: Option<ValueId>,
     eps: f64,
 ) -> R {
-    let r = g.shape(x).len();
-    let axes: Vec<usize> = (2..r).collect();
-    let y = normalize(g, x, &axes, eps)?;
-    let c = g.shape(x)[1];
-    let mut s = vec![1; r];
-    s[1] = c;
-    affine(g, y, scale, bias, &s)
+    let (dt, shape) = (g.dtype(x), g.shape(x).to_vec());
+    let c = *shape.get(1).ok_or_else(|| IrError::Shape {
+        node: "instance_norm".into(),
+        op: "InstanceNorm",
+        msg: format!("needs [N, C, spatial…], got {shape:?}"),
+    })?;
+    let mut filled = |p: Option<ValueId>, v: f64| match p {
+        Some(p) => p,
+        None => g.const_tensor(dt, vec![c], vec![v; c]),
+    };
+    let (s, b) = (filled(scale, 1.0), filled(bias, 0.0));
+    g.push1("", Op::InstanceNorm(InstanceNorm { eps }), &[x, s, b])
 }
 
 /// Layer normalisation over the trailing axes from `axis` on, affine parameters shaped like those
@@ -97,8 +103,9 @@ pub fn gelu(g: &mut Graph, x: ValueId) -> R {
     g.mul(h, p)
 }
 
-/// Non-overlapping k×k pooling with stride k and no padding on \[N,C,H,W\] (H, W divisible by k):
-/// a reshape exposes each window as two axes, then a mean or max reduces them.
+/// Non-overlapping k×k pooling with stride k and no padding on \[N,C,H,W\], trailing rows and
+/// columns that fill no window dropped: the mean is the [`AvgPool`] primitive; for the max, a
+/// reshape exposes each window as two axes that a max reduces.
 pub fn pool_2d(g: &mut Graph, x: ValueId, k: usize, max: bool) -> R {
     let s = g.shape(x).to_vec();
     let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
@@ -116,20 +123,18 @@ pub fn pool_2d(g: &mut Graph, x: ValueId, k: usize, max: bool) -> R {
     } else {
         x
     };
+    if !max {
+        return g.push1("", Op::AvgPool(AvgPool { k }), &[x]);
+    }
     let r = g.reshape(x, &[n, c, ho, k, wo, k])?;
-    let y = if max {
-        g.push1(
-            "",
-            Op::ReduceMax(ReduceMax {
-                axes: vec![3, 5],
-                keepdims: false,
-            }),
-            &[r],
-        )?
-    } else {
-        g.reduce_mean(r, &[3, 5], false)?
-    };
-    Ok(y)
+    g.push1(
+        "",
+        Op::ReduceMax(ReduceMax {
+            axes: vec![3, 5],
+            keepdims: false,
+        }),
+        &[r],
+    )
 }
 
 /// The max-shifted input and the log of its exponential sum over `axes`: the shift carries no

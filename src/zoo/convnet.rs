@@ -117,9 +117,7 @@ impl ConvNet {
                 dilations: vec![1, 1],
                 group: 1,
             };
-            let y = g.push1(&format!("features.{idx}"), Op::Conv(attrs), &[cur, wgt])?;
-            let b4 = g.reshape(b, &[1, self.width, 1, 1])?;
-            cur = g.add(y, b4)?;
+            cur = g.push1(&format!("features.{idx}"), Op::Conv(attrs), &[cur, wgt, b])?;
             ch = self.width;
             hh = hh + 2 * pad - 2;
             ww = ww + 2 * pad - 2;

@@ -123,10 +123,10 @@ fn infer_conv_transpose(
 }
 
 /// `∂⟨gy, Conv(x, w)⟩/∂w` in other primitives: the ONNX form of [`ConvWeightGrad`]. With unit
-/// strides and one group (the common case) it is one matrix product per kernel offset between
-/// the output gradient and a shifted window of the input, which the backends run as large GEMMs;
-/// otherwise it is a grouped convolution of transposed operands (stride and dilation swap roles,
-/// the result is cut to the kernel extent).
+/// strides and one group (the common case) it is made of matrix products between the output
+/// gradient and shifted windows of the input, which the backends run as large GEMMs; otherwise
+/// it is a grouped convolution of transposed operands (stride and dilation swap roles, the result
+/// is cut to the kernel extent).
 pub fn weight_grad(
     g: &mut Graph,
     a: &ConvAttrs,
@@ -134,14 +134,86 @@ pub fn weight_grad(
     gy: ValueId,
     kernel: &[usize],
 ) -> Result<ValueId, IrError> {
-    if a.group == 1 && a.strides.iter().all(|&s| s == 1) {
-        weight_grad_windows(g, a, x, gy, kernel)
+    if a.group != 1 || a.strides.iter().any(|&s| s != 1) {
+        return weight_grad_conv(g, a, x, gy, kernel);
+    }
+    let taps: usize = kernel.iter().product();
+    let positions: usize = g.shape(gy)[2..].iter().product();
+    if taps * g.shape(x)[1] <= positions {
+        weight_grad_per_image(g, a, x, gy, kernel)
     } else {
-        weight_grad_conv(g, a, x, gy, kernel)
+        weight_grad_windows(g, a, x, gy, kernel)
     }
 }
 
-/// `dW[o,i,k] = Σ_{n,p} gy[n,o,p] · xpad[n,i,p + k·d]` as one MatMul per kernel offset `k`.
+/// The kernel offsets in row-major order, each with the window of the padded input it reads:
+/// the start and end of every spatial axis.
+fn tap_windows(a: &ConvAttrs, kernel: &[usize], out_sp: &[usize]) -> Vec<Vec<(usize, usize)>> {
+    let sp = kernel.len();
+    let count: usize = kernel.iter().product();
+    (0..count)
+        .map(|flat| {
+            let mut off = vec![0; sp];
+            let mut r = flat;
+            for ax in (0..sp).rev() {
+                off[ax] = r % kernel[ax];
+                r /= kernel[ax];
+            }
+            (0..sp)
+                .map(|ax| {
+                    let s = off[ax] * a.dilations[ax];
+                    (s, s + out_sp[ax])
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Zero padding of the spatial axes `first..first + sp` of `x` (none when the conv has none).
+fn pad_spatial(g: &mut Graph, a: &ConvAttrs, x: ValueId, first: usize) -> Result<ValueId, IrError> {
+    if a.pads_begin.iter().chain(&a.pads_end).all(|&p| p == 0) {
+        return Ok(x);
+    }
+    let r = g.shape(x).len();
+    let (mut begins, mut ends) = (vec![0; r], vec![0; r]);
+    for (ax, (&b, &e)) in a.pads_begin.iter().zip(&a.pads_end).enumerate() {
+        begins[first + ax] = b;
+        ends[first + ax] = e;
+    }
+    g.push1(
+        "",
+        Op::Pad(Pad {
+            begins,
+            ends,
+            value: 0.0,
+        }),
+        &[x],
+    )
+}
+
+/// `x[.., window, ..]` on the spatial axes from `first`, or `x` itself when the window is all of
+/// it.
+fn window(
+    g: &mut Graph,
+    x: ValueId,
+    first: usize,
+    win: &[(usize, usize)],
+) -> Result<ValueId, IrError> {
+    let shape = g.shape(x).to_vec();
+    let mut starts = vec![0; shape.len()];
+    let mut ends = shape.clone();
+    for (ax, &(s, e)) in win.iter().enumerate() {
+        starts[first + ax] = s;
+        ends[first + ax] = e;
+    }
+    if starts.iter().all(|&s| s == 0) && ends == shape {
+        return Ok(x);
+    }
+    g.push1("", Op::Slice(Slice { starts, ends }), &[x])
+}
+
+/// `dW[o,i,k] = Σ_{n,p} gy[n,o,p] · xpad[n,i,p + k·d]` as one MatMul per kernel offset `k`,
+/// over all images at once: for layers whose input has many channels.
 fn weight_grad_windows(
     g: &mut Graph,
     a: &ConvAttrs,
@@ -153,59 +225,24 @@ fn weight_grad_windows(
     let sy = g.shape(gy).to_vec();
     let (n, o, ci) = (sy[0], sy[1], g.shape(x)[1]);
     let out_sp = sy[2..].to_vec();
-    let xp = if a.pads_begin.iter().chain(&a.pads_end).any(|&p| p > 0) {
-        let mut begins = vec![0, 0];
-        begins.extend(&a.pads_begin);
-        let mut ends = vec![0, 0];
-        ends.extend(&a.pads_end);
-        g.push1(
-            "",
-            Op::Pad(Pad {
-                begins,
-                ends,
-                value: 0.0,
-            }),
-            &[x],
-        )?
-    } else {
-        x
-    };
-    // Channels last, so a window flattens to [N·P, Ci] without another transpose.
+    // Channels last, so a window flattens to [N·P, Ci] without another transpose; padded after
+    // the transpose, where each padded row is one contiguous run (ONNX Runtime pads NCHW rows
+    // of a few elements several times slower).
     let mut perm = vec![0];
     perm.extend(2..2 + sp);
     perm.push(1);
-    let xt = g.transpose(xp, &perm)?;
-    let xts = g.shape(xt).to_vec();
+    let xt = g.transpose(x, &perm)?;
+    let xt = pad_spatial(g, a, xt, 1)?;
     let mut gperm = vec![1, 0];
     gperm.extend(2..2 + sp);
     let gt = g.transpose(gy, &gperm)?;
     let rows: usize = n * out_sp.iter().product::<usize>();
     let gt = g.reshape(gt, &[o, rows])?;
     let mut parts = Vec::new();
-    let count: usize = kernel.iter().product();
-    for flat in 0..count {
-        // Row-major kernel offset.
-        let mut off = vec![0; sp];
-        let mut r = flat;
-        for ax in (0..sp).rev() {
-            off[ax] = r % kernel[ax];
-            r /= kernel[ax];
-        }
-        let mut starts = vec![0];
-        let mut ends = vec![n];
-        for ax in 0..sp {
-            starts.push(off[ax] * a.dilations[ax]);
-            ends.push(off[ax] * a.dilations[ax] + out_sp[ax]);
-        }
-        starts.push(0);
-        ends.push(ci);
-        let win = if starts.iter().all(|&s| s == 0) && ends == xts {
-            xt
-        } else {
-            g.push1("", Op::Slice(Slice { starts, ends }), &[xt])?
-        };
-        let win = g.reshape(win, &[rows, ci])?;
-        let m = g.matmul(gt, win)?;
+    for win in tap_windows(a, kernel, &out_sp) {
+        let w = window(g, xt, 1, &win)?;
+        let w = g.reshape(w, &[rows, ci])?;
+        let m = g.matmul(gt, w)?;
         parts.push(g.reshape(m, &[1, o, ci])?);
     }
     let cat = if parts.len() == 1 {
@@ -214,6 +251,44 @@ fn weight_grad_windows(
         g.push1("", Op::Concat(Concat { axis: 0 }), &parts)?
     };
     let t = g.transpose(cat, &[1, 2, 0])?;
+    let mut ws = vec![o, ci];
+    ws.extend_from_slice(kernel);
+    g.reshape(t, &ws)
+}
+
+/// The same sum as one batched MatMul per image, `gy[n] [O, P] · cols[n]ᵀ [P, K·Ci]`, summed over
+/// the images: for layers with few input channels (the first), where the per-offset form is a
+/// matrix-vector product that reads the output gradient once per offset. The columns and the
+/// per-image products are no larger than the output gradient, since `K·Ci ≤ P`.
+fn weight_grad_per_image(
+    g: &mut Graph,
+    a: &ConvAttrs,
+    x: ValueId,
+    gy: ValueId,
+    kernel: &[usize],
+) -> Result<ValueId, IrError> {
+    let sy = g.shape(gy).to_vec();
+    let (n, o, ci) = (sy[0], sy[1], g.shape(x)[1]);
+    let out_sp = sy[2..].to_vec();
+    let positions: usize = out_sp.iter().product();
+    let taps: usize = kernel.iter().product();
+    let xp = pad_spatial(g, a, x, 2)?;
+    let mut parts = Vec::new();
+    for win in tap_windows(a, kernel, &out_sp) {
+        parts.push(window(g, xp, 2, &win)?);
+    }
+    let cols = if parts.len() == 1 {
+        parts[0]
+    } else {
+        g.push1("", Op::Concat(Concat { axis: 1 }), &parts)?
+    };
+    let cols = g.reshape(cols, &[n, taps * ci, positions])?;
+    let cols = g.transpose(cols, &[0, 2, 1])?;
+    let gyr = g.reshape(gy, &[n, o, positions])?;
+    let per_image = g.matmul(gyr, cols)?;
+    let summed = g.reduce_sum(per_image, &[0], false)?;
+    let r = g.reshape(summed, &[o, taps, ci])?;
+    let t = g.transpose(r, &[0, 2, 1])?;
     let mut ws = vec![o, ci];
     ws.extend_from_slice(kernel);
     g.reshape(t, &ws)
@@ -414,9 +489,24 @@ impl Primitive for ConvAttrs {
     fn broadcasts(&self) -> bool {
         false
     }
+    /// Operands x, w and an optional bias \[O\], added to every output position (ONNX `Conv`'s
+    /// third input: one pass over the output less than a separate addition).
     fn infer(&self, inputs: &[&ValueInfo]) -> OutTypes {
-        let [x, w] = operands::<2>(inputs)?;
-        infer_conv(self, x, w)
+        let (x, w, bias) = match inputs {
+            [x, w] => (x, w, None),
+            [x, w, b] => (x, w, Some(b)),
+            _ => return Err(format!("expects 2 or 3 operands, got {}", inputs.len())),
+        };
+        let out = infer_conv(self, x, w)?;
+        if let Some(b) = bias {
+            if b.dtype != x.dtype || b.shape != [w.shape[0]] {
+                return Err(format!(
+                    "bias must be {:?} [{}], got {:?} {:?}",
+                    x.dtype, w.shape[0], b.dtype, b.shape
+                ));
+            }
+        }
+        Ok(out)
     }
     fn vjp(&self, g: &mut Graph, node: &Node, cots: &[Option<ValueId>]) -> Cotangents {
         let gy = result_cotangent(node, cots)?;
@@ -429,17 +519,33 @@ impl Primitive for ConvAttrs {
         };
         let dx = g.push1("", Op::ConvTranspose(adjoint), &[gy, w])?;
         let dw = weight_grad_of(g, self, x, gy, &kernel)?;
-        Ok(vec![Some(dx), Some(dw)])
+        let mut cot = vec![Some(dx), Some(dw)];
+        if node.inputs.len() == 3 {
+            let mut axes = vec![0];
+            axes.extend(2..g.shape(gy).len());
+            cot.push(Some(g.reduce_sum(gy, &axes, false)?));
+        }
+        Ok(cot)
     }
     fn eval(&self, inputs: &[&ArrayD<f64>], outs: &[&[usize]]) -> Result<Vec<ArrayD<f64>>, String> {
         let (x, w) = (operand(inputs, 0)?, operand(inputs, 1)?);
-        Ok(vec![reference_conv(x, w, self, result_shape(outs, 0)?)?])
+        let mut y = reference_conv(x, w, self, result_shape(outs, 0)?)?;
+        if let Some(b) = inputs.get(2) {
+            if b.len() != y.shape().get(1).copied().unwrap_or(0) {
+                return Err(format!("bias {:?} for output {:?}", b.shape(), y.shape()));
+            }
+            for (o, &v) in b.iter().enumerate() {
+                y.index_axis_mut(ndarray::Axis(1), o)
+                    .mapv_inplace(|e| e + v);
+            }
+        }
+        Ok(vec![y])
     }
     fn export(&self, inputs: &[&ValueInfo]) -> Export {
         let kernel = kernel_of(inputs.get(1));
         Export::node(ExportNode {
             attrs: conv_attrs(self, &kernel),
-            ..ExportNode::on_operands("Conv", 2)
+            ..ExportNode::on_operands("Conv", inputs.len())
         })
     }
     fn flops(&self, inputs: &[&[usize]], outputs: &[&[usize]]) -> f64 {

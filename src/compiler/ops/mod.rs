@@ -4,7 +4,8 @@
 //! reference kernel, the ONNX form it is written as, and its cost. The trait has no default
 //! methods, so a primitive that lacks a rule does not compile; [`Op`] lists each primitive once.
 //!
-//! One module per family: `constant`, `unary`, `binary`, `matmul`, `reduce`, `layout`, `conv`.
+//! One module per family: `constant`, `unary`, `binary`, `matmul`, `reduce`, `layout`, `conv`,
+//! `norm`, `pool`.
 
 pub mod binary;
 pub mod constant;
@@ -12,6 +13,8 @@ pub mod conv;
 pub mod export_form;
 pub mod layout;
 pub mod matmul;
+pub mod norm;
+pub mod pool;
 pub mod reduce;
 pub mod unary;
 
@@ -20,6 +23,8 @@ pub use conv::{ConvTranspose, ConvWeightGrad};
 pub use export_form::{AttrValue, Export, ExportNode, Operand, Output};
 pub use layout::{Concat, Expand, Pad, Reshape, Slice, Split, Transpose};
 pub use matmul::MatMul;
+pub use norm::InstanceNorm;
+pub use pool::AvgPool;
 pub use reduce::{ReduceMax, ReduceSum};
 pub use unary::{
     Cast, Erf, Exp, Identity, LeakyRelu, Log, Neg, Relu, Sigmoid, Sqrt, StopGradient, Tanh,

@@ -138,10 +138,20 @@ pub fn conv(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
         dilations: c.d,
         group: c.group,
     };
-    let y = cx.g.push1(&n.name, Op::Conv(a), &[x, w])?;
     match n.input(2) {
-        Some(bn) => bias_add(cx, y, bn, fan_in),
-        None => Ok(y),
+        Some(bn) => {
+            cx.set_role(bn, InitRule::UniformBias { fan_in });
+            let b = cx.ir(bn)?;
+            let o = cx.g.shape(w).first().copied().unwrap_or(0);
+            // The bias as Conv's third operand when it has the weight's output count and type.
+            if cx.g.shape(b) == [o] && cx.g.dtype(b) == cx.g.dtype(x) {
+                Ok(cx.g.push1(&n.name, Op::Conv(a), &[x, w, b])?)
+            } else {
+                let y = cx.g.push1(&n.name, Op::Conv(a), &[x, w])?;
+                bias_add(cx, y, bn, fan_in)
+            }
+        }
+        None => Ok(cx.g.push1(&n.name, Op::Conv(a), &[x, w])?),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Normalisations: InstanceNormalization, LayerNormalization, GroupNormalization and
-//! BatchNormalization, lowered to mean/variance reductions and elementwise ops. Their scale and
+//! BatchNormalization: the instance norm as its fused primitive, the others lowered to
+//! mean/variance reductions and elementwise ops. Their scale and
 //! shift are parameters (PyTorch initialises them to ones and zeros); a norm whose scale or
 //! shift is a non-trivial constant was folded by the exporter, which is reported.
 
@@ -85,8 +86,10 @@ pub fn instance_norm(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     }
     let grouped = cx.reshaped.contains(xn);
     let x = cx.ir(xn)?;
-    let ax: Vec<usize> = (2..s.len()).collect();
-    let (y, _, _) = normalise(cx, x, &ax, n.float("epsilon", 1e-5))?;
+    // The fused primitive with a unit scale and a zero shift; the affine map below is kept
+    // apart, since its operands may be parameters, structural constants or folded ones.
+    let y =
+        crate::compiler::lower::instance_norm(&mut cx.g, x, None, None, n.float("epsilon", 1e-5))?;
     let shape = channel_shape(s[1], s.len());
     let (sc, sh) = (n.req(1)?, n.req(2)?);
     let y = if grouped {
@@ -146,7 +149,8 @@ pub fn group_norm(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     let rest: usize = s[1..].iter().product::<usize>() / groups;
     let x = cx.ir(xn)?;
     let xg = cx.g.reshape(x, &[nb, groups, rest])?;
-    let (y, _, _) = normalise(cx, xg, &[2], n.float("epsilon", 1e-5))?;
+    let y =
+        crate::compiler::lower::instance_norm(&mut cx.g, xg, None, None, n.float("epsilon", 1e-5))?;
     let (sc, sh) = (n.req(1)?, n.req(2)?);
     let per_group = cx.shape(sc)?.iter().product::<usize>() == groups && groups != c;
     if per_group {

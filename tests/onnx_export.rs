@@ -230,12 +230,32 @@ fn conv() -> Graph {
             &[x1, w1],
         )
         .unwrap();
+    // Unit strides, one group, dilated and unevenly padded: written as a flipped convolution.
+    let gy2 = g.input("gy2", DType::F32, vec![2, 3, 6, 5]);
+    let w2 = g.input("w2", DType::F32, vec![3, 4, 3, 2]);
+    let a2 = ConvAttrs {
+        strides: vec![1, 1],
+        pads_begin: vec![2, 0],
+        pads_end: vec![1, 1],
+        dilations: vec![2, 1],
+        group: 1,
+    };
+    let t2 = g
+        .push1(
+            "convT2",
+            Op::ConvTranspose(ConvTranspose {
+                conv: a2,
+                out_spatial: vec![7, 5],
+            }),
+            &[gy2, w2],
+        )
+        .unwrap();
     let x2 = g.input("x2", DType::F32, vec![1, 2, 7]);
     let b1 = g.input("b1", DType::F32, vec![3]);
     let c1 = g
         .push1("conv1", Op::Conv(a1.clone()), &[x2, w1, b1])
         .unwrap();
-    g.outputs = vec![y, t, t1, c1];
+    g.outputs = vec![y, t, t1, t2, c1];
     g
 }
 
@@ -323,7 +343,7 @@ fn exported_graphs_run_on_onnx_runtime() {
         case(dir.path(), "weight_gradients", &weight_gradients()),
         case(dir.path(), "norm_and_pool", &norm_and_pool()),
     ];
-    // The natural extent of the 2-D ConvTranspose is short by one row: a Pad must follow it.
+    // The natural extent of the strided ConvTranspose is short by one row: a Pad must follow it.
     let m = export::to_model_proto(&conv());
     let ops: Vec<&str> = m
         .graph
@@ -333,10 +353,13 @@ fn exported_graphs_run_on_onnx_runtime() {
         .iter()
         .map(|n| n.op_type.as_deref().unwrap())
         .collect();
-    assert_eq!(
-        ops,
-        ["Conv", "ConvTranspose", "Pad", "ConvTranspose", "Conv"]
-    );
+    // With unit strides and one group the adjoint is a convolution with flipped taps.
+    let flipped = ["Transpose", "Reshape", "MatMul", "Reshape", "Conv"];
+    let mut want = vec!["Conv", "ConvTranspose", "Pad"];
+    want.extend(flipped);
+    want.extend(flipped);
+    want.push("Conv");
+    assert_eq!(ops, want);
     if common::python_ok() {
         common::run_cases(dir.path(), cases);
     }

@@ -217,3 +217,40 @@ fn the_config_json_a_run_wrote_runs_it_again() {
         &["none.json"],
     );
 }
+
+/// `tesla bench profile` times every node of a graph's tract plan: the committed ConvNet's logits
+/// graph shows its convolutions and a per-node list, and shares that sum to 100 %; a missing or
+/// unreadable graph is one error line.
+#[test]
+fn bench_profile_lists_the_time_of_each_op() {
+    let graph = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/graphs/convnet-d3-1x28x28-10/logits.onnx"
+    );
+    let (code, out, err) = tesla(&["bench", "profile", "--graph", graph, "--reps", "1"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<&str> = out
+        .lines()
+        .take_while(|l| !l.starts_with("slowest nodes"))
+        .filter(|l| l.trim_end().ends_with('%'))
+        .collect();
+    assert!(
+        rows.iter()
+            .any(|l| l.trim_start().starts_with("Conv") || l.contains("MatMul")),
+        "{out}"
+    );
+    let shares: f64 = rows
+        .iter()
+        .filter_map(|l| l.split_whitespace().rev().nth(1)?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        (shares - 100.0).abs() < 1.0,
+        "shares sum to {shares}: {out}"
+    );
+    assert!(out.contains("slowest nodes:"), "{out}");
+    fails_with(&["bench", "profile"], &["--graph"]);
+    fails_with(
+        &["bench", "profile", "--graph", "/nonexistent/g.onnx"],
+        &["/nonexistent/g.onnx"],
+    );
+}

@@ -12,8 +12,9 @@ use std::time::Instant;
 /// `tesla bench` arguments.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// What to measure: `data`, `step` (graph throughput per backend) or `memory` (peak memory
-    /// of the gradient modes at two values of T).
+    /// What to measure: `data`, `step` (graph throughput per backend), `memory` (peak memory
+    /// of the gradient modes at two values of T) or `profile` (time per op of one graph on
+    /// tract, `--graph FILE.onnx`).
     pub what: String,
     /// Model: convnet-dN[-wN…], resnet18[-wN], vit[-pN-dN-lN-hN-mN] or a forward .onnx file.
     #[arg(long, default_value = "convnet-d3")]
@@ -51,6 +52,10 @@ pub struct BenchArgs {
     /// Work directory.
     #[arg(long, default_value = "runs/bench")]
     pub work: PathBuf,
+    /// The ONNX graph for `profile` (an artifact `tesla compile` wrote, or any static-shape f32
+    /// graph).
+    #[arg(long)]
+    pub graph: Option<PathBuf>,
 }
 
 /// Runs a benchmark.
@@ -62,8 +67,35 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         "step" => step(&a),
         "memory" => memory(&a),
-        other => bail!("unknown benchmark '{other}': data, step or memory"),
+        "profile" => profile(&a),
+        other => bail!("unknown benchmark '{other}': data, step, memory or profile"),
     }
+}
+
+/// Slowest nodes `profile` lists after the per-op table.
+const PROFILE_NODES: usize = 12;
+
+fn profile(a: &BenchArgs) -> Result<()> {
+    let Some(graph) = &a.graph else {
+        bail!("`tesla bench profile` needs --graph FILE.onnx");
+    };
+    let p = crate::runtime::profile_tract(graph, a.reps)?;
+    let total: f64 = p.by_op.iter().map(|(_, s)| s).sum();
+    println!(
+        "{} on tract: {:.1} ms per run (mean of {}), time by op type:",
+        graph.display(),
+        p.seconds_per_run * 1e3,
+        a.reps.max(1)
+    );
+    for (op, s) in &p.by_op {
+        let share = if total > 0.0 { 100.0 * s / total } else { 0.0 };
+        println!("  {op:<24} {:9.1} ms  {share:5.1} %", s * 1e3);
+    }
+    println!("slowest nodes:");
+    for (op, node, s) in p.by_node.iter().take(PROFILE_NODES) {
+        println!("  {op:<24} {:9.1} ms  {node}", s * 1e3);
+    }
+    Ok(())
 }
 
 fn step(a: &BenchArgs) -> Result<()> {

@@ -1,5 +1,5 @@
-//! Backends that run ONNX artifacts: tract (pure Rust, the default) and ONNX Runtime (CPU or CUDA
-//! execution provider, library loaded at run time).
+//! Backends that run ONNX artifacts: ONNX Runtime (CPU or CUDA execution provider, library loaded
+//! at run time; the default where it is found) and tract (pure Rust).
 //!
 //! Every artifact takes and returns f32 tensors with static shapes. A [`Session`] keeps its bound
 //! inputs resident between runs, so a training loop that rebinds only `x` does not pay for copying
@@ -17,11 +17,13 @@ mod ort_backend;
 pub mod programs;
 pub mod run_file;
 mod tract_backend;
+mod tract_profile;
 
 pub use crate::tensor_file::{read_safetensors, read_safetensors_with_metadata, write_safetensors};
 pub use model_info::ModelInfo;
 pub use ort_backend::ort_library_path;
 pub use run_file::run_graph_file;
+pub use tract_profile::{profile_tract, OpProfile};
 
 /// Which engine runs the graphs (see [`default_backend`] for the one a command gets by default).
 #[derive(

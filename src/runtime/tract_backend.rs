@@ -16,8 +16,28 @@ pub(crate) struct TractBackend;
 
 impl TractBackend {
     pub(crate) fn new() -> Self {
+        use_every_core();
         TractBackend
     }
+}
+
+/// Points tract's kernels at a pool of one thread per core (tract runs on the calling thread
+/// alone otherwise), once per process.
+pub(crate) fn use_every_core() {
+    static POOL: std::sync::Once = std::sync::Once::new();
+    POOL.call_once(|| {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Built here rather than by `Executor::multithread`, which panics where a pool cannot
+        // be made; without one tract stays on the calling thread.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("tract-{i}"))
+            .build();
+        if let (true, Ok(pool)) = (n > 1, pool) {
+            use tract_linalg::multithread::{set_default_executor, Executor};
+            set_default_executor(Executor::MultiThread(Arc::new(pool)));
+        }
+    });
 }
 
 impl Backend for TractBackend {
@@ -43,7 +63,8 @@ impl Backend for TractBackend {
     }
 }
 
-fn build_plan(path: &Path, info: &ModelInfo) -> TractResult<Arc<TypedSimplePlan>> {
+/// The optimized plan of the graph at `path`, every input pinned to its declared f32 shape.
+pub(crate) fn build_plan(path: &Path, info: &ModelInfo) -> TractResult<Arc<TypedSimplePlan>> {
     let mut model = tract_onnx::onnx().model_for_path(path)?;
     // Pin every input to its declared f32 static shape: tract then optimizes for exactly these
     // shapes and never has to resolve symbols at run time.

@@ -46,25 +46,32 @@ impl Backend for TractBackend {
     }
 
     fn load(&self, path: &Path) -> Result<Box<dyn Session>> {
-        let info = ModelInfo::from_path(path)?;
-        let plan = catch_panic(&format!("cannot load {}", path.display()), || {
-            build_plan(path, &info).map_err(|e| {
-                anyhow!(
-                    "cannot load {} with tract: {}",
-                    path.display(),
-                    one_line(&format!("{e:#}"))
-                )
-            })
-        })?;
-        let state = TypedSimpleState::new(&plan)
-            .map_err(|e| anyhow!("cannot load {} with tract: {e:#}", path.display()))?;
+        let (info, state) = load_state(path)?;
         let bound = vec![None; info.inputs.len()];
         Ok(Box::new(TractSession { info, state, bound }))
     }
 }
 
+/// The graph at `path`: its input/output contract and a fresh execution state of its optimized
+/// plan, with one error line for a file tract cannot load.
+pub(crate) fn load_state(path: &Path) -> Result<(ModelInfo, TypedSimpleState)> {
+    let info = ModelInfo::from_path(path)?;
+    let plan = catch_panic(&format!("cannot load {}", path.display()), || {
+        build_plan(path, &info).map_err(|e| {
+            anyhow!(
+                "cannot load {} with tract: {}",
+                path.display(),
+                one_line(&format!("{e:#}"))
+            )
+        })
+    })?;
+    let state = TypedSimpleState::new(&plan)
+        .map_err(|e| anyhow!("cannot load {} with tract: {e:#}", path.display()))?;
+    Ok((info, state))
+}
+
 /// The optimized plan of the graph at `path`, every input pinned to its declared f32 shape.
-pub(crate) fn build_plan(path: &Path, info: &ModelInfo) -> TractResult<Arc<TypedSimplePlan>> {
+fn build_plan(path: &Path, info: &ModelInfo) -> TractResult<Arc<TypedSimplePlan>> {
     let mut model = tract_onnx::onnx().model_for_path(path)?;
     // Pin every input to its declared f32 static shape: tract then optimizes for exactly these
     // shapes and never has to resolve symbols at run time.

@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::{anyhow, Result};
 use tract_onnx::prelude::*;
 
-use super::tract_backend::{build_plan, use_every_core};
-use super::{catch_panic, one_line, ModelInfo};
+use super::one_line;
+use super::tract_backend::{load_state, use_every_core};
 
 /// Where one graph's time goes on tract.
 #[derive(Clone, Debug)]
@@ -27,18 +27,7 @@ pub struct OpProfile {
 /// op sees finite numbers).
 pub fn profile_tract(path: &Path, runs: usize) -> Result<OpProfile> {
     use_every_core();
-    let info = ModelInfo::from_path(path)?;
-    let plan = catch_panic(&format!("cannot load {}", path.display()), || {
-        build_plan(path, &info).map_err(|e| {
-            anyhow!(
-                "cannot load {} with tract: {}",
-                path.display(),
-                one_line(&format!("{e:#}"))
-            )
-        })
-    })?;
-    let mut state = TypedSimpleState::new(&plan)
-        .map_err(|e| anyhow!("cannot load {} with tract: {e:#}", path.display()))?;
+    let (info, mut state) = load_state(path)?;
     // Made once: each run gets shared handles to the same tensors, so input set-up is not timed.
     let inputs: TVec<TValue> = info
         .inputs

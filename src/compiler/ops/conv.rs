@@ -212,6 +212,14 @@ fn window(
     g.push1("", Op::Slice(Slice { starts, ends }), &[x])
 }
 
+/// The pieces joined along `axis` (no node for a single piece).
+fn concat(g: &mut Graph, parts: &[ValueId], axis: usize) -> Result<ValueId, IrError> {
+    match parts {
+        [one] => Ok(*one),
+        _ => g.push1("", Op::Concat(Concat { axis }), parts),
+    }
+}
+
 /// `dW[o,i,k] = Σ_{n,p} gy[n,o,p] · xpad[n,i,p + k·d]` as one MatMul per kernel offset `k`,
 /// over all images at once: for layers whose input has many channels.
 fn weight_grad_windows(
@@ -245,11 +253,7 @@ fn weight_grad_windows(
         let m = g.matmul(gt, w)?;
         parts.push(g.reshape(m, &[1, o, ci])?);
     }
-    let cat = if parts.len() == 1 {
-        parts[0]
-    } else {
-        g.push1("", Op::Concat(Concat { axis: 0 }), &parts)?
-    };
+    let cat = concat(g, &parts, 0)?;
     let t = g.transpose(cat, &[1, 2, 0])?;
     let mut ws = vec![o, ci];
     ws.extend_from_slice(kernel);
@@ -277,11 +281,7 @@ fn weight_grad_per_image(
     for win in tap_windows(a, kernel, &out_sp) {
         parts.push(window(g, xp, 2, &win)?);
     }
-    let cols = if parts.len() == 1 {
-        parts[0]
-    } else {
-        g.push1("", Op::Concat(Concat { axis: 1 }), &parts)?
-    };
+    let cols = concat(g, &parts, 1)?;
     let cols = g.reshape(cols, &[n, taps * ci, positions])?;
     let cols = g.transpose(cols, &[0, 2, 1])?;
     let gyr = g.reshape(gy, &[n, o, positions])?;
@@ -566,8 +566,8 @@ impl ConvTranspose {
         let kernel = w.shape.get(2..)?.to_vec();
         let sp = kernel.len();
         let (mut pads_begin, mut pads_end) = (Vec::new(), Vec::new());
-        for i in 0..sp {
-            let reach = a.dilations.get(i)? * kernel[i].checked_sub(1)?;
+        for (i, &k) in kernel.iter().enumerate() {
+            let reach = a.dilations.get(i)? * k.checked_sub(1)?;
             pads_begin.push(reach.checked_sub(*a.pads_begin.get(i)?)?);
             let ny = *y.shape.get(2 + i)?;
             pads_end.push((self.out_spatial.get(i)? + a.pads_begin[i]).checked_sub(ny)?);

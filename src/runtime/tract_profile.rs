@@ -11,6 +11,10 @@ use tract_onnx::prelude::*;
 use super::one_line;
 use super::tract_backend::{load_state, use_every_core};
 
+/// The largest input `profile_tract` makes up (8 GiB of f32): a declared shape beyond it is
+/// refused rather than allocated.
+const MAX_INPUT_ELEMENTS: usize = 1 << 31;
+
 /// Where one graph's time goes on tract.
 #[derive(Clone, Debug)]
 pub struct OpProfile {
@@ -33,7 +37,18 @@ pub fn profile_tract(path: &Path, runs: usize) -> Result<OpProfile> {
         .inputs
         .iter()
         .map(|spec| {
-            let n: usize = spec.shape.iter().product();
+            let n = spec
+                .shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .filter(|&n| n <= MAX_INPUT_ELEMENTS)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "input '{}': shape {:?} is too large to profile",
+                        spec.name,
+                        spec.shape
+                    )
+                })?;
             let data: Vec<f32> = (0..n)
                 .map(|i| (((i * 7919) % 101) as f32 / 101.0 - 0.5) * 0.1)
                 .collect();

@@ -119,6 +119,11 @@ fn init_environment() -> Result<Environment> {
             // Spinning between parallel regions measured ~25% faster on a 300-op elementwise
             // chain (benches/runtime.rs), the shape of a backward graph.
             .and_then(|p| p.with_spin_control(true))
+            // Subnormal floats flushed to zero, off the CPU's slow path for them: the iteration
+            // at which a distillation's matching loss jumped took 25.8 s, and 20.9 s flushed
+            // (ConvNet-D3, IPC 10, T 20, the others 18-19 s either way); values that small
+            // vanish beside any normal f32 value they meet in a sum.
+            .and_then(|p| p.with_flush_to_zero())
             .map_err(|e| anyhow!("cannot configure ONNX Runtime threads: {e}"))?;
         builder
             .with_name("tesla")

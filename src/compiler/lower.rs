@@ -4,33 +4,8 @@
 
 use super::emit::R;
 use super::ir::{Graph, IrError, Op, ValueId};
+use crate::compiler::ops::norm::standardize;
 use crate::compiler::ops::{AvgPool, InstanceNorm, ReduceMax, Slice};
-
-/// `(x − mean) / √(var + eps)` over `axes` (biased variance, as PyTorch's norms).
-pub fn normalize(g: &mut Graph, x: ValueId, axes: &[usize], eps: f64) -> R {
-    Ok(normalize_parts(g, x, axes, eps)?.0)
-}
-
-/// [`normalize`], also returning the mean and `1/√(var + eps)` (with the reduced axes kept),
-/// which ONNX `LayerNormalization` exposes as optional outputs.
-pub fn normalize_parts(
-    g: &mut Graph,
-    x: ValueId,
-    axes: &[usize],
-    eps: f64,
-) -> Result<(ValueId, ValueId, ValueId), IrError> {
-    let mean = g.reduce_mean(x, axes, true)?;
-    let xc = g.sub(x, mean)?;
-    let sq = g.mul(xc, xc)?;
-    let var = g.reduce_mean(sq, axes, true)?;
-    let e = g.scalar_like(x, eps);
-    let ve = g.add(var, e)?;
-    let sd = g.unary(Op::Sqrt, ve)?;
-    let one = g.scalar_like(x, 1.0);
-    let inv = g.div(one, sd)?;
-    let y = g.mul(xc, inv)?;
-    Ok((y, mean, inv))
-}
 
 /// Instance normalisation of `x` \[N,C,…\] with per-channel affine `scale`, `bias` \[C\]
 /// (PyTorch `GroupNorm(C, C)` and ONNX `InstanceNormalization`); a missing scale is ones, a
@@ -68,7 +43,7 @@ pub fn layer_norm(
 ) -> R {
     let r = g.shape(x).len();
     let axes: Vec<usize> = (axis..r).collect();
-    let y = normalize(g, x, &axes, eps)?;
+    let (y, _, _) = standardize(g, x, &axes, eps)?;
     let s = g.shape(x)[axis..].to_vec();
     affine(g, y, scale, bias, &s)
 }

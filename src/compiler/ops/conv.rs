@@ -817,6 +817,24 @@ fn for_each_tap(c: &ConvAttrs, e: &Extents, mut f: impl FnMut(&Tap)) -> Result<(
     Ok(())
 }
 
+/// The sum over every tap of `term`, which names the output element a tap adds to and what it
+/// adds, into zeros of `dims`, returned with the IR's `out_shape`.
+fn sum_over_taps(
+    c: &ConvAttrs,
+    e: &Extents,
+    dims: (usize, usize, usize, usize),
+    out_shape: &[usize],
+    term: impl Fn(&Tap) -> ([usize; 4], f64),
+) -> Result<ArrayD<f64>, String> {
+    let mut out = ndarray::Array4::<f64>::zeros(dims);
+    for_each_tap(c, e, |t| {
+        let (at, v) = term(t);
+        out[at] += v;
+    })?;
+    out.into_shape_with_order(IxDyn(out_shape))
+        .map_err(|e| e.to_string())
+}
+
 /// The convolution written from its definition.
 fn reference_conv(
     x: &ArrayD<f64>,
@@ -828,7 +846,6 @@ fn reference_conv(
     let (n, _, h, wd) = x.dim();
     let (o, cg, kh, kw) = w.dim();
     let (_, _, oh, ow) = shape4(out_shape)?;
-    let mut out = ndarray::Array4::<f64>::zeros((n, o, oh, ow));
     let e = Extents {
         images: n,
         out_channels: o,
@@ -837,11 +854,10 @@ fn reference_conv(
         input: (h, wd),
         kernel: (kh, kw),
     };
-    for_each_tap(c, &e, |t| {
-        out[[t.b, t.oc, t.i, t.j]] += x[[t.b, t.ch, t.hi, t.wi]] * w[[t.oc, t.ic, t.ka, t.kb]];
-    })?;
-    out.into_shape_with_order(IxDyn(out_shape))
-        .map_err(|e| e.to_string())
+    sum_over_taps(c, &e, (n, o, oh, ow), out_shape, |t| {
+        let v = x[[t.b, t.ch, t.hi, t.wi]] * w[[t.oc, t.ic, t.ka, t.kb]];
+        ([t.b, t.oc, t.i, t.j], v)
+    })
 }
 
 /// The adjoint of [`reference_conv`], scattering each output back over its window.
@@ -855,7 +871,6 @@ fn reference_conv_transpose(
     let (n, o, ih, iw) = y.dim();
     let (_, cg, kh, kw) = w.dim();
     let (_, cout, oh, ow) = shape4(out_shape)?;
-    let mut out = ndarray::Array4::<f64>::zeros((n, cout, oh, ow));
     let e = Extents {
         images: n,
         out_channels: o,
@@ -864,11 +879,10 @@ fn reference_conv_transpose(
         input: (oh, ow),
         kernel: (kh, kw),
     };
-    for_each_tap(c, &e, |t| {
-        out[[t.b, t.ch, t.hi, t.wi]] += y[[t.b, t.oc, t.i, t.j]] * w[[t.oc, t.ic, t.ka, t.kb]];
-    })?;
-    out.into_shape_with_order(IxDyn(out_shape))
-        .map_err(|e| e.to_string())
+    sum_over_taps(c, &e, (n, cout, oh, ow), out_shape, |t| {
+        let v = y[[t.b, t.oc, t.i, t.j]] * w[[t.oc, t.ic, t.ka, t.kb]];
+        ([t.b, t.ch, t.hi, t.wi], v)
+    })
 }
 
 /// The weight gradient written from its definition:
@@ -883,7 +897,6 @@ fn reference_weight_grad(
     let (n, _, h, wd) = x.dim();
     let (_, o, oh, ow) = gy.dim();
     let (_, cg, kh, kw) = shape4(out_shape)?;
-    let mut out = ndarray::Array4::<f64>::zeros((o, cg, kh, kw));
     let e = Extents {
         images: n,
         out_channels: o,
@@ -892,9 +905,8 @@ fn reference_weight_grad(
         input: (h, wd),
         kernel: (kh, kw),
     };
-    for_each_tap(c, &e, |t| {
-        out[[t.oc, t.ic, t.ka, t.kb]] += gy[[t.b, t.oc, t.i, t.j]] * x[[t.b, t.ch, t.hi, t.wi]];
-    })?;
-    out.into_shape_with_order(IxDyn(out_shape))
-        .map_err(|e| e.to_string())
+    sum_over_taps(c, &e, (o, cg, kh, kw), out_shape, |t| {
+        let v = gy[[t.b, t.oc, t.i, t.j]] * x[[t.b, t.ch, t.hi, t.wi]];
+        ([t.oc, t.ic, t.ka, t.kb], v)
+    })
 }

@@ -17,22 +17,26 @@ pub struct InstanceNorm {
     pub eps: f64,
 }
 
-impl InstanceNorm {
-    /// `(x − mean)·(1/√(var + eps))` and the inverse deviation, both from primitives: the
-    /// derivative needs the inverse deviation, which the fused form does not expose.
-    fn standardized(&self, g: &mut Graph, x: ValueId) -> Result<(ValueId, ValueId), IrError> {
-        let axes = spatial_axes(g.shape(x).len());
-        let mean = g.reduce_mean(x, &axes, true)?;
-        let xc = g.sub(x, mean)?;
-        let sq = g.mul(xc, xc)?;
-        let var = g.reduce_mean(sq, &axes, true)?;
-        let e = g.scalar_like(x, self.eps);
-        let ve = g.add(var, e)?;
-        let sd = g.unary(Op::Sqrt, ve)?;
-        let one = g.scalar_like(x, 1.0);
-        let inv = g.div(one, sd)?;
-        Ok((g.mul(xc, inv)?, inv))
-    }
+/// `(x − mean) / √(var + eps)` over `axes` (the biased variance, as PyTorch's norms), with the
+/// mean and `1/√(var + eps)` (reduced axes kept): the composite form every normalisation lowers
+/// to, and what [`InstanceNorm`]'s derivative recomputes, since the fused form exposes neither.
+pub fn standardize(
+    g: &mut Graph,
+    x: ValueId,
+    axes: &[usize],
+    eps: f64,
+) -> Result<(ValueId, ValueId, ValueId), IrError> {
+    let mean = g.reduce_mean(x, axes, true)?;
+    let xc = g.sub(x, mean)?;
+    let sq = g.mul(xc, xc)?;
+    let var = g.reduce_mean(sq, axes, true)?;
+    let e = g.scalar_like(x, eps);
+    let ve = g.add(var, e)?;
+    let sd = g.unary(Op::Sqrt, ve)?;
+    let one = g.scalar_like(x, 1.0);
+    let inv = g.div(one, sd)?;
+    let y = g.mul(xc, inv)?;
+    Ok((y, mean, inv))
 }
 
 /// Axes 2.. of a rank-`r` activation.
@@ -82,7 +86,7 @@ impl Primitive for InstanceNorm {
         let r = shape.len();
         let axes = spatial_axes(r);
         let plane = numel(&shape[2..]) as f64;
-        let (xh, inv) = self.standardized(g, x)?;
+        let (xh, _, inv) = standardize(g, x, &axes, self.eps)?;
         let gxh = g.mul(gy, xh)?;
         // Per-plane sums, reused for the per-channel sums: the activation is read once less for
         // each. Summed unscaled: with the per-plane means scaled back up instead, tract 0.23
@@ -117,10 +121,7 @@ impl Primitive for InstanceNorm {
         let scale: Vec<f64> = scale.iter().copied().collect();
         let bias: Vec<f64> = bias.iter().copied().collect();
         let plane = numel(&shape[2..]);
-        let xs = x
-            .as_slice()
-            .ok_or("the operand is not contiguous")?
-            .to_vec();
+        let xs = x.as_slice().ok_or("the operand is not contiguous")?;
         let mut y = vec![0.0; xs.len()];
         for (k, (src, dst)) in xs
             .chunks(plane.max(1))

@@ -138,21 +138,13 @@ pub fn conv(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
         dilations: c.d,
         group: c.group,
     };
-    match n.input(2) {
-        Some(bn) => {
-            cx.set_role(bn, InitRule::UniformBias { fan_in });
-            let b = cx.ir(bn)?;
-            let o = cx.g.shape(w).first().copied().unwrap_or(0);
-            // The bias as Conv's third operand when it has the weight's output count and type.
-            if cx.g.shape(b) == [o] && cx.g.dtype(b) == cx.g.dtype(x) {
-                Ok(cx.g.push1(&n.name, Op::Conv(a), &[x, w, b])?)
-            } else {
-                let y = cx.g.push1(&n.name, Op::Conv(a), &[x, w])?;
-                bias_add(cx, y, bn, fan_in)
-            }
-        }
-        None => Ok(cx.g.push1(&n.name, Op::Conv(a), &[x, w])?),
+    // The bias is Conv's third operand, whose shape rule refuses one that is not [O].
+    let mut operands = vec![x, w];
+    if let Some(bn) = n.input(2) {
+        cx.set_role(bn, InitRule::UniformBias { fan_in });
+        operands.push(cx.ir(bn)?);
     }
+    Ok(cx.g.push1(&n.name, Op::Conv(a), &operands)?)
 }
 
 /// ConvTranspose (+ bias), with output_padding / output_shape, as the IR's adjoint convolution

@@ -18,7 +18,7 @@ fn normalise(
     axes: &[usize],
     eps: f64,
 ) -> Result<(ValueId, ValueId, ValueId)> {
-    Ok(crate::compiler::lower::normalize_parts(
+    Ok(crate::compiler::ops::norm::standardize(
         &mut cx.g, x, axes, eps,
     )?)
 }

@@ -10,6 +10,8 @@
 pub mod binary;
 pub mod constant;
 pub mod conv;
+mod conv_batched;
+mod conv_point;
 pub mod export_form;
 pub mod layout;
 pub mod matmul;

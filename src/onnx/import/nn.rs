@@ -1,14 +1,15 @@
 //! Convolutions and pooling. Conv and ConvTranspose map to the IR's pair of adjoint
 //! convolutions (bias as a broadcast Add); AveragePool is a depthwise Conv with constant weights
-//! (with an exact constant divisor map where padding is not counted); MaxPool is built from
-//! unit-step Slices, Reshapes, a Concat and a ReduceMax, so it stays in the differentiable set.
+//! (with an exact constant divisor map where padding is not counted); MaxPool is a padding and
+//! `lower::window_max` (a grouped Conv and a ReduceMax), so it stays in the differentiable set.
 
 use super::proto::NodeRef;
 use super::tensor::fconst;
 use super::{Ctx, OP_TABLE_REF};
 use crate::compiler::ir::{numel, ConvAttrs, Op, ValueId};
+use crate::compiler::lower;
 use crate::compiler::model::InitRule;
-use crate::compiler::ops::{Concat, ConvTranspose, Pad, ReduceMax, Slice};
+use crate::compiler::ops::{ConvTranspose, Pad, ReduceMax};
 use anyhow::{anyhow, bail, Result};
 
 /// Bound on kernel sizes, strides, dilations and pads read from a file, so arithmetic on them
@@ -379,26 +380,18 @@ pub fn avg_pool(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     Ok(cx.g.mul(y, r)?)
 }
 
-/// MaxPool from unit-step slices: pad with a very negative value, take one strided view per
-/// kernel offset (a unit-step Slice, then Reshape + Slice to pick every s-th element), stack them
-/// on a new last axis and reduce with ReduceMax.
+/// MaxPool: the input padded with a very negative value so that every window lies inside it,
+/// then [`lower::window_max`].
 pub fn max_pool(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
-    let (sx, p) = pool_geom(cx, n)?;
+    let (_, p) = pool_geom(cx, n)?;
     if n.int("storage_order", 0) != 0 {
         bail!("storage_order 1 is not supported ({OP_TABLE_REF})");
     }
-    let sp = p.k.len();
-    let (nb, c) = (sx[0], sx[1]);
     let x = cx.ir(n.req(0)?)?;
-    let mut ends = vec![0, 0];
     let mut begins = vec![0, 0];
-    for i in 0..sp {
-        // Every view reads [t·d, t·d + out·s): the padded extent must cover (k−1)·d + out·s.
-        let need = (p.k[i] - 1) * p.d[i] + p.out[i] * p.s[i];
-        let have = sx[2 + i] + p.pb[i] + p.pe[i];
-        begins.push(p.pb[i]);
-        ends.push(p.pe[i] + need.saturating_sub(have));
-    }
+    let mut ends = vec![0, 0];
+    begins.extend(&p.pb);
+    ends.extend(p.pe.iter().zip(&p.extra).map(|(e, x)| e + x));
     let xp = if begins.iter().chain(&ends).all(|&v| v == 0) {
         x
     } else {
@@ -412,62 +405,8 @@ pub fn max_pool(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
             &[x],
         )?
     };
-    let mut views = Vec::new();
-    let total = numel(&p.k);
-    let mut view_shape = vec![nb, c];
-    view_shape.extend_from_slice(&p.out);
-    view_shape.push(1);
-    for flat in 0..total {
-        // Kernel offset per axis (row-major over the kernel).
-        let mut t = vec![0; sp];
-        let mut f = flat;
-        for i in (0..sp).rev() {
-            t[i] = f % p.k[i];
-            f /= p.k[i];
-        }
-        let mut starts = vec![0, 0];
-        let mut ends = vec![nb, c];
-        for (i, &ti) in t.iter().enumerate() {
-            starts.push(ti * p.d[i]);
-            ends.push(ti * p.d[i] + p.out[i] * p.s[i]);
-        }
-        let xs = cx.g.shape(xp).to_vec();
-        let mut v = if starts.iter().all(|&s| s == 0) && ends == xs {
-            xp
-        } else {
-            cx.g.push1("", Op::Slice(Slice { starts, ends }), &[xp])?
-        };
-        if p.s.iter().any(|&s| s > 1) {
-            // [N, C, out·s …] → [N, C, out, s, …] → keep index 0 of every s axis.
-            let mut split = vec![nb, c];
-            for i in 0..sp {
-                split.push(p.out[i]);
-                split.push(p.s[i]);
-            }
-            v = cx.g.reshape(v, &split)?;
-            let starts = vec![0; split.len()];
-            let mut e = split.clone();
-            for i in 0..sp {
-                e[3 + 2 * i] = 1;
-            }
-            v = cx.g.push1("", Op::Slice(Slice { starts, ends: e }), &[v])?;
-        }
-        views.push(cx.g.reshape(v, &view_shape)?);
-    }
-    let last = view_shape.len() - 1;
-    let stacked = if views.len() == 1 {
-        views[0]
-    } else {
-        cx.g.push1("", Op::Concat(Concat { axis: last }), &views)?
-    };
-    Ok(cx.g.push1(
-        &n.name,
-        Op::ReduceMax(ReduceMax {
-            axes: vec![last],
-            keepdims: false,
-        }),
-        &[stacked],
-    )?)
+    let y = lower::window_max(&mut cx.g, xp, &p.k, &p.s, &p.d, &p.out)?;
+    Ok(y)
 }
 
 /// GlobalAveragePool and GlobalMaxPool: reductions over the spatial axes, kept as size 1.

@@ -12,7 +12,7 @@ the gradient); `logits` is the forward. The soft-label cross-entropy, inputs and
 built-in builder) or a `torchvision.models` name, which `tesla` then reads from the ONNX file
 given with `--onnx` (export it with `tools/export_model.py`). With `--tesla`, the tesla binary
 is run on the same shapes right after, and the table gives every backend's img/s and its ratio
-to PyTorch's. Threads: `--threads` for PyTorch (default 2, this machine's cores).
+to PyTorch's; given several binaries (builds before and after a change), it runs each in turn. Threads: `--threads` for PyTorch (default 2, this machine's cores).
 """
 import argparse
 import re
@@ -99,7 +99,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--onnx", help="the ONNX export tesla reads for a torchvision MODEL")
-    ap.add_argument("--tesla", help="the tesla binary: also run `tesla bench step` on the same work")
+    ap.add_argument("--tesla", nargs="+", metavar="BINARY",
+                    help="tesla binaries: also run `tesla bench step` on the same work with each")
     ap.add_argument("--backends", default="ort,tract")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -112,9 +113,11 @@ def main():
     y = torch.zeros(a.batch, a.classes)
     y[torch.arange(a.batch), torch.arange(a.batch) % a.classes] = 1.0
     rates = {f"pytorch {torch.__version__}": torch_rates(model, x, y, a.reps)}
-    if a.tesla:
+    for binary in a.tesla or []:
+        # With several binaries (a build before and after a change, say), each row names its own.
+        label = "" if len(a.tesla) == 1 else f" [{binary}]"
         spec = a.onnx or a.model
-        cmd = [a.tesla, "bench", "step", "--model", spec, "--input", a.input, "--classes",
+        cmd = [binary, "bench", "step", "--model", spec, "--input", a.input, "--classes",
                str(a.classes), "--batch", str(a.batch), "--reps", str(a.reps), "--backends",
                a.backends]
         out = subprocess.run(cmd, capture_output=True, text=True)
@@ -123,13 +126,14 @@ def main():
         for line in out.stdout.splitlines():
             f = line.split()
             if len(f) >= 4 and f[0] in ("tract", "ort", "ort-cuda"):
-                rates[f"tesla {f[0]}"] = [float(v) for v in f[1:4]]
+                rates[f"tesla {f[0]}{label}"] = [float(v) for v in f[1:4]]
     ref = next(iter(rates.values()))
     print(f"{a.model}, input {a.input}, batch {a.batch}, {a.threads} threads, median of {a.reps} (img/s)")
-    print(f"{'':<22} {'step':>16} {'pass 2':>16} {'logits':>16}")
+    width = max(22, *(len(name) for name in rates))
+    print(f"{'':<{width}} {'step':>16} {'pass 2':>16} {'logits':>16}")
     for name, r in rates.items():
         cells = [f"{v:9.1f} (×{v / ref[i]:.2f})" for i, v in enumerate(r)]
-        print(f"{name:<22} " + " ".join(f"{c:>16}" for c in cells))
+        print(f"{name:<{width}} " + " ".join(f"{c:>16}" for c in cells))
 
 
 if __name__ == "__main__":

@@ -380,6 +380,17 @@ fn norm_and_pool() -> Graph {
     g
 }
 
+/// The op types of the exported graph's nodes, in order.
+fn op_types(g: &Graph) -> Vec<String> {
+    let m = export::to_model_proto(g);
+    m.graph
+        .unwrap()
+        .node
+        .into_iter()
+        .map(|n| n.op_type.unwrap())
+        .collect()
+}
+
 #[test]
 fn exported_graphs_run_on_onnx_runtime() {
     let dir = tempfile::tempdir().unwrap();
@@ -393,15 +404,7 @@ fn exported_graphs_run_on_onnx_runtime() {
         case(dir.path(), "small_outputs", &small_outputs()),
     ];
     // The natural extent of the strided ConvTranspose is short by one row: a Pad must follow it.
-    let m = export::to_model_proto(&conv());
-    let ops: Vec<&str> = m
-        .graph
-        .as_ref()
-        .unwrap()
-        .node
-        .iter()
-        .map(|n| n.op_type.as_deref().unwrap())
-        .collect();
+    let ops = op_types(&conv());
     // With unit strides and one group the adjoint is a convolution with flipped taps.
     let flipped = ["Transpose", "Reshape", "MatMul", "Reshape", "Conv"];
     let mut want = vec!["Conv", "ConvTranspose", "Pad"];
@@ -409,15 +412,7 @@ fn exported_graphs_run_on_onnx_runtime() {
     want.extend(flipped);
     want.push("Conv");
     assert_eq!(ops, want);
-    let small = export::to_model_proto(&small_outputs());
-    let small_ops: Vec<&str> = small
-        .graph
-        .as_ref()
-        .unwrap()
-        .node
-        .iter()
-        .map(|n| n.op_type.as_deref().unwrap())
-        .collect();
+    let small_ops = op_types(&small_outputs());
     assert!(
         !small_ops.iter().any(|op| op.starts_with("Conv")),
         "{small_ops:?}"

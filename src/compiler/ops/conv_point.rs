@@ -8,8 +8,7 @@
 //! and eight of the nine taps of a padded 3×3 kernel on a 1×1 input only multiply zeros. One
 //! product of the batch by the useful taps' weight reads the weight once.
 
-use super::layout::Slice;
-use crate::compiler::ir::{ConvAttrs, Graph, IrError, Op, ValueId};
+use crate::compiler::ir::{ConvAttrs, Graph, IrError, ValueId};
 
 /// Which taps of a one-position convolution read the input, and where: per spatial axis, the
 /// tap range `[lo, hi)` and the first input position it reads (positions are consecutive).
@@ -58,13 +57,13 @@ impl OnePosition {
     /// (`x` is \[Rows, C, …\]).
     fn read(&self, g: &mut Graph, x: ValueId) -> Result<ValueId, IrError> {
         let s = g.shape(x).to_vec();
-        let mut starts = vec![0, 0];
-        let mut ends = vec![s[0], s[1]];
-        for (&f, c) in self.first_read.iter().zip(self.counts()) {
-            starts.push(f);
-            ends.push(f + c);
-        }
-        let part = slice(g, x, starts, ends)?;
+        let win: Vec<(usize, usize)> = self
+            .first_read
+            .iter()
+            .zip(self.counts())
+            .map(|(&f, c)| (f, f + c))
+            .collect();
+        let part = super::conv::window(g, x, 2, &win)?;
         let cols = s[1] * self.counts().iter().product::<usize>();
         g.reshape(part, &[s[0], cols])
     }
@@ -198,16 +197,4 @@ fn placement(counts: &[usize], begins: &[usize], extents: &[usize]) -> Vec<usize
             cell
         })
         .collect()
-}
-
-fn slice(
-    g: &mut Graph,
-    x: ValueId,
-    starts: Vec<usize>,
-    ends: Vec<usize>,
-) -> Result<ValueId, IrError> {
-    if starts.iter().all(|&s| s == 0) && ends == g.shape(x) {
-        return Ok(x);
-    }
-    g.push1("", Op::Slice(Slice { starts, ends }), &[x])
 }

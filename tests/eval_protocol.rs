@@ -104,3 +104,121 @@ fn runs_are_summarised_per_class() {
     let back: ModelResult = serde_json::from_str(old).unwrap();
     assert!(back.per_class.is_empty());
 }
+
+/// The loss and gradient of a short batch against the f64 step graph compiled at that batch's
+/// own size: padded to the compiled batch when the model normalises each image on its own, run
+/// at its own size when a batch-norm node uses the batch's statistics.
+#[test]
+fn a_short_batch_gives_the_gradient_of_its_own_images() {
+    let fixture = |f: &str| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(f)
+    };
+    use tesla_distill::onnx::import::BatchNormMode;
+    // (model, compiled batch, whether the short batch runs at its own size, whether the file's
+    // batch is static, input, classes); the
+    // exported ConvNet has a static batch of 4, so only the padded form can run 3 images on it.
+    let cases = [
+        (
+            ModelSpec::parse(MODEL).unwrap(),
+            10,
+            false,
+            false,
+            [1, 28, 28],
+            3,
+        ),
+        (
+            ModelSpec::Onnx(fixture("convnet_dynamo_keep.onnx"), BatchNormMode::Auto),
+            4,
+            false,
+            true,
+            [1, 28, 28],
+            10,
+        ),
+        (
+            ModelSpec::Onnx(fixture("vgg11_bn_w4_dynamo.onnx"), BatchNormMode::Batch),
+            10,
+            true,
+            false,
+            [1, 28, 28],
+            10,
+        ),
+    ];
+    for (spec, batch, own_size, static_batch, [c, h, w], k) in cases {
+        let work = tempfile::tempdir().unwrap();
+        let mut store = tesla_distill::compile_cache::ProgramStore::new(
+            spec.clone(),
+            [c, h, w],
+            k,
+            BackendKind::Tract,
+            work.path(),
+            &[tesla_distill::runtime::programs::Artifact::Step],
+        );
+        let theta = init_theta(&mut store, batch, 5).unwrap();
+        let mut r = common::rng(3);
+        let x = Array4::from_shape_fn((3, c, h, w), |_| r.random_range(-1.0f32..1.0));
+        let mut y = ndarray::Array2::from_shape_fn((3, k), |_| r.random_range(0.1f32..1.0));
+        for mut row in y.rows_mut() {
+            let s = row.sum();
+            row /= s;
+        }
+        let (loss, g) =
+            tesla_distill::train::batch_gradient(&mut store, &theta, x.view(), y.view(), batch)
+                .unwrap();
+        assert_eq!(store.dir(3).exists(), own_size, "{}", spec.name());
+        assert!(store.dir(batch).exists());
+
+        let f64s = |shape: &[usize], v: &mut dyn Iterator<Item = f32>| {
+            Tensor::new(DType::F64, shape.to_vec(), v.map(f64::from).collect())
+        };
+        let th = f64s(&[theta.len()], &mut theta.iter().copied());
+        // The f64 step graph at 3 images; a file with a static batch builds only at its own
+        // size, where the mean over 3 copies of one image is that image's loss and gradient.
+        let groups: Vec<Vec<usize>> = if static_batch {
+            (0..3).map(|i| vec![i; batch]).collect()
+        } else {
+            vec![vec![0, 1, 2]]
+        };
+        let m = spec.build(groups[0].len(), [c, h, w], k).unwrap();
+        let step = tesla_distill::compiler::artifact::step_graph(&m).unwrap();
+        let mut want = vec![
+            Tensor::new(DType::F64, vec![], vec![0.0]),
+            Tensor::new(DType::F64, vec![theta.len()], vec![0.0; theta.len()]),
+        ];
+        for rows in &groups {
+            let xs = x.select(ndarray::Axis(0), rows);
+            let ys = y.select(ndarray::Axis(0), rows);
+            let out = eval(
+                &step,
+                &[
+                    th.clone(),
+                    f64s(xs.shape(), &mut xs.iter().copied()),
+                    f64s(ys.shape(), &mut ys.iter().copied()),
+                ],
+            )
+            .unwrap();
+            for (acc, o) in want.iter_mut().zip(&out) {
+                for (a, v) in acc.data.iter_mut().zip(&o.data) {
+                    *a += v / groups.len() as f64;
+                }
+            }
+        }
+        let (want_loss, want_g) = (want[0].data[0], &want[1].data);
+        assert!(
+            (loss - want_loss).abs() < 1e-5 * want_loss.abs().max(1.0),
+            "{loss} vs {want_loss}"
+        );
+        let scale = want_g.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0);
+        let worst = g
+            .iter()
+            .zip(want_g)
+            .fold(0.0f64, |m, (&a, &b)| m.max((f64::from(a) - b).abs()));
+        assert!(
+            worst < 1e-4 * scale,
+            "{}: gradient off by {worst} (scale {scale})",
+            spec.name()
+        );
+    }
+}

@@ -94,6 +94,13 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Whether each image's outputs depend on that image alone, so that a short batch may be
+    /// padded to the compiled size: false when a batch-norm node normalises with the statistics
+    /// of the batch (the built-in models normalise each image on its own).
+    pub fn images_independent(&self) -> bool {
+        self.batchnorm.values().all(|s| *s != NormStatistics::Batch)
+    }
+
     /// Reads `dir/manifest.json` and checks its parameter layout (see [`Manifest::check_layout`]).
     pub fn load(dir: &Path) -> Result<Manifest> {
         let p = dir.join("manifest.json");

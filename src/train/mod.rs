@@ -2,6 +2,8 @@
 //! evaluation) and test accuracy; shared by `experts`, `eval` and `distill --eval-every`.
 
 use crate::compile_cache::ProgramStore;
+#[cfg(doc)]
+use crate::compiler::manifest::Manifest;
 use crate::data::augment::{self, Strategy};
 use crate::data::Dataset;
 use crate::progress::{Event, Observer};
@@ -160,26 +162,13 @@ pub fn train(
                 );
                 augment::try_apply(&d, x.view())?
             };
-            let (exec, _) = store.get(chunk.len())?;
-            let th = ndarray::ArrayView1::from(state.theta.as_slice()).into_dyn();
-            let out = exec.run(
-                Artifact::Step,
-                &[th, x.view().into_dyn(), y.view().into_dyn()],
-            )?;
-            let [loss, g] = out.as_slice() else {
-                bail!("the step artifact must return the loss and the gradient");
-            };
-            let loss = loss.iter().next().map_or(f64::NAN, |&v| f64::from(v));
+            let (loss, g) = batch_gradient(store, &state.theta, x.view(), y.view(), b)?;
             if !loss.is_finite() {
                 bail!(
                     "training diverged at epoch {epoch} (loss is {loss}); lower the learning rate"
                 );
             }
             total += loss * chunk.len() as f64;
-            let g = g.as_standard_layout();
-            let g = g
-                .as_slice()
-                .ok_or_else(|| anyhow!("the gradient is not contiguous"))?;
             // The f32 snapshots an expert writes are its whole state (with the momentum buffer),
             // so a resumed run continues exactly.
             let opt = MomentumSgd {
@@ -198,7 +187,7 @@ pub fn train(
                         .as_mut_slice(),
                 )
             };
-            opt.step(&mut state.theta, velocity, g)?;
+            opt.step(&mut state.theta, velocity, &g)?;
             observer.event(Event::Advance {
                 n: chunk.len() as u64,
                 status: None,
@@ -207,6 +196,69 @@ pub fn train(
         on_epoch(store, epoch, state, total / n as f64)?;
     }
     Ok(())
+}
+
+/// The mean loss and its gradient in θ over the images `x` with label rows `y`, computed with the
+/// artifacts compiled for `batch` images. A shorter batch is padded to `batch` when the model
+/// treats each image on its own (see [`Manifest::images_independent`]): the padding repeats the
+/// first image under an all-zero label row, which adds exactly zero to the loss and its gradient,
+/// and the real rows are scaled by `batch / len` so that the graph's mean over `batch` rows is
+/// the mean over the real ones. Otherwise (batch statistics) it runs the artifacts compiled for
+/// the short batch's own size.
+pub fn batch_gradient(
+    store: &mut ProgramStore,
+    theta: &[f32],
+    x: ArrayView4<f32>,
+    y: ArrayView2<f32>,
+    batch: usize,
+) -> Result<(f64, Vec<f32>)> {
+    let n = x.shape()[0];
+    if n == 0 || n > batch || y.nrows() != n {
+        bail!(
+            "a batch of {n} images and {} label rows does not fit artifacts for {batch}",
+            y.nrows()
+        );
+    }
+    let th = ndarray::ArrayView1::from(theta).into_dyn();
+    let pad = n < batch && store.get(batch)?.1.images_independent();
+    let out = if pad {
+        let rows: Vec<usize> = (0..batch).map(|i| if i < n { i } else { 0 }).collect();
+        let xp = x.select(Axis(0), &rows);
+        let scale = batch as f32 / n as f32;
+        let mut yp = Array2::<f32>::zeros((batch, y.ncols()));
+        yp.slice_mut(ndarray::s![..n, ..]).assign(&(&y * scale));
+        let (exec, _) = store.get(batch)?;
+        exec.run(
+            Artifact::Step,
+            &[th, xp.view().into_dyn(), yp.view().into_dyn()],
+        )?
+    } else {
+        let (exec, _) = store.get(n)?;
+        exec.run(Artifact::Step, &[th, x.into_dyn(), y.into_dyn()])?
+    };
+    let Ok::<[ndarray::ArrayD<f32>; 2], _>([loss, g]) = out.try_into() else {
+        bail!("the step artifact must return the loss and the gradient");
+    };
+    let loss = loss.iter().next().map_or(f64::NAN, |&v| f64::from(v));
+    let len = g.len();
+    if len != theta.len() {
+        bail!(
+            "the step artifact returned {len} gradient values for {} parameters",
+            theta.len()
+        );
+    }
+    let g = if g.is_standard_layout() {
+        // A standard-layout array's elements are contiguous from its offset in the buffer, so
+        // the gradient is taken without a copy.
+        let (mut v, off) = g.into_raw_vec_and_offset();
+        let off = off.unwrap_or(0);
+        v.truncate(off + len);
+        v.drain(..off);
+        v
+    } else {
+        g.iter().copied().collect()
+    };
+    Ok((loss, g))
 }
 
 /// Correct top-1 predictions and images, per class, of one network on a test set.

@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use tesla_distill::compiler::ir::{ConvAttrs, DType, Graph, Op, Tensor, ValueId};
 use tesla_distill::compiler::lower;
 use tesla_distill::compiler::ops::{
-    Concat, ConvTranspose, ConvWeightGrad, LeakyRelu, Pad, ReduceMax, Slice, Split,
+    Concat, ConvTranspose, ConvWeightGrad, Gather, LeakyRelu, Pad, ReduceMax, Slice, Split,
 };
 
 const TOL: f64 = 1e-6;
@@ -214,6 +214,26 @@ fn layout_ops() {
             .unwrap();
         g.mul(t, t).unwrap()
     });
+    // Repeats and an entry picked by none (the adjoint's zero entry), and a permutation (one
+    // gather back).
+    for (name, axis, indices) in [
+        ("gather-repeats", 1, vec![2, 0, 2, 1, 2]),
+        ("gather-permutation", 0, vec![2, 0, 1]),
+    ] {
+        check(name, &[(&[3, 4], smooth)], |g, v| {
+            let t = g
+                .push1(
+                    "",
+                    Op::Gather(Gather {
+                        axis,
+                        indices: indices.clone(),
+                    }),
+                    &[v[0]],
+                )
+                .unwrap();
+            g.mul(t, t).unwrap()
+        });
+    }
     check("pad", &[(&[2, 3], smooth)], |g, v| {
         let t = g
             .push1(

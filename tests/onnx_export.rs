@@ -9,7 +9,8 @@ use tesla_distill::compiler::eval::eval;
 use tesla_distill::compiler::ir::{ConvAttrs, DType, Graph, Op, Tensor};
 use tesla_distill::compiler::lower;
 use tesla_distill::compiler::ops::{
-    Cast, Concat, ConvTranspose, ConvWeightGrad, LeakyRelu, Pad, ReduceMax, ReduceSum, Slice, Split,
+    Cast, Concat, ConvTranspose, ConvWeightGrad, Gather, LeakyRelu, Pad, ReduceMax, ReduceSum,
+    Slice, Split,
 };
 use tesla_distill::onnx::export;
 
@@ -152,6 +153,15 @@ fn layout() -> Graph {
             Op::Slice(Slice {
                 starts: vec![1, 0, 1],
                 ends: vec![2, 2, 4],
+            }),
+            &[x],
+        )
+        .unwrap(),
+        g.push1(
+            "",
+            Op::Gather(Gather {
+                axis: 2,
+                indices: vec![3, 0, 3, 1, 3],
             }),
             &[x],
         )

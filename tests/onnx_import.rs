@@ -792,7 +792,7 @@ fn layout_ops_cases() -> Vec<Case> {
             ),
         ),
         case(
-            "gather_onehot",
+            "gather_repeated",
             one(
                 "Gather",
                 &["x", "i"],

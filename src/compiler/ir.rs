@@ -168,6 +168,8 @@ primitives! {
     Slice(ops::Slice),
     /// Constant padding, `begins`/`ends` per axis.
     Pad(ops::Pad),
+    /// Entries of one axis picked by constant indices.
+    Gather(ops::Gather),
     /// N-d convolution: x \[N,C,…\], w \[O,C/g,k…\] and an optional bias \[O\].
     Conv(ConvAttrs),
     /// The adjoint of [`Op::Conv`] with the same attributes and weight layout.

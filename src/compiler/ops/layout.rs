@@ -1,5 +1,5 @@
-//! Data-movement primitives: transpose, reshape, expand, concat, split, slice, pad. Each one's
-//! adjoint is another of them.
+//! Data-movement primitives: transpose, reshape, expand, concat, split, slice, pad, gather. Each
+//! one's adjoint is another of them.
 
 use super::export_form::{ints, pad_node, usizes, AttrValue, Export, ExportNode, Operand};
 use super::{
@@ -53,6 +53,16 @@ pub struct Slice {
     pub starts: Vec<usize>,
     /// End per axis (exclusive).
     pub ends: Vec<usize>,
+}
+
+/// Entries of one axis picked by constant indices (repeats allowed): result entry `r` along
+/// `axis` is operand entry `indices[r]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gather {
+    /// Axis.
+    pub axis: usize,
+    /// Operand index of each result entry along `axis`.
+    pub indices: Vec<usize>,
 }
 
 /// Constant padding, `begins`/`ends` per axis.
@@ -465,6 +475,102 @@ impl Primitive for Pad {
             self.value,
             dtype,
         ))
+    }
+    fn flops(&self, _inputs: &[&[usize]], outputs: &[&[usize]]) -> f64 {
+        per_result_element(outputs)
+    }
+}
+
+impl Primitive for Gather {
+    fn name(&self) -> &'static str {
+        "Gather"
+    }
+    fn broadcasts(&self) -> bool {
+        false
+    }
+    fn infer(&self, inputs: &[&ValueInfo]) -> OutTypes {
+        let [a] = operands::<1>(inputs)?;
+        let d = *a
+            .shape
+            .get(self.axis)
+            .ok_or_else(|| format!("axis {} is out of range for {:?}", self.axis, a.shape))?;
+        if let Some(i) = self.indices.iter().find(|&&i| i >= d) {
+            return Err(format!(
+                "index {i} is out of range for axis {} of {:?}",
+                self.axis, a.shape
+            ));
+        }
+        let mut s = a.shape.clone();
+        s[self.axis] = self.indices.len();
+        Ok(vec![(a.dtype, s)])
+    }
+    /// The adjoint sums the cotangent entries gathered from each operand entry. It is written as
+    /// gathers again: the `k`-th gather takes, for every operand entry, the `k`-th result entry
+    /// that picked it, or a zero entry appended to the cotangent where fewer did; with indices
+    /// that repeat nothing it is one gather.
+    fn vjp(&self, g: &mut Graph, node: &Node, cots: &[Option<ValueId>]) -> Cotangents {
+        let c = result_cotangent(node, cots)?;
+        let d = g.shape(node.inputs[0])[self.axis];
+        let mut picked_by: Vec<Vec<usize>> = vec![Vec::new(); d];
+        for (r, &i) in self.indices.iter().enumerate() {
+            picked_by[i].push(r);
+        }
+        let layers = picked_by.iter().map(Vec::len).max().unwrap_or(0);
+        let zero_row = self.indices.len();
+        let needs_zero = picked_by.iter().any(|p| p.len() < layers);
+        let src = if needs_zero {
+            let rank = g.shape(c).len();
+            let mut ends = vec![0; rank];
+            ends[self.axis] = 1;
+            let pad = Pad {
+                begins: vec![0; rank],
+                ends,
+                value: 0.0,
+            };
+            g.push1("", Op::Pad(pad), &[c])?
+        } else {
+            c
+        };
+        let mut sum: Option<ValueId> = None;
+        for k in 0..layers {
+            let indices = picked_by
+                .iter()
+                .map(|p| p.get(k).copied().unwrap_or(zero_row))
+                .collect();
+            let part = g.push1(
+                "",
+                Op::Gather(Gather {
+                    axis: self.axis,
+                    indices,
+                }),
+                &[src],
+            )?;
+            sum = Some(g.accumulate(sum, part)?);
+        }
+        match sum {
+            Some(s) => Ok(vec![Some(s)]),
+            // No entry picked at all: the operand gets a zero cotangent of its own shape.
+            None => {
+                let sx = g.shape(node.inputs[0]).to_vec();
+                let z = g.const_tensor(g.dtype(c), sx.clone(), vec![0.0; numel(&sx)]);
+                Ok(vec![Some(z)])
+            }
+        }
+    }
+    fn eval(
+        &self,
+        inputs: &[&ArrayD<f64>],
+        _outs: &[&[usize]],
+    ) -> Result<Vec<ArrayD<f64>>, String> {
+        let x = operand(inputs, 0)?;
+        Ok(vec![x.select(Axis(self.axis), &self.indices)])
+    }
+    fn export(&self, _inputs: &[&ValueInfo]) -> Export {
+        Export::node(
+            ExportNode::on_operands("Gather", 1)
+                .constant("indices", ints(&usizes(&self.indices)))
+                .attr("axis", AttrValue::Int(self.axis as i64)),
+        )
     }
     fn flops(&self, _inputs: &[&[usize]], outputs: &[&[usize]]) -> f64 {
         per_result_element(outputs)

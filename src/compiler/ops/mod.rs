@@ -23,7 +23,7 @@ pub mod unary;
 pub use binary::{Add, Div, Equal, Greater, Mul, Sub, Where};
 pub use conv::{ConvTranspose, ConvWeightGrad};
 pub use export_form::{AttrValue, Export, ExportNode, Operand, Output};
-pub use layout::{Concat, Expand, Pad, Reshape, Slice, Split, Transpose};
+pub use layout::{Concat, Expand, Gather, Pad, Reshape, Slice, Split, Transpose};
 pub use matmul::MatMul;
 pub use norm::InstanceNorm;
 pub use pool::AvgPool;

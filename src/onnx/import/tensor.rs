@@ -6,7 +6,7 @@ use super::proto::{as_ints, axes, axis, NodeRef};
 use super::{Ctx, Val, OP_TABLE_REF};
 use crate::compiler::ir::{numel, Op, Tensor, ValueId};
 use crate::compiler::ops::broadcast_shapes;
-use crate::compiler::ops::{Concat, Pad, Reshape, Slice, Split};
+use crate::compiler::ops::{Concat, Gather, Pad, Reshape, Slice, Split};
 use anyhow::{anyhow, bail, Result};
 
 /// ONNX Reshape target: `0` copies the input's dimension (unless `allowzero`), `-1` is inferred.
@@ -374,8 +374,7 @@ pub fn slice_axis(
     Ok(cx.g.push1("", Op::Slice(Slice { starts, ends }), &[v])?)
 }
 
-/// Gather with constant indices: a slice for a scalar index, slices and a concat for a few
-/// indices, a one-hot matrix product for many.
+/// Gather with constant indices.
 pub fn gather(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     let x = n.req(0)?;
     let ind = n.req(1)?;
@@ -400,31 +399,24 @@ pub fn gather(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     out_shape.extend_from_slice(&idx.shape);
     out_shape.extend_from_slice(&s[ax + 1..]);
     let v = cx.ir(x)?;
-    if ids.len() <= 16 {
-        let mut parts = Vec::with_capacity(ids.len());
-        for &i in &ids {
-            parts.push(slice_axis(cx, v, ax, i, i + 1)?);
-        }
-        let cat = match parts.len() {
-            0 => bail!("empty indices are not supported"),
-            1 => parts[0],
-            _ => cx.g.push1("", Op::Concat(Concat { axis: ax }), &parts)?,
-        };
-        return Ok(cx.g.reshape(cat, &out_shape)?);
-    }
-    let (a, b) = (numel(&s[..ax]), numel(&s[ax + 1..]));
-    let v3 = cx.g.reshape(v, &[a, d, b])?;
-    let mut oh = vec![0.0; ids.len() * d];
-    for (r, &i) in ids.iter().enumerate() {
-        oh[r * d + i] = 1.0;
-    }
-    let dt = cx.g.dtype(v);
-    if !dt.is_float() {
-        bail!("gathering many elements of a non-float tensor is not supported");
-    }
-    let onehot = cx.g.const_tensor(dt, vec![1, ids.len(), d], oh);
-    let m = cx.g.matmul(onehot, v3)?;
-    Ok(cx.g.reshape(m, &out_shape)?)
+    let first = *ids
+        .first()
+        .ok_or_else(|| anyhow!("empty indices are not supported"))?;
+    // A run of consecutive indices (a scalar index, `x[:, a:b]`) is a slice; anything else a
+    // gather, whose adjoint is gathers again.
+    let picked = if ids.iter().enumerate().all(|(r, &i)| i == first + r) {
+        slice_axis(cx, v, ax, first, first + ids.len())?
+    } else {
+        cx.g.push1(
+            "",
+            Op::Gather(Gather {
+                axis: ax,
+                indices: ids,
+            }),
+            &[v],
+        )?
+    };
+    Ok(cx.g.reshape(picked, &out_shape)?)
 }
 
 /// Pad (constant mode; negative pads crop).

@@ -1,13 +1,14 @@
 //! Normalisations: InstanceNormalization, LayerNormalization, GroupNormalization and
-//! BatchNormalization: the instance norm as its fused primitive, the others lowered to
-//! mean/variance reductions and elementwise ops. Their scale and
+//! BatchNormalization: the instance norm, and the batch norm with batch statistics (as the
+//! instance norm of one image holding the whole batch), as the fused primitive; the others
+//! lowered to mean/variance reductions and elementwise ops. Their scale and
 //! shift are parameters (PyTorch initialises them to ones and zeros); a norm whose scale or
 //! shift is a non-trivial constant was folded by the exporter, which is reported.
 
 use super::proto::{axis, NodeRef};
 use super::tensor::fconst;
 use super::{BatchNormMode, BatchNormReason, Ctx, Val, EXPORT_REF};
-use crate::compiler::ir::ValueId;
+use crate::compiler::ir::{numel, ValueId};
 use crate::compiler::model::{InitRule, NormStatistics};
 use anyhow::{bail, Result};
 
@@ -220,21 +221,43 @@ pub fn batch_norm(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
         },
     };
     cx.batchnorm.insert(n.name.clone(), (stats, why));
-    let y = match stats {
-        NormStatistics::Batch => {
-            let mut ax = vec![0];
-            ax.extend(2..s.len());
-            normalise(cx, x, &ax, eps)?.0
-        }
-        NormStatistics::Running => {
-            let mean = stat(cx, 3, 0.0)?;
-            let var = stat(cx, 4, 1.0)?;
-            let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-            let m = fconst(cx, shape.clone(), mean);
-            let i = fconst(cx, shape.clone(), inv);
-            let xc = cx.g.sub(x, m)?;
-            cx.g.mul(xc, i)?
-        }
-    };
-    affine(cx, n, y, Some(n.req(1)?), Some(n.req(2)?), &shape)
+    let (sc, sh) = (n.req(1)?, n.req(2)?);
+    if stats == NormStatistics::Batch {
+        // The instance norm of one image whose plane is every image's positions: [N, C, S…]
+        // → [1, C, N·S]. Its fused primitive (and the derivative it brings) replaces the mean
+        // and variance reductions; trained scale and shift become its operands.
+        let trained = cx.param_of(sc).is_some() && cx.param_of(sh).is_some();
+        let mut perm = vec![1, 0];
+        perm.extend(2..s.len());
+        let xt = cx.g.transpose(x, &perm)?;
+        let x3 = cx.g.reshape(xt, &[1, c, numel(&s) / c.max(1)])?;
+        let (a, b) = if trained {
+            cx.set_role(sc, InitRule::Ones);
+            cx.set_role(sh, InitRule::Zeros);
+            let a = cx.ir(sc)?;
+            let b = cx.ir(sh)?;
+            (Some(cx.g.reshape(a, &[c])?), Some(cx.g.reshape(b, &[c])?))
+        } else {
+            (None, None)
+        };
+        let y3 = crate::compiler::lower::instance_norm(&mut cx.g, x3, a, b, eps)?;
+        let mut st = vec![c, s[0]];
+        st.extend(&s[2..]);
+        let yt = cx.g.reshape(y3, &st)?;
+        // Swapping the first two axes is its own inverse.
+        let y = cx.g.transpose(yt, &perm)?;
+        return if trained {
+            Ok(y)
+        } else {
+            affine(cx, n, y, Some(sc), Some(sh), &shape)
+        };
+    }
+    let mean = stat(cx, 3, 0.0)?;
+    let var = stat(cx, 4, 1.0)?;
+    let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    let m = fconst(cx, shape.clone(), mean);
+    let i = fconst(cx, shape.clone(), inv);
+    let xc = cx.g.sub(x, m)?;
+    let y = cx.g.mul(xc, i)?;
+    affine(cx, n, y, Some(sc), Some(sh), &shape)
 }

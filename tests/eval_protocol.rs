@@ -182,7 +182,7 @@ fn a_short_batch_gives_the_gradient_of_its_own_images() {
         };
         let m = spec.build(groups[0].len(), [c, h, w], k).unwrap();
         let step = tesla_distill::compiler::artifact::step_graph(&m).unwrap();
-        let mut want = vec![
+        let mut want = [
             Tensor::new(DType::F64, vec![], vec![0.0]),
             Tensor::new(DType::F64, vec![theta.len()], vec![0.0; theta.len()]),
         ];

@@ -547,15 +547,8 @@ impl Primitive for Gather {
             )?;
             sum = Some(g.accumulate(sum, part)?);
         }
-        match sum {
-            Some(s) => Ok(vec![Some(s)]),
-            // No entry picked at all: the operand gets a zero cotangent of its own shape.
-            None => {
-                let sx = g.shape(node.inputs[0]).to_vec();
-                let z = g.const_tensor(g.dtype(c), sx.clone(), vec![0.0; numel(&sx)]);
-                Ok(vec![Some(z)])
-            }
-        }
+        // With no entry picked at all nothing flows back.
+        Ok(vec![sum])
     }
     fn eval(
         &self,

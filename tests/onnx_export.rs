@@ -140,6 +140,15 @@ fn layout() -> Graph {
         g.push1(
             "",
             Op::ReduceMax(ReduceMax {
+                axes: vec![1],
+                keepdims: false,
+            }),
+            &[x],
+        )
+        .unwrap(),
+        g.push1(
+            "",
+            Op::ReduceMax(ReduceMax {
                 axes: vec![0, 1],
                 keepdims: false,
             }),

@@ -335,13 +335,13 @@ impl<'a> Exporter<'a> {
                 return;
             }
         };
-        let mut temps: HashMap<&'static str, String> = HashMap::new();
-        for en in nodes {
+        let mut temps: HashMap<&str, String> = HashMap::new();
+        for en in &nodes {
             let mut input = Vec::with_capacity(en.inputs.len());
             for operand in &en.inputs {
                 input.push(match operand {
                     Operand::Input(k) => ins.get(*k).cloned().unwrap_or_default(),
-                    Operand::Temp(stem) => temps.get(stem).cloned().unwrap_or_default(),
+                    Operand::Temp(stem) => temps.get(stem.as_ref()).cloned().unwrap_or_default(),
                     Operand::Constant(stem, t) => self.init(&format!("{out0}_{stem}"), t),
                 });
             }
@@ -351,7 +351,7 @@ impl<'a> Exporter<'a> {
                     Output::Results => output.extend(outs.iter().cloned()),
                     Output::Temp(stem) => {
                         let name = Self::unique(&mut self.used, &format!("{out0}_{stem}"));
-                        temps.insert(stem, name.clone());
+                        temps.insert(stem.as_ref(), name.clone());
                         output.push(name);
                     }
                 }

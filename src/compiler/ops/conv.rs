@@ -743,12 +743,12 @@ impl Primitive for ConvTranspose {
         let begins = vec![0; ends.len()];
         let dtype = inputs.first().map_or(DType::F32, |y| y.dtype);
         let pad = ExportNode {
-            name_suffix: "_pad",
-            ..pad_node(Operand::Temp("natural"), &begins, &ends, 0.0, dtype)
+            name_suffix: "_pad".into(),
+            ..pad_node(Operand::Temp("natural".into()), &begins, &ends, 0.0, dtype)
         };
         Export::Nodes(vec![
             ExportNode {
-                outputs: vec![Output::Temp("natural")],
+                outputs: vec![Output::Temp("natural".into())],
                 ..transposed
             },
             pad,

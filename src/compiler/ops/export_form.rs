@@ -2,6 +2,8 @@
 //! attributes. The `onnx` exporter turns this into protobuf, so the compiler knows ONNX's
 //! operator set without depending on its file format.
 
+use std::borrow::Cow;
+
 use crate::compiler::ir::{DType, Graph, Tensor};
 
 /// The ONNX form of one primitive node.
@@ -23,7 +25,7 @@ pub struct ExportNode {
     /// The ONNX operator.
     pub op_type: &'static str,
     /// Appended to the IR node's name (empty for the first node).
-    pub name_suffix: &'static str,
+    pub name_suffix: Cow<'static, str>,
     /// Operands, in order.
     pub inputs: Vec<Operand>,
     /// Results, in order.
@@ -38,10 +40,10 @@ pub enum Operand {
     /// The IR node's operand `k`.
     Input(usize),
     /// A value made by an earlier node of the same form, named `{result}_{stem}`.
-    Temp(&'static str),
+    Temp(Cow<'static, str>),
     /// A constant operand (ONNX takes some static attributes as inputs), an initializer named
     /// `{result}_{stem}`.
-    Constant(&'static str, Tensor),
+    Constant(Cow<'static, str>, Tensor),
 }
 
 /// A result of an exported node.
@@ -50,7 +52,7 @@ pub enum Output {
     /// The IR node's results, all of them, in order.
     Results,
     /// A value for a later node of the same form, named `{result}_{stem}`.
-    Temp(&'static str),
+    Temp(Cow<'static, str>),
 }
 
 /// An ONNX attribute value.
@@ -73,7 +75,7 @@ impl ExportNode {
     pub fn on_operands(op_type: &'static str, operands: usize) -> ExportNode {
         ExportNode {
             op_type,
-            name_suffix: "",
+            name_suffix: Cow::Borrowed(""),
             inputs: (0..operands).map(Operand::Input).collect(),
             outputs: vec![Output::Results],
             attrs: vec![],
@@ -87,8 +89,8 @@ impl ExportNode {
     }
 
     /// The same node with a constant operand appended.
-    pub fn constant(mut self, stem: &'static str, value: Tensor) -> ExportNode {
-        self.inputs.push(Operand::Constant(stem, value));
+    pub fn constant(mut self, stem: impl Into<Cow<'static, str>>, value: Tensor) -> ExportNode {
+        self.inputs.push(Operand::Constant(stem.into(), value));
         self
     }
 }
@@ -132,11 +134,11 @@ pub fn pad_node(
     pads.extend(usizes(ends));
     ExportNode {
         op_type: "Pad",
-        name_suffix: "",
+        name_suffix: Cow::Borrowed(""),
         inputs: vec![
             x,
-            Operand::Constant("pads", ints(&pads)),
-            Operand::Constant("value", Tensor::scalar(dtype, value)),
+            Operand::Constant("pads".into(), ints(&pads)),
+            Operand::Constant("value".into(), Tensor::scalar(dtype, value)),
         ],
         outputs: vec![Output::Results],
         attrs: vec![("mode", AttrValue::Str("constant"))],

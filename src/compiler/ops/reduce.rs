@@ -1,10 +1,10 @@
 //! Reductions over static axes.
 
-use super::export_form::{ints, usizes, AttrValue, Export, ExportNode};
+use super::export_form::{ints, usizes, AttrValue, Export, ExportNode, Operand, Output};
 use super::{
     operand, operands, per_result_element, result_cotangent, Cotangents, OutTypes, Primitive,
 };
-use crate::compiler::ir::{Graph, Node, Op, ValueId, ValueInfo};
+use crate::compiler::ir::{DType, Graph, Node, Op, ValueId, ValueInfo};
 use ndarray::{ArrayD, Axis};
 
 /// Sum over axes.
@@ -127,6 +127,21 @@ impl Primitive for ReduceMax {
         let gy = result_cotangent(node, cots)?;
         let x = node.inputs[0];
         let sx = g.shape(x).to_vec();
+        if let [axis] = self.axes[..] {
+            // On the value seen as [outer, extent, inner]: tract's and ONNX Runtime's
+            // broadcasting compare and select run 3–4 times faster at rank 3 than at max
+            // pooling's rank 5.
+            let outer: usize = sx[..axis].iter().product();
+            let inner: usize = sx[axis + 1..].iter().product();
+            let taps = [outer, sx[axis], inner];
+            let x3 = g.reshape(x, &taps)?;
+            let y3 = g.reshape(node.outputs[0], &[outer, 1, inner])?;
+            let g3 = g.reshape(gy, &[outer, 1, inner])?;
+            let hit = g.push1("", Op::Equal, &[x3, y3])?;
+            let z = g.scalar_like(x3, 0.0);
+            let w = g.where_(hit, g3, z)?;
+            return Ok(vec![Some(g.reshape(w, &sx)?)]);
+        }
         let keep = kept_shape(&sx, &self.axes);
         let gk = g.reshape(gy, &keep)?;
         let yk = g.reshape(node.outputs[0], &keep)?;
@@ -149,9 +164,12 @@ impl Primitive for ReduceMax {
             f64::max,
         )])
     }
-    fn export(&self, _inputs: &[&ValueInfo]) -> Export {
+    fn export(&self, inputs: &[&ValueInfo]) -> Export {
         if self.axes.is_empty() {
             return Export::plain("Identity", 1);
+        }
+        if let Some(pooled) = max_as_pool(inputs, &self.axes, self.keepdims) {
+            return pooled;
         }
         // Opset 17's ReduceMax takes its axes as an attribute (an input only from opset 18).
         Export::node(
@@ -163,4 +181,46 @@ impl Primitive for ReduceMax {
     fn flops(&self, _inputs: &[&[usize]], outputs: &[&[usize]]) -> f64 {
         per_result_element(outputs)
     }
+}
+
+/// A max over one axis of an f32 value as `MaxPool` over that axis, the value seen as
+/// [outer, 1, extent, inner]: tract runs `ReduceMax` some hundred times slower than its pool
+/// (30 ms against 0.2 ms for max pooling's 9 taps of a [32, 64, 8, 8] map), ONNX Runtime both
+/// alike. `None` where the plain form is kept: several axes, an empty or a trivial axis, or
+/// another element type.
+fn max_as_pool(inputs: &[&ValueInfo], axes: &[usize], keepdims: bool) -> Option<Export> {
+    let (x, &[axis]) = (inputs.first()?, axes) else {
+        return None;
+    };
+    let extent = *x.shape.get(axis)?;
+    if x.dtype != DType::F32 || extent < 2 || x.shape.contains(&0) {
+        return None;
+    }
+    let outer: usize = x.shape[..axis].iter().product();
+    let inner: usize = x.shape[axis + 1..].iter().product();
+    let result = reduced(inputs, axes, keepdims).ok()?.into_iter().next()?.1;
+    Some(Export::Nodes(vec![
+        ExportNode {
+            outputs: vec![Output::Temp("taps".into())],
+            ..ExportNode::on_operands("Reshape", 1)
+                .constant("taps_shape", ints(&usizes(&[outer, 1, extent, inner])))
+        },
+        ExportNode {
+            op_type: "MaxPool",
+            name_suffix: "_pool".into(),
+            inputs: vec![Operand::Temp("taps".into())],
+            outputs: vec![Output::Temp("pooled".into())],
+            attrs: vec![("kernel_shape", AttrValue::Ints(usizes(&[extent, 1])))],
+        },
+        ExportNode {
+            op_type: "Reshape",
+            name_suffix: "_shape".into(),
+            inputs: vec![
+                Operand::Temp("pooled".into()),
+                Operand::Constant("shape".into(), ints(&usizes(&result))),
+            ],
+            outputs: vec![Output::Results],
+            attrs: vec![],
+        },
+    ]))
 }

@@ -7,7 +7,8 @@
 PyTorch runs the way the reference TESLA/MTT code does (a functional network over one flat
 parameter vector theta, autograd): `step` is the loss and its gradient in theta; `pass 2` is
 the reverse-over-reverse product of pass 2 (d<v, grad>/d(x, theta, y), keeping the graph of
-the gradient); `logits` is the forward. The soft-label cross-entropy, inputs and v are the ones
+the gradient); `logits` is the forward; `pass 2, dx` is pass 2's product in the images only,
+the one tesla mode runs at every step. The soft-label cross-entropy, inputs and v are the ones
 `tesla bench step` uses. MODEL is `convnet-dN[-wW]` (the MTT ConvNet with instance norm, as the
 built-in builder) or a `torchvision.models` name, which `tesla` then reads from the ONNX file
 given with `--onnx` (export it with `tools/export_model.py`). With `--tesla`, the tesla binary
@@ -82,12 +83,18 @@ def torch_rates(model, x, y, reps):
         (g,) = torch.autograd.grad(loss_of(theta, xx, yy), theta, create_graph=True)
         return torch.autograd.grad((g * v).sum(), (xx, theta, yy))
 
+    def pass2_dx():
+        # What tesla mode runs at every step: the images' gradient only.
+        xx = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(loss_of(theta, xx, y), theta, create_graph=True)
+        return torch.autograd.grad((g * v).sum(), xx)
+
     def logits():
         with torch.no_grad():
             return functional_call(model, unflat(theta), (x,))
 
     b = x.shape[0]
-    return [b / timed(f, reps) for f in (step, pass2, logits)]
+    return [b / timed(f, reps) for f in (step, pass2, logits, pass2_dx)]
 
 
 def main():
@@ -125,12 +132,12 @@ def main():
             sys.exit(f"error: {' '.join(cmd)} failed: {out.stderr.strip().splitlines()[-1:]}")
         for line in out.stdout.splitlines():
             f = line.split()
-            if len(f) >= 4 and f[0] in ("tract", "ort", "ort-cuda"):
-                rates[f"tesla {f[0]}{label}"] = [float(v) for v in f[1:4]]
+            if len(f) >= 5 and f[0] in ("tract", "ort", "ort-cuda"):
+                rates[f"tesla {f[0]}{label}"] = [float(v) for v in f[1:5]]
     ref = next(iter(rates.values()))
     print(f"{a.model}, input {a.input}, batch {a.batch}, {a.threads} threads, median of {a.reps} (img/s)")
     width = max(22, *(len(name) for name in rates))
-    print(f"{'':<{width}} {'step':>16} {'pass 2':>16} {'logits':>16}")
+    print(f"{'':<{width}} {'step':>16} {'pass 2':>16} {'logits':>16} {'pass 2, dx':>16}")
     for name, r in rates.items():
         cells = [f"{v:9.1f} (×{v / ref[i]:.2f})" for i, v in enumerate(r)]
         print(f"{name:<{width}} " + " ".join(f"{c:>16}" for c in cells))

@@ -56,6 +56,9 @@ pub struct BenchArgs {
     /// graph).
     #[arg(long)]
     pub graph: Option<PathBuf>,
+    /// How many of the slowest nodes `profile` lists after its per-op table.
+    #[arg(long, default_value_t = 12)]
+    pub nodes: usize,
 }
 
 /// Runs a benchmark.
@@ -71,9 +74,6 @@ pub fn run(a: BenchArgs) -> Result<()> {
         other => bail!("unknown benchmark '{other}': data, step, memory or profile"),
     }
 }
-
-/// Slowest nodes `profile` lists after the per-op table.
-const PROFILE_NODES: usize = 12;
 
 fn profile(a: &BenchArgs) -> Result<()> {
     let Some(graph) = &a.graph else {
@@ -92,7 +92,7 @@ fn profile(a: &BenchArgs) -> Result<()> {
         println!("  {op:<24} {:9.1} ms  {share:5.1} %", s * 1e3);
     }
     println!("slowest nodes:");
-    for (op, node, s) in p.by_node.iter().take(PROFILE_NODES) {
+    for (op, node, s) in p.by_node.iter().take(a.nodes) {
         println!("  {op:<24} {:9.1} ms  {node}", s * 1e3);
     }
     Ok(())
@@ -113,11 +113,13 @@ fn step(a: &BenchArgs) -> Result<()> {
         a.batch,
         a.reps
     );
+    // `pass2 dx` is the product tesla mode runs at every step (the images' gradient only);
+    // `pass2` also gives the parameters' and labels' (exact mode, learned labels).
     println!(
-        "{:<10} {:>14} {:>14} {:>14}",
-        "backend", "step img/s", "pass2 img/s", "logits img/s"
+        "{:<10} {:>14} {:>14} {:>14} {:>14}",
+        "backend", "step img/s", "pass2 img/s", "logits img/s", "pass2 dx img/s"
     );
-    let mut base: Option<[f64; 3]> = None;
+    let mut base: Option<[f64; 4]> = None;
     for kind in kinds {
         let mut store = ProgramStore::new(
             model.clone(),
@@ -125,7 +127,12 @@ fn step(a: &BenchArgs) -> Result<()> {
             a.classes,
             kind,
             &a.work.join("step").join(model.folder_name()),
-            &[Artifact::Step, Artifact::Pass2, Artifact::Logits],
+            &[
+                Artifact::Step,
+                Artifact::Pass2,
+                Artifact::Logits,
+                Artifact::Pass2Dx,
+            ],
         );
         let theta = crate::train::init_theta(&mut store, a.batch, 0)?;
         let (exec, m) = store.get(a.batch)?;
@@ -155,23 +162,29 @@ fn step(a: &BenchArgs) -> Result<()> {
             time(Artifact::Step, &[th.view(), x.view(), y.view()])?,
             time(Artifact::Pass2, &[th.view(), x.view(), y.view(), v.view()])?,
             time(Artifact::Logits, &[th.view(), x.view()])?,
+            time(
+                Artifact::Pass2Dx,
+                &[th.view(), x.view(), y.view(), v.view()],
+            )?,
         ];
         let ratio = base
             .map(|b| {
                 format!(
-                    "  (×{:.2} / ×{:.2} / ×{:.2} vs first)",
+                    "  (×{:.2} / ×{:.2} / ×{:.2} / ×{:.2} vs first)",
                     r[0] / b[0],
                     r[1] / b[1],
-                    r[2] / b[2]
+                    r[2] / b[2],
+                    r[3] / b[3]
                 )
             })
             .unwrap_or_default();
         println!(
-            "{:<10} {:>14.1} {:>14.1} {:>14.1}{ratio}",
+            "{:<10} {:>14.1} {:>14.1} {:>14.1} {:>14.1}{ratio}",
             kind.as_str(),
             r[0],
             r[1],
-            r[2]
+            r[2],
+            r[3]
         );
         base.get_or_insert(r);
     }

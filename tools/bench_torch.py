@@ -12,8 +12,8 @@ the one tesla mode runs at every step. The soft-label cross-entropy, inputs and 
 `tesla bench step` uses. MODEL is `convnet-dN[-wW]` (the MTT ConvNet with instance norm, as the
 built-in builder) or a `torchvision.models` name, which `tesla` then reads from the ONNX file
 given with `--onnx` (export it with `tools/export_model.py`). With `--tesla`, the tesla binary
-is run on the same shapes right after, and the table gives every backend's img/s and its ratio
-to PyTorch's; given several binaries (builds before and after a change), it runs each in turn. Threads: `--threads` for PyTorch (default 2, this machine's cores).
+is run on the same shapes right after, PyTorch is timed again after it, and the table gives
+every backend's img/s and its ratio to the mean of PyTorch's two timings; given several binaries (builds before and after a change), it runs each in turn. Threads: `--threads` for PyTorch (default 2, this machine's cores).
 """
 import argparse
 import re
@@ -119,7 +119,8 @@ def main():
     x = ((b_i * 7 + h_i * 3 + w_i) % 11).float() / 11.0 - 0.5
     y = torch.zeros(a.batch, a.classes)
     y[torch.arange(a.batch), torch.arange(a.batch) % a.classes] = 1.0
-    rates = {f"pytorch {torch.__version__}": torch_rates(model, x, y, a.reps)}
+    before = torch_rates(model, x, y, a.reps)
+    rates = {}
     for binary in a.tesla or []:
         # With several binaries (a build before and after a change, say), each row names its own.
         label = "" if len(a.tesla) == 1 else f" [{binary}]"
@@ -134,7 +135,15 @@ def main():
             f = line.split()
             if len(f) >= 5 and f[0] in ("tract", "ort", "ort-cuda"):
                 rates[f"tesla {f[0]}{label}"] = [float(v) for v in f[1:5]]
-    ref = next(iter(rates.values()))
+    # PyTorch is timed again after tesla: on a shared machine its speed drifts within minutes,
+    # and the ratios are to the mean of the two, with both rows shown.
+    after = torch_rates(model, x, y, a.reps) if a.tesla else before
+    ref = [(p + q) / 2 for p, q in zip(before, after)]
+    torch_rows = {f"pytorch {torch.__version__}": ref}
+    if a.tesla:
+        torch_rows = {"pytorch, before tesla": before, "pytorch, after tesla": after,
+                      f"pytorch {torch.__version__}, mean": ref}
+    rates = {**torch_rows, **rates}
     print(f"{a.model}, input {a.input}, batch {a.batch}, {a.threads} threads, median of {a.reps} (img/s)")
     width = max(22, *(len(name) for name in rates))
     print(f"{'':<{width}} {'step':>16} {'pass 2':>16} {'logits':>16} {'pass 2, dx':>16}")

@@ -169,23 +169,16 @@ fn step(a: &BenchArgs) -> Result<()> {
         ];
         let ratio = base
             .map(|b| {
-                format!(
-                    "  (×{:.2} / ×{:.2} / ×{:.2} / ×{:.2} vs first)",
-                    r[0] / b[0],
-                    r[1] / b[1],
-                    r[2] / b[2],
-                    r[3] / b[3]
-                )
+                let each: Vec<String> = r
+                    .iter()
+                    .zip(b)
+                    .map(|(now, first)| format!("×{:.2}", now / first))
+                    .collect();
+                format!("  ({} vs first)", each.join(" / "))
             })
             .unwrap_or_default();
-        println!(
-            "{:<10} {:>14.1} {:>14.1} {:>14.1} {:>14.1}{ratio}",
-            kind.as_str(),
-            r[0],
-            r[1],
-            r[2],
-            r[3]
-        );
+        let cells: String = r.iter().map(|v| format!(" {v:>14.1}")).collect();
+        println!("{:<10}{cells}{ratio}", kind.as_str());
         base.get_or_insert(r);
     }
     Ok(())

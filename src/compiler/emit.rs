@@ -2,7 +2,7 @@
 //! builders are written with these.
 
 use super::ir::{DType, Graph, IrError, Op, Tensor, ValueId};
-use crate::compiler::ops::{Expand, ReduceSum, Reshape, Transpose};
+use crate::compiler::ops::{Expand, Gather, ReduceSum, Reshape, Slice, Transpose};
 
 /// Result of emitting one value.
 pub type R = Result<ValueId, IrError>;
@@ -149,6 +149,26 @@ impl Graph {
     /// A constant f64-valued tensor of the given dtype.
     pub fn const_tensor(&mut self, dtype: DType, shape: Vec<usize>, data: Vec<f64>) -> ValueId {
         self.constant(Tensor::new(dtype, shape, data))
+    }
+    /// Entries `indices` of `axis`: a slice where they are one consecutive run (a scalar index,
+    /// `x[:, a:b]`; no node for the whole axis), else a gather, whose adjoint is gathers again.
+    pub fn take(&mut self, x: ValueId, axis: usize, indices: Vec<usize>) -> R {
+        let shape = self.shape(x).to_vec();
+        let run = indices
+            .first()
+            .filter(|&&f| indices.iter().enumerate().all(|(r, &i)| i == f + r));
+        if let (Some(&first), Some(&extent)) = (run, shape.get(axis)) {
+            let end = first + indices.len();
+            if first == 0 && end == extent {
+                return Ok(x);
+            }
+            let mut starts = vec![0; shape.len()];
+            let mut ends = shape;
+            starts[axis] = first;
+            ends[axis] = end;
+            return self.push1("", Op::Slice(Slice { starts, ends }), &[x]);
+        }
+        self.push1("", Op::Gather(Gather { axis, indices }), &[x])
     }
     /// Adds `b` to an optional running sum.
     pub fn accumulate(&mut self, acc: Option<ValueId>, b: ValueId) -> R {

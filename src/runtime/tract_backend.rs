@@ -16,15 +16,20 @@ pub(crate) struct TractBackend;
 
 impl TractBackend {
     pub(crate) fn new() -> Self {
-        use_every_core();
-        keep_freed_memory();
+        prepare_process();
         TractBackend
     }
 }
 
+/// What every tract run in this process needs set up once: its thread pool and the heap.
+pub(crate) fn prepare_process() {
+    use_every_core();
+    keep_freed_memory();
+}
+
 /// Points tract's kernels at a pool of one thread per core (tract runs on the calling thread
 /// alone otherwise), once per process.
-pub(crate) fn use_every_core() {
+fn use_every_core() {
     static POOL: std::sync::Once = std::sync::Once::new();
     POOL.call_once(|| {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -47,7 +52,7 @@ pub(crate) fn use_every_core() {
 /// 4 KiB of its large intermediates: a 44 MB `Concat` took 25 ms instead of 4.5 ms and
 /// ConvNet-D3's step at batch 256 about 1.8 times as long. The cost is that memory the process
 /// has freed, up to 2 GiB at the top of its heap, is not handed back to the system until exit.
-pub(crate) fn keep_freed_memory() {
+fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         static HEAP: std::sync::Once = std::sync::Once::new();

@@ -9,7 +9,7 @@ use anyhow::{anyhow, Result};
 use tract_onnx::prelude::*;
 
 use super::one_line;
-use super::tract_backend::{keep_freed_memory, load_state, use_every_core};
+use super::tract_backend::{load_state, prepare_process};
 
 /// The largest input `profile_tract` makes up (8 GiB of f32): a declared shape beyond it is
 /// refused rather than allocated.
@@ -30,8 +30,7 @@ pub struct OpProfile {
 /// plan timed, on deterministic inputs of each input's declared shape (small values, so every
 /// op sees finite numbers).
 pub fn profile_tract(path: &Path, runs: usize) -> Result<OpProfile> {
-    use_every_core();
-    keep_freed_memory();
+    prepare_process();
     let (info, mut state) = load_state(path)?;
     // Made once: each run gets shared handles to the same tensors, so input set-up is not timed.
     let inputs: TVec<TValue> = info

@@ -8,8 +8,7 @@
 //! and eight of the nine taps of a padded 3×3 kernel on a 1×1 input only multiply zeros. One
 //! product of the batch by the useful taps' weight reads the weight once.
 
-use super::{Gather, Slice};
-use crate::compiler::ir::{ConvAttrs, Graph, IrError, Op, ValueId};
+use crate::compiler::ir::{ConvAttrs, Graph, IrError, ValueId};
 
 /// Which taps of a one-position convolution read the input, and where: per spatial axis, the
 /// tap range `[lo, hi)` and the first input position it reads (positions are consecutive).
@@ -87,19 +86,7 @@ impl OnePosition {
         let cells: usize = kernel.iter().product();
         let pick = placement(&counts, &begins, &kernel);
         let flat = g.reshape(w, &[o * c, cells])?;
-        let first = pick.first().copied().unwrap_or(0);
-        let op = if pick.iter().enumerate().all(|(t, &cell)| cell == first + t) {
-            Op::Slice(Slice {
-                starts: vec![0, first],
-                ends: vec![o * c, first + taps],
-            })
-        } else {
-            Op::Gather(Gather {
-                axis: 1,
-                indices: pick,
-            })
-        };
-        let picked = g.push1("", op, &[flat])?;
+        let picked = g.take(flat, 1, pick)?;
         g.reshape(picked, &[o, c * taps])
     }
 

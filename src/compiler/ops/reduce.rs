@@ -131,10 +131,8 @@ impl Primitive for ReduceMax {
             // On the value seen as [outer, extent, inner]: tract's and ONNX Runtime's
             // broadcasting compare and select run 3–4 times faster at rank 3 than at max
             // pooling's rank 5.
-            let outer: usize = sx[..axis].iter().product();
-            let inner: usize = sx[axis + 1..].iter().product();
-            let taps = [outer, sx[axis], inner];
-            let x3 = g.reshape(x, &taps)?;
+            let [outer, extent, inner] = around_axis(&sx, axis);
+            let x3 = g.reshape(x, &[outer, extent, inner])?;
             let y3 = g.reshape(node.outputs[0], &[outer, 1, inner])?;
             let g3 = g.reshape(gy, &[outer, 1, inner])?;
             let hit = g.push1("", Op::Equal, &[x3, y3])?;
@@ -183,6 +181,16 @@ impl Primitive for ReduceMax {
     }
 }
 
+/// `shape` as [outer, extent, inner] around `axis` (in range): the elements before, along and
+/// after it.
+fn around_axis(shape: &[usize], axis: usize) -> [usize; 3] {
+    [
+        shape[..axis].iter().product(),
+        shape[axis],
+        shape[axis + 1..].iter().product(),
+    ]
+}
+
 /// A max over one axis of an f32 value as `MaxPool` over that axis, the value seen as
 /// [outer, 1, extent, inner]: tract runs `ReduceMax` some hundred times slower than its pool
 /// (30 ms against 0.2 ms for max pooling's 9 taps of a [32, 64, 8, 8] map), ONNX Runtime both
@@ -192,12 +200,13 @@ fn max_as_pool(inputs: &[&ValueInfo], axes: &[usize], keepdims: bool) -> Option<
     let (x, &[axis]) = (inputs.first()?, axes) else {
         return None;
     };
-    let extent = *x.shape.get(axis)?;
+    if axis >= x.shape.len() {
+        return None;
+    }
+    let [outer, extent, inner] = around_axis(&x.shape, axis);
     if x.dtype != DType::F32 || extent < 2 || x.shape.contains(&0) {
         return None;
     }
-    let outer: usize = x.shape[..axis].iter().product();
-    let inner: usize = x.shape[axis + 1..].iter().product();
     let result = reduced(inputs, axes, keepdims).ok()?.into_iter().next()?.1;
     Some(Export::Nodes(vec![
         ExportNode {

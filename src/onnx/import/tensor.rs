@@ -6,7 +6,7 @@ use super::proto::{as_ints, axes, axis, NodeRef};
 use super::{Ctx, Val, OP_TABLE_REF};
 use crate::compiler::ir::{numel, Op, Tensor, ValueId};
 use crate::compiler::ops::broadcast_shapes;
-use crate::compiler::ops::{Concat, Gather, Pad, Reshape, Slice, Split};
+use crate::compiler::ops::{Concat, Pad, Reshape, Slice, Split};
 use anyhow::{anyhow, bail, Result};
 
 /// ONNX Reshape target: `0` copies the input's dimension (unless `allowzero`), `-1` is inferred.
@@ -399,23 +399,10 @@ pub fn gather(cx: &mut Ctx, n: &NodeRef) -> Result<ValueId> {
     out_shape.extend_from_slice(&idx.shape);
     out_shape.extend_from_slice(&s[ax + 1..]);
     let v = cx.ir(x)?;
-    let first = *ids
-        .first()
-        .ok_or_else(|| anyhow!("empty indices are not supported"))?;
-    // A run of consecutive indices (a scalar index, `x[:, a:b]`) is a slice; anything else a
-    // gather, whose adjoint is gathers again.
-    let picked = if ids.iter().enumerate().all(|(r, &i)| i == first + r) {
-        slice_axis(cx, v, ax, first, first + ids.len())?
-    } else {
-        cx.g.push1(
-            "",
-            Op::Gather(Gather {
-                axis: ax,
-                indices: ids,
-            }),
-            &[v],
-        )?
-    };
+    if ids.is_empty() {
+        bail!("empty indices are not supported");
+    }
+    let picked = cx.g.take(v, ax, ids)?;
     Ok(cx.g.reshape(picked, &out_shape)?)
 }
 

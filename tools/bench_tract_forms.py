@@ -35,8 +35,12 @@ def model(path, nodes, inits, ins, outs):
     onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]), path)
 
 
+def f(name, shape):
+    """An f32 graph input or output of a static shape."""
+    return h.make_tensor_value_info(name, T.FLOAT, shape)
+
+
 def pairs(d, n, c, s):
-    f = lambda name, shape: h.make_tensor_value_info(name, T.FLOAT, shape)
     big, small = [n, c, s, s], [n, c, s // 2, s // 2]
     quarter = nh.from_array(np.full((c, 1, 2, 2), 0.25, np.float32), "k")
     q = nh.from_array(np.array(0.25, np.float32), "q")
@@ -105,8 +109,11 @@ def tract_times(tesla, paths, reps, rounds=2):
     for _ in range(rounds):
         for k, p in enumerate(paths):
             r = subprocess.run([tesla, "bench", "profile", "--graph", p, "--reps", str(reps), "--nodes", "0"],
-                               capture_output=True, text=True, check=True)
-            ts[k].append(float(re.search(r"([0-9.]+) ms per run", r.stdout).group(1)))
+                               capture_output=True, text=True)
+            found = re.search(r"([0-9.]+) ms per run", r.stdout)
+            if r.returncode != 0 or not found:
+                raise SystemExit(f"{tesla} bench profile --graph {p} failed: {r.stderr.strip() or r.stdout.strip()}")
+            ts[k].append(float(found.group(1)))
     return [statistics.median(t) for t in ts]
 
 
@@ -118,6 +125,8 @@ def main():
     ap.add_argument("--side", type=int, default=32)
     ap.add_argument("--reps", type=int, default=5)
     a = ap.parse_args()
+    if not os.access(a.tesla, os.X_OK):
+        raise SystemExit(f"no tesla binary at {a.tesla} (build it with `cargo build --release`)")
     with tempfile.TemporaryDirectory() as d:
         print(f"batch {a.batch}, {a.width} channels, {a.side}×{a.side}; ms per run, median")
         print(f"{'form: artifact / candidate':<42} {'tract':>17} {'ratio':>7} {'ONNX Runtime':>17} {'ratio':>7}")

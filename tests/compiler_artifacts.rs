@@ -7,7 +7,7 @@ use tesla_distill::compiler::artifact::{logits_graph, pass2_graph, step_graph};
 use tesla_distill::compiler::eval::eval;
 use tesla_distill::compiler::ir::{DType, Graph, Tensor};
 use tesla_distill::compiler::model::ForwardModel;
-use tesla_distill::compiler::ops::{ConvTranspose, Expand};
+use tesla_distill::compiler::ops::{Expand, Upsample};
 use tesla_distill::zoo::convnet::{Act, ConvNet, Norm, Pool};
 use tesla_distill::zoo::resnet::ResNet;
 use tesla_distill::zoo::vit::Vit;
@@ -197,10 +197,10 @@ fn parameter_layout_matches_pytorch() {
     );
 }
 
-/// The faster forms the passes give the backends (masks as products, pooling's upsampling as a
-/// depthwise transposed convolution) compute the very same values as the forms the derivative
-/// rules emit, through first and second order, and leave none of the slow forms behind. Equal as
-/// numbers: a masked-out zero may come out as −0.
+/// The faster forms the passes give the backends (masks as products, pooling's upsampling as one
+/// primitive) compute the very same values as the forms the derivative rules emit, through first
+/// and second order, and leave none of the slow forms behind. Equal as numbers: a masked-out zero
+/// may come out as −0.
 #[test]
 fn fast_forms_compute_the_same_values() {
     use tesla_distill::compiler::autodiff::grad;
@@ -228,11 +228,11 @@ fn fast_forms_compute_the_same_values() {
     let count = |g: &Graph, f: &dyn Fn(&Op) -> bool| g.nodes.iter().filter(|n| f(&n.op)).count();
     let is_where = |o: &Op| matches!(o, Op::Where);
     let is_expand = |o: &Op| matches!(o, Op::Expand(Expand { .. }));
-    let is_deconv = |o: &Op| matches!(o, Op::ConvTranspose(ConvTranspose { .. }));
+    let is_upsample = |o: &Op| matches!(o, Op::Upsample(Upsample { .. }));
     assert!(count(&g, &is_where) >= 2 && count(&g, &is_expand) >= 1);
     // The max pool's tie mask is a Where against the cotangent, not zero: it stays.
     assert!(count(&fast, &is_where) < count(&g, &is_where));
-    assert!(count(&fast, &is_deconv) >= 1);
+    assert!(count(&fast, &is_upsample) >= 1);
     assert!(count(&fast, &is_expand) < count(&g, &is_expand));
     let mut xs = distinct(&mut r, &[2, 3, 8, 8]);
     xs.dtype = DType::F64;

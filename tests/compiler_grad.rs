@@ -9,6 +9,7 @@ use tesla_distill::compiler::ir::{ConvAttrs, DType, Graph, Op, Tensor, ValueId};
 use tesla_distill::compiler::lower;
 use tesla_distill::compiler::ops::{
     Concat, ConvTranspose, ConvWeightGrad, Gather, LeakyRelu, Pad, ReduceMax, Slice, Split,
+    Upsample,
 };
 
 const TOL: f64 = 1e-6;
@@ -392,6 +393,13 @@ fn lowered_composites() {
     check("avg-pool-floor", &[(&[2, 3, 5, 7], smooth)], |g, v| {
         let p = lower::pool_2d(g, v[0], 2, false).unwrap();
         g.mul(p, p).unwrap()
+    });
+    // Pooling's adjoint as a primitive of its own, by unequal factors.
+    check("upsample", &[(&[2, 3, 2, 3], smooth)], |g, v| {
+        let u = g
+            .push1("", Op::Upsample(Upsample { kh: 2, kw: 3 }), &[v[0]])
+            .unwrap();
+        g.mul(u, u).unwrap()
     });
     check("max-pool", &[(&[1, 2, 5, 4], distinct)], |g, v| {
         let p = lower::pool_2d(g, v[0], 2, true).unwrap();

@@ -10,7 +10,7 @@ use tesla_distill::compiler::ir::{ConvAttrs, DType, Graph, Op, Tensor};
 use tesla_distill::compiler::lower;
 use tesla_distill::compiler::ops::{
     Cast, Concat, ConvTranspose, ConvWeightGrad, Gather, LeakyRelu, Pad, ReduceMax, ReduceSum,
-    Slice, Split,
+    Slice, Split, Upsample,
 };
 use tesla_distill::onnx::export;
 
@@ -382,8 +382,9 @@ fn small_outputs() -> Graph {
     g
 }
 
-/// Instance normalisation, written as ONNX `InstanceNormalization`, on 2-D and 1-D planes, and
-/// average pooling, written as `AveragePool`.
+/// Instance normalisation, written as ONNX `InstanceNormalization`, on 2-D and 1-D planes;
+/// average pooling, written as a depthwise `Conv`; and nearest-neighbour upsampling by unequal
+/// factors, written as `Resize`.
 fn norm_and_pool() -> Graph {
     let mut g = Graph::new();
     let x = g.input("x", DType::F32, vec![2, 3, 4, 5]);
@@ -395,7 +396,10 @@ fn norm_and_pool() -> Graph {
     let p = lower::pool_2d(&mut g, x, 2, false).unwrap();
     let x3 = g.input("x3", DType::F32, vec![1, 2, 7, 9]);
     let p3 = lower::pool_2d(&mut g, x3, 3, false).unwrap();
-    g.outputs = vec![y, y1, p, p3];
+    let u = g
+        .push1("up", Op::Upsample(Upsample { kh: 3, kw: 2 }), &[x3])
+        .unwrap();
+    g.outputs = vec![y, y1, p, p3, u];
     g
 }
 
@@ -431,6 +435,16 @@ fn exported_graphs_run_on_onnx_runtime() {
     want.extend(flipped);
     want.push("Conv");
     assert_eq!(ops, want);
+    let pool_ops = op_types(&norm_and_pool());
+    assert_eq!(
+        pool_ops.iter().filter(|op| *op == "Resize").count(),
+        1,
+        "{pool_ops:?}"
+    );
+    assert!(
+        !pool_ops.iter().any(|op| op == "AveragePool"),
+        "{pool_ops:?}"
+    );
     let small_ops = op_types(&small_outputs());
     assert!(
         !small_ops.iter().any(|op| op.starts_with("Conv")),

@@ -180,6 +180,8 @@ primitives! {
     InstanceNorm(ops::InstanceNorm),
     /// Mean over non-overlapping square windows.
     AvgPool(ops::AvgPool),
+    /// Nearest-neighbour upsampling by whole factors (average pooling's adjoint, up to scale).
+    Upsample(ops::Upsample),
 }
 
 /// Convolution attributes (spatial rank = `strides.len()`).

@@ -1,7 +1,7 @@
 //! Graph passes: functions from a graph to a graph.
 
 use super::ir::{Graph, Node, Op, ValueId};
-use crate::compiler::ops::{Cast, ConvTranspose, Expand, Reshape};
+use crate::compiler::ops::{Cast, Expand, Reshape, Upsample};
 use std::collections::HashMap;
 
 /// Removes the nodes no output needs and renumbers values. Graph inputs are kept even when unused
@@ -148,9 +148,8 @@ pub fn simplify(g: &Graph) -> Graph {
 ///   `Where(c, 0, b)` becomes `b · (1 − float(c))` (ONNX Runtime's `Where` with a broadcast scalar
 ///   is about 4× slower than a `Mul`);
 /// - the nearest-neighbour upsampling that non-overlapping pooling's backward emits
-///   (`Reshape` to \[N,C,h,1,w,1\], `Expand` to \[N,C,h,k,w,k\], `Reshape` to \[N,C,hk,wk\]) becomes a
-///   depthwise `ConvTranspose` with a kernel of ones and stride k (an `Expand` over inner axes of
-///   size k is about 5× slower).
+///   (`Reshape` to \[N,C,h,1,w,1\], `Expand` to \[N,C,h,k,w,k\], `Reshape` to \[N,C,hk,wk\]) becomes
+///   the one [`Upsample`] primitive (an `Expand` over inner axes of size k is about 5× slower).
 ///
 /// Values are renumbered by [`prune`] afterwards, so the replaced nodes disappear.
 pub fn fast_forms(g: &Graph) -> Graph {
@@ -172,7 +171,7 @@ pub fn fast_forms(g: &Graph) -> Graph {
         }
         let replaced = match &node.op {
             Op::Where => where_as_mul(&mut out, &producer, &node),
-            Op::Reshape(Reshape { .. }) => upsample_as_conv_transpose(&mut out, &producer, &node),
+            Op::Reshape(Reshape { .. }) => upsample_as_one_op(&mut out, &producer, &node),
             _ => None,
         };
         match replaced {
@@ -240,7 +239,7 @@ fn where_as_mul(g: &mut Graph, producer: &HashMap<ValueId, usize>, n: &Node) -> 
     (g.shape(y) == out_shape.as_slice()).then_some(y)
 }
 
-fn upsample_as_conv_transpose(
+fn upsample_as_one_op(
     g: &mut Graph,
     producer: &HashMap<ValueId, usize>,
     n: &Node,
@@ -276,26 +275,11 @@ fn upsample_as_conv_transpose(
             &[src],
         )
         .ok()?;
-    let ones = g.constant(super::ir::Tensor::new(
-        dt,
-        vec![c, 1, kh, kw],
-        vec![1.0; c * kh * kw],
-    ));
-    let conv = super::ir::ConvAttrs {
-        strides: vec![kh, kw],
-        pads_begin: vec![0, 0],
-        pads_end: vec![0, 0],
-        dilations: vec![1, 1],
-        group: c,
-    };
     let y = g
         .push1(
             &name("upsample"),
-            Op::ConvTranspose(ConvTranspose {
-                conv,
-                out_spatial: vec![hh, ww],
-            }),
-            &[flat, ones],
+            Op::Upsample(Upsample { kh, kw }),
+            &[flat],
         )
         .ok()?;
     Some(y)

@@ -343,6 +343,7 @@ impl<'a> Exporter<'a> {
                     Operand::Input(k) => ins.get(*k).cloned().unwrap_or_default(),
                     Operand::Temp(stem) => temps.get(stem.as_ref()).cloned().unwrap_or_default(),
                     Operand::Constant(stem, t) => self.init(&format!("{out0}_{stem}"), t),
+                    Operand::Absent => String::new(),
                 });
             }
             let mut output = Vec::new();

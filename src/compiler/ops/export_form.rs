@@ -44,6 +44,8 @@ pub enum Operand {
     /// A constant operand (ONNX takes some static attributes as inputs), an initializer named
     /// `{result}_{stem}`.
     Constant(Cow<'static, str>, Tensor),
+    /// An optional operand left out (written as an empty name, as ONNX marks one).
+    Absent,
 }
 
 /// A result of an exported node.

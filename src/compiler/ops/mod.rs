@@ -26,7 +26,7 @@ pub use export_form::{AttrValue, Export, ExportNode, Operand, Output};
 pub use layout::{Concat, Expand, Gather, Pad, Reshape, Slice, Split, Transpose};
 pub use matmul::MatMul;
 pub use norm::InstanceNorm;
-pub use pool::AvgPool;
+pub use pool::{AvgPool, Upsample};
 pub use reduce::{ReduceMax, ReduceSum};
 pub use unary::{
     Cast, Erf, Exp, Identity, LeakyRelu, Log, Neg, Relu, Sigmoid, Sqrt, StopGradient, Tanh,

@@ -181,6 +181,23 @@ fn cases() -> Vec<Case> {
             &[("x", x4, false), ("s", &[4], false), ("b", &[4], false)],
             &[("y", x4)],
         ),
+        // 1-D planes of values around 1 (the plane mean well away from 0), as an imported batch
+        // norm's [1, C, N·S] view gives tract's form of the norm.
+        case(
+            "instance_norm_1d",
+            vec![node(
+                "InstanceNormalization",
+                &["x", "s", "b"],
+                &["y"],
+                &[("epsilon", A::F(1e-3))],
+            )],
+            &[
+                ("x", &[1, 4, 50], true),
+                ("s", &[4], false),
+                ("b", &[4], false),
+            ],
+            &[("y", &[1, 4, 50])],
+        ),
         case(
             "layer_norm",
             vec![node(

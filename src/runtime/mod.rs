@@ -17,6 +17,7 @@ mod ort_backend;
 pub mod programs;
 pub mod run_file;
 mod tract_backend;
+mod tract_instance_norm;
 mod tract_profile;
 
 pub use crate::tensor_file::{read_safetensors, read_safetensors_with_metadata, write_safetensors};

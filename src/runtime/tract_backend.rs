@@ -99,7 +99,7 @@ pub(crate) fn load_state(path: &Path) -> Result<(ModelInfo, TypedSimpleState)> {
 
 /// The optimized plan of the graph at `path`, every input pinned to its declared f32 shape.
 fn build_plan(path: &Path, info: &ModelInfo) -> TractResult<Arc<TypedSimplePlan>> {
-    let mut model = tract_onnx::onnx().model_for_path(path)?;
+    let mut model = super::tract_instance_norm::onnx().model_for_path(path)?;
     // Pin every input to its declared f32 static shape: tract then optimizes for exactly these
     // shapes and never has to resolve symbols at run time.
     let outlets = model.input_outlets()?.to_vec();

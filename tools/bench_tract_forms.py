@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""The ONNX forms the artifacts use for ConvNet's average pooling, its adjoint and instance
-normalisation, each against an equivalent form, on tract and on ONNX Runtime, side by side.
+"""Direct ONNX forms of ConvNet's average pooling, its adjoint and instance normalisation, each
+against the equivalent form the artifacts (or, for the norm, tract's loader) use instead, on
+tract and on ONNX Runtime, side by side.
 
     python3 tools/bench_tract_forms.py --tesla target/release/tesla [--batch 256] [--reps 5]
 
@@ -9,10 +10,12 @@ Each pair is a small graph on the first ConvNet-D3 layer's activation (batch × 
 - its adjoint, the depthwise `ConvTranspose` with that kernel, against a scaling by 1/4 and a
   nearest-neighbour `Resize` by 2;
 - `InstanceNormalization`, against the same statistics written out with the scale folded into
-  one factor per image and channel, so the large tensor sees one product and one sum.
+  one factor per image and channel, so the large tensor sees one product and one sum. The
+  artifacts keep `InstanceNormalization` (ONNX Runtime's fused kernel is the fastest form); tract
+  loads it as its own folded form, so on tract the left column is that form.
 The two forms of each pair are checked to agree on ONNX Runtime, then timed: ONNX Runtime in this
 process, alternating between the forms; tract through `tesla bench profile`, alternating too.
-Prints ms per run (median) and the ratio of the candidate to the artifact's form.
+Prints ms per run (median) and the ratio of the equivalent form to the direct one.
 """
 import argparse
 import os
@@ -46,13 +49,13 @@ def pairs(d, n, c, s):
     q = nh.from_array(np.array(0.25, np.float32), "q")
     scales = nh.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
     out = []
-    p = [os.path.join(d, f"pool_{x}.onnx") for x in ("artifact", "candidate")]
+    p = [os.path.join(d, f"pool_{x}.onnx") for x in ("direct", "equivalent")]
     model(p[0], [h.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
           [], [f("x", big)], [f("y", small)])
     model(p[1], [h.make_node("Conv", ["x", "k"], ["y"], group=c, kernel_shape=[2, 2], strides=[2, 2])],
           [quarter], [f("x", big)], [f("y", small)])
     out.append(("average pool 2×2 / depthwise Conv", p))
-    p = [os.path.join(d, f"spread_{x}.onnx") for x in ("artifact", "candidate")]
+    p = [os.path.join(d, f"spread_{x}.onnx") for x in ("direct", "equivalent")]
     model(p[0], [h.make_node("ConvTranspose", ["x", "k"], ["y"], group=c, kernel_shape=[2, 2], strides=[2, 2])],
           [quarter], [f("x", small)], [f("y", big)])
     model(p[1], [h.make_node("Mul", ["x", "q"], ["xq"]),
@@ -60,7 +63,7 @@ def pairs(d, n, c, s):
                              coordinate_transformation_mode="asymmetric", nearest_mode="floor")],
           [q, scales], [f("x", small)], [f("y", big)])
     out.append(("its adjoint: ConvTranspose / Resize", p))
-    p = [os.path.join(d, f"norm_{x}.onnx") for x in ("artifact", "candidate")]
+    p = [os.path.join(d, f"norm_{x}.onnx") for x in ("direct", "equivalent")]
     ins = [f("x", big), f("g", [c]), f("b", [c])]
     model(p[0], [h.make_node("InstanceNormalization", ["x", "g", "b"], ["y"], epsilon=1e-5)], [], ins, [f("y", big)])
     eps = nh.from_array(np.array(1e-5, np.float32), "eps")
@@ -129,7 +132,7 @@ def main():
         raise SystemExit(f"no tesla binary at {a.tesla} (build it with `cargo build --release`)")
     with tempfile.TemporaryDirectory() as d:
         print(f"batch {a.batch}, {a.width} channels, {a.side}×{a.side}; ms per run, median")
-        print(f"{'form: artifact / candidate':<42} {'tract':>17} {'ratio':>7} {'ONNX Runtime':>17} {'ratio':>7}")
+        print(f"{'direct form / equivalent form':<42} {'tract':>17} {'ratio':>7} {'ONNX Runtime':>17} {'ratio':>7}")
         for name, paths in pairs(d, a.batch, a.width, a.side):
             o = ort_times(paths, 2 * a.reps + 1)
             t = tract_times(a.tesla, paths, a.reps)

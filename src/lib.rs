@@ -24,6 +24,7 @@
 //! ```
 #![warn(missing_docs)]
 pub mod atomic_file;
+pub mod block_cache;
 pub mod cli;
 pub mod compile_cache;
 pub mod compiler;

@@ -1,4 +1,11 @@
 //! The `tesla` binary: every error ends as one line on stderr and a non-zero exit.
+
+/// tract allocates the same large intermediates in every run of a graph; the cache hands each
+/// freed one to the next request of its size, so later runs write into pages already touched.
+#[global_allocator]
+static ALLOC: tesla_distill::block_cache::BlockCache =
+    tesla_distill::block_cache::BlockCache::new();
+
 fn main() {
     // Rust ignores SIGPIPE, which turns `tesla inspect DIR | head` into a panic on the next print;
     // the default action ends the process quietly, as other command-line tools do.

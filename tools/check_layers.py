@@ -14,7 +14,7 @@ import sys
 
 # Bottom to top. Modules on one line form one layer and may not refer to each other.
 LAYERS = [
-    ["atomic_file", "progress"],
+    ["atomic_file", "block_cache", "progress"],
     ["tensor_file", "config_file"],
     ["compiler"],
     ["onnx"],

@@ -89,11 +89,7 @@ impl BlockCache {
 
     fn take(&self, layout: Layout) -> Option<*mut u8> {
         let mut pools = self.pools.lock().ok()?;
-        let pool = pools
-            .by_size
-            .iter_mut()
-            .find(|p| p.size == layout.size() && p.align == layout.align())?;
-        let addr = pool.free.pop()?;
+        let addr = pools.pool(layout)?.free.pop()?;
         pools.cached_bytes -= layout.size();
         Some(addr as *mut u8)
     }
@@ -106,31 +102,28 @@ impl BlockCache {
         if pools.cached_bytes + layout.size() > MAX_CACHED_BYTES {
             return false;
         }
-        let index = match pools
-            .by_size
-            .iter()
-            .position(|p| p.size == layout.size() && p.align == layout.align())
-        {
-            Some(i) => i,
-            None if pools.by_size.len() < MAX_SIZES => {
-                pools.by_size.push(Pool {
-                    size: layout.size(),
-                    align: layout.align(),
-                    free: Vec::new(),
-                });
-                pools.by_size.len() - 1
-            }
-            None => return false,
-        };
-        let Some(pool) = pools.by_size.get_mut(index) else {
-            return false;
-        };
-        if pool.free.len() >= MAX_BLOCKS_PER_SIZE {
-            return false;
+        if pools.pool(layout).is_none() && pools.by_size.len() < MAX_SIZES {
+            pools.by_size.push(Pool {
+                size: layout.size(),
+                align: layout.align(),
+                free: Vec::new(),
+            });
         }
-        pool.free.push(ptr as usize);
+        match pools.pool(layout) {
+            Some(pool) if pool.free.len() < MAX_BLOCKS_PER_SIZE => pool.free.push(ptr as usize),
+            _ => return false,
+        }
         pools.cached_bytes += layout.size();
         true
+    }
+}
+
+impl Pools {
+    /// The pool of blocks of exactly this size and alignment, if there is one.
+    fn pool(&mut self, layout: Layout) -> Option<&mut Pool> {
+        self.by_size
+            .iter_mut()
+            .find(|p| p.size == layout.size() && p.align == layout.align())
     }
 }
 

@@ -254,3 +254,26 @@ fn bench_profile_lists_the_time_of_each_op() {
         &["/nonexistent/g.onnx"],
     );
 }
+
+/// `tesla bench compare` runs PyTorch through an interpreter the user names: a comparison it
+/// does not know, an interpreter that cannot be run and one without torch are each one error
+/// line that names the cause, before anything is written or timed.
+#[test]
+fn bench_compare_names_what_it_cannot_run() {
+    let d = tempfile::tempdir().unwrap();
+    let work = d.path().join("w");
+    let w = work.to_str().unwrap();
+    fails_with(
+        &["bench", "compare", "--compare", "graphs,epochs", "--work", w],
+        &["'epochs'", "expert-epoch"],
+    );
+    fails_with(
+        &["bench", "compare", "--python", "/nonexistent/python3", "--work", w],
+        &["/nonexistent/python3", "PyTorch"],
+    );
+    fails_with(
+        &["bench", "compare", "--python", "false", "--work", w],
+        &["`false` cannot import torch", "--python"],
+    );
+    assert!(!work.exists(), "nothing is written before the checks pass");
+}

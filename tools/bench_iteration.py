@@ -112,6 +112,15 @@ def tesla_seconds(tesla, work, experts, mode, dsa, a):
     return statistics.median(secs[1:])
 
 
+def expert_parameters(path):
+    # The safetensors header (a little-endian length, then JSON): `trajectory` is
+    # [snapshots, parameters].
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    return header["trajectory"]["shape"][1]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="convnet-d3")
@@ -136,6 +145,11 @@ def main():
             sys.exit(f"error: {' '.join(cmd)} failed")
     shape, classes = (1, 28, 28), 10
     model = build(a.model, shape[0], shape[1], classes).train()
+    torch_params = sum(p.numel() for p in model.parameters())
+    tesla_params = expert_parameters(os.path.join(experts, "expert_0000.safetensors"))
+    if tesla_params != torch_params:
+        sys.exit(f"error: tesla's {a.model} has {tesla_params} parameters, the PyTorch reference "
+                 f"{torch_params}: the two would not do the same work")
     print(f"one iteration, {a.model}, {a.dataset} shape, IPC {a.ipc}, T {a.steps}, batch = all, "
           f"hard labels, {a.threads} threads (s/iter, median of {a.iterations})")
     print(f"{'mode':<10} {'PyTorch':>10} {'tesla, DSA':>20} {'tesla, no DSA':>20}")

@@ -29,10 +29,13 @@ from torch.func import functional_call
 
 def convnet(depth, width, channels, hw, classes):
     layers, c, s = [], channels, hw
-    for _ in range(depth):
-        layers += [nn.Conv2d(c, width, 3, padding=1), nn.GroupNorm(width, width, affine=True),
+    for d in range(depth):
+        # As tesla's builder and MTT's ConvNet: a 1-channel (28×28) input is padded by 3 in the
+        # first layer, so that the network runs on 32×32 maps.
+        pad = 3 if channels == 1 and d == 0 else 1
+        layers += [nn.Conv2d(c, width, 3, padding=pad), nn.GroupNorm(width, width, affine=True),
                    nn.ReLU(), nn.AvgPool2d(2)]
-        c, s = width, s // 2
+        c, s = width, (s + 2 * pad - 2) // 2
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(width * s * s, classes))
 
 
@@ -131,8 +134,12 @@ def main():
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"error: {' '.join(cmd)} failed: {out.stderr.strip().splitlines()[-1:]}")
+        torch_params = sum(p.numel() for p in model.parameters())
         for line in out.stdout.splitlines():
             f = line.split()
+            if len(f) == 2 and f[0] == "parameters" and int(f[1]) != torch_params:
+                sys.exit(f"error: tesla's {spec} has {f[1]} parameters, the PyTorch reference "
+                         f"{torch_params}: the two would not do the same work")
             if len(f) >= 5 and f[0] in ("tract", "ort", "ort-cuda"):
                 rates[f"tesla {f[0]}{label}"] = [float(v) for v in f[1:5]]
     # PyTorch is timed again after tesla: on a shared machine its speed drifts within minutes,

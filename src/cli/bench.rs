@@ -13,8 +13,9 @@ use std::time::Instant;
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// What to measure: `data`, `step` (graph throughput per backend), `memory` (peak memory
-    /// of the gradient modes at two values of T) or `profile` (time per op of one graph on
-    /// tract, `--graph FILE.onnx`).
+    /// of the gradient modes at two values of T), `profile` (time per op of one graph on
+    /// tract, `--graph FILE.onnx`) or `compare` (the graphs, one distillation iteration and one
+    /// expert epoch against PyTorch on the same work, side by side; needs Python with torch).
     pub what: String,
     /// Model: convnet-dN[-wN…], resnet18[-wN], vit[-pN-dN-lN-hN-mN] or a forward .onnx file.
     #[arg(long, default_value = "convnet-d3")]
@@ -59,7 +60,28 @@ pub struct BenchArgs {
     /// How many of the slowest nodes `profile` lists after its per-op table.
     #[arg(long, default_value_t = 12)]
     pub nodes: usize,
+    /// What `compare` runs against PyTorch (comma-separated): `graphs`, `iteration`,
+    /// `expert-epoch`.
+    #[arg(long, default_value = "graphs,iteration,expert-epoch")]
+    pub compare: String,
+    /// The Python interpreter `compare` runs PyTorch with.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
 }
+
+/// The PyTorch side of `compare`: the scripts in `tools/`, carried in the binary so that an
+/// installed `tesla` compares itself without a source checkout.
+const COMPARE_SCRIPTS: [(&str, &str); 3] = [
+    ("bench_torch.py", include_str!("../../tools/bench_torch.py")),
+    (
+        "bench_iteration.py",
+        include_str!("../../tools/bench_iteration.py"),
+    ),
+    (
+        "bench_expert_epoch.py",
+        include_str!("../../tools/bench_expert_epoch.py"),
+    ),
+];
 
 /// Runs a benchmark.
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -71,8 +93,95 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "step" => step(&a),
         "memory" => memory(&a),
         "profile" => profile(&a),
-        other => bail!("unknown benchmark '{other}': data, step, memory or profile"),
+        "compare" => compare(&a),
+        other => bail!("unknown benchmark '{other}': data, step, memory, profile or compare"),
     }
+}
+
+fn compare(a: &BenchArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the tesla executable")?;
+    let exe = exe.to_string_lossy().into_owned();
+    let parts: Vec<&str> = a.compare.split(',').map(str::trim).collect();
+    if let Some(bad) = parts
+        .iter()
+        .find(|p| !matches!(**p, "graphs" | "iteration" | "expert-epoch"))
+    {
+        bail!("unknown comparison '{bad}': graphs, iteration or expert-epoch");
+    }
+    let probe = std::process::Command::new(&a.python)
+        .args(["-c", "import torch"])
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => {}
+        Ok(_) => bail!("`{}` cannot import torch: install PyTorch for it, or name another interpreter with --python", a.python),
+        Err(e) => bail!("cannot run `{}` ({e}): `tesla bench compare` needs Python with PyTorch", a.python),
+    }
+    let scripts = a.work.join("compare-scripts");
+    std::fs::create_dir_all(&scripts)
+        .with_context(|| format!("cannot create {}", scripts.display()))?;
+    for (name, text) in COMPARE_SCRIPTS {
+        crate::atomic_file::write(&scripts.join(name), text.as_bytes())?;
+    }
+    let backend = a.backends.split(',').next().unwrap_or("ort").trim();
+    let work = |name: &str| a.work.join(name).to_string_lossy().into_owned();
+    let batch = a.batch.to_string();
+    let reps = a.reps.to_string();
+    let classes = a.classes.to_string();
+    let ipc = a.ipc.to_string();
+    for part in parts {
+        let mut args: Vec<&str> = match part {
+            "graphs" => vec![
+                "bench_torch.py",
+                &a.model,
+                "--input",
+                &a.input,
+                "--classes",
+                &classes,
+                "--batch",
+                &batch,
+                "--reps",
+                &reps,
+                "--backends",
+                &a.backends,
+                "--tesla",
+            ],
+            "iteration" => vec![
+                "bench_iteration.py",
+                "--model",
+                &a.model,
+                "--ipc",
+                &ipc,
+                "--modes",
+                "tesla",
+                "--backend",
+                backend,
+                "--tesla",
+            ],
+            _ => vec![
+                "bench_expert_epoch.py",
+                "--model",
+                &a.model,
+                "--backend",
+                backend,
+                "--tesla",
+            ],
+        };
+        args.push(&exe);
+        let dir = work(part);
+        if part != "graphs" {
+            args.extend(["--work", &dir]);
+        }
+        let script = scripts.join(args.remove(0));
+        let status = std::process::Command::new(&a.python)
+            .arg(&script)
+            .args(&args)
+            .status()
+            .with_context(|| format!("cannot run {}", script.display()))?;
+        if !status.success() {
+            bail!("the {part} comparison failed ({status}); its error is printed above");
+        }
+    }
+    Ok(())
 }
 
 fn profile(a: &BenchArgs) -> Result<()> {
@@ -120,6 +229,7 @@ fn step(a: &BenchArgs) -> Result<()> {
         "backend", "step img/s", "pass2 img/s", "logits img/s", "pass2 dx img/s"
     );
     let mut base: Option<[f64; 4]> = None;
+    let mut num_params = None;
     for kind in kinds {
         let mut store = ProgramStore::new(
             model.clone(),
@@ -137,6 +247,7 @@ fn step(a: &BenchArgs) -> Result<()> {
         let theta = crate::train::init_theta(&mut store, a.batch, 0)?;
         let (exec, m) = store.get(a.batch)?;
         let p = m.num_params;
+        num_params = Some(p);
         let th = ndarray::Array1::from(theta).into_dyn();
         let x = ndarray::ArrayD::<f32>::from_shape_fn(
             ndarray::IxDyn(&[a.batch, input[0], input[1], input[2]]),
@@ -180,6 +291,10 @@ fn step(a: &BenchArgs) -> Result<()> {
         let cells: String = r.iter().map(|v| format!(" {v:>14.1}")).collect();
         println!("{:<10}{cells}{ratio}", kind.as_str());
         base.get_or_insert(r);
+    }
+    // A reference implementation timed beside these rows reads this to prove it did the same work.
+    if let Some(p) = num_params {
+        println!("parameters {p}");
     }
     Ok(())
 }

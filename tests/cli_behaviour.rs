@@ -264,11 +264,25 @@ fn bench_compare_names_what_it_cannot_run() {
     let work = d.path().join("w");
     let w = work.to_str().unwrap();
     fails_with(
-        &["bench", "compare", "--compare", "graphs,epochs", "--work", w],
+        &[
+            "bench",
+            "compare",
+            "--compare",
+            "graphs,epochs",
+            "--work",
+            w,
+        ],
         &["'epochs'", "expert-epoch"],
     );
     fails_with(
-        &["bench", "compare", "--python", "/nonexistent/python3", "--work", w],
+        &[
+            "bench",
+            "compare",
+            "--python",
+            "/nonexistent/python3",
+            "--work",
+            w,
+        ],
         &["/nonexistent/python3", "PyTorch"],
     );
     fails_with(

@@ -25,7 +25,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_iteration import expert_parameters  # noqa: E402
-from bench_torch import build  # noqa: E402  (the same ConvNet as the graph benchmark)
+from bench_torch import build, machine  # noqa: E402  (the same ConvNet as the graph benchmark)
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
@@ -113,6 +113,7 @@ def main():
     ref = reference_epochs(model, train, test, 256, a.epochs)
     with_dsa = tesla_epochs(a, "color_crop_cutout_flip_scale_rotate", torch_params)
     plain = tesla_epochs(a, "none", torch_params)
+    print(machine())
     print(f"one expert epoch, {a.model}, {len(train[0])} Fashion-MNIST training images at batch "
           f"256 and the {len(test[0])} test images, {a.threads} threads, backend {a.backend} "
           f"(s/epoch, median of {a.epochs - 1})")

@@ -27,6 +27,26 @@ from torch import nn
 from torch.func import functional_call
 
 
+def machine():
+    """The CPU a table was measured on, as one line: the same binary's ratios to PyTorch differ
+    between hosts of one cloud machine type (a different CPU generation behind the same name), so
+    each table names the family and model it ran on."""
+    fields, cores = {}, 0
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "processor":
+                    cores += 1
+                elif key in ("model name", "cpu family", "model") and key not in fields:
+                    fields[key] = value.strip()
+    except OSError:
+        return "cpu: unknown (no /proc/cpuinfo)"
+    return (f"cpu: {fields.get('model name', 'unknown')}, family {fields.get('cpu family', '?')} "
+            f"model {fields.get('model', '?')}, {cores} logical cores; torch {torch.__version__}")
+
+
 def convnet(depth, width, channels, hw, classes):
     layers, c, s = [], channels, hw
     for d in range(depth):
@@ -151,6 +171,7 @@ def main():
         torch_rows = {"pytorch, before tesla": before, "pytorch, after tesla": after,
                       f"pytorch {torch.__version__}, mean": ref}
     rates = {**torch_rows, **rates}
+    print(machine())
     print(f"{a.model}, input {a.input}, batch {a.batch}, {a.threads} threads, median of {a.reps} (img/s)")
     width = max(22, *(len(name) for name in rates))
     print(f"{'':<{width}} {'step':>16} {'pass 2':>16} {'logits':>16} {'pass 2, dx':>16}")

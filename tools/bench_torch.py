@@ -28,9 +28,9 @@ from torch.func import functional_call
 
 
 def machine():
-    """The CPU a table was measured on, as one line: the same binary's ratios to PyTorch differ
-    between hosts of one cloud machine type (a different CPU generation behind the same name), so
-    each table names the family and model it ran on."""
+    """The CPU a table was measured on, as one line: the same source's ratios to PyTorch differed
+    by up to 1.7 times between two hosts of one machine type, so each table names the family and
+    model it ran on."""
     fields, cores = {}, 0
     try:
         with open("/proc/cpuinfo") as f:

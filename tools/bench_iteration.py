@@ -147,6 +147,9 @@ def main():
     ap.add_argument("--tesla", required=True, help="the tesla binary")
     ap.add_argument("--work", default="runs/bench-iteration")
     a = ap.parse_args()
+    if a.iterations < 1 or a.warmup < 0:
+        sys.exit(f"error: --iterations must be at least 1 and --warmup at least 0 "
+                 f"(given {a.iterations} and {a.warmup})")
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     os.makedirs(a.work, exist_ok=True)

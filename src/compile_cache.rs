@@ -4,7 +4,8 @@
 use crate::compiler::manifest::Manifest;
 use crate::onnx::artifacts::compile_dir;
 use crate::progress::{Event, SharedObserver};
-use crate::runtime::programs::{Artifact, BackendExec};
+use crate::runtime::batches::BatchPrograms;
+use crate::runtime::programs::{Artifact, BackendExec, Exec};
 use crate::runtime::{backend, BackendKind};
 use crate::zoo::ModelSpec;
 use anyhow::{Context, Result};
@@ -112,5 +113,38 @@ impl ProgramStore {
         }
         let (e, m) = self.execs.get_mut(&batch).expect("inserted above");
         Ok((e, m))
+    }
+
+    /// The store's programs for batches of `batch` images (see [`StoreBatches`]).
+    pub fn batches(&mut self, batch: usize) -> Result<StoreBatches<'_>> {
+        let pads = self.get(batch)?.1.images_independent();
+        Ok(StoreBatches {
+            store: self,
+            batch,
+            pads,
+        })
+    }
+}
+
+/// A store's programs for one batch size, as [`BatchPrograms`]: a short batch is padded when the
+/// manifest says each image is treated on its own, and otherwise runs on the programs compiled for
+/// its own size (compiled once, then cached like any other).
+pub struct StoreBatches<'a> {
+    store: &'a mut ProgramStore,
+    batch: usize,
+    pads: bool,
+}
+
+impl BatchPrograms<f32> for StoreBatches<'_> {
+    fn rows(&self) -> usize {
+        self.batch
+    }
+
+    fn pads_exactly(&self) -> bool {
+        self.pads
+    }
+
+    fn at(&mut self, rows: usize) -> Result<&mut dyn Exec<f32>> {
+        Ok(self.store.get(rows)?.0)
     }
 }

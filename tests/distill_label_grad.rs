@@ -13,6 +13,7 @@ use tesla_distill::compiler::eval::eval;
 use tesla_distill::compiler::ir::{DType, Graph, Tensor};
 use tesla_distill::distill::gradient::{backward, Mode, Segment};
 use tesla_distill::distill::labels::{label_path_grad, teacher_labels};
+use tesla_distill::runtime::batches::OneBatch;
 use tesla_distill::runtime::programs::{Artifact, ReferenceExec};
 
 const B: usize = 2;
@@ -119,7 +120,8 @@ fn matching_loss(s: &Setup, images: &Array4<f64>) -> f64 {
 
 /// The image gradient of `mode` with the labels held fixed, and the label gradient ∂L/∂Y.
 fn fixed_label_grads(s: &mut Setup, mode: Mode) -> (Array4<f64>, Array2<f64>) {
-    let labels = teacher_labels(&mut s.exec, &s.teacher, &s.images, B, K).unwrap();
+    let labels =
+        teacher_labels(&mut OneBatch::new(&mut s.exec, B), &s.teacher, &s.images, K).unwrap();
     let mut gx = Array4::<f64>::zeros(s.images.raw_dim());
     let mut gy = Array2::<f64>::zeros((N, K));
     let images = s.images.clone();
@@ -173,7 +175,8 @@ fn exact_sweep_plus_label_path_equals_finite_differences() {
         let (gx, gy) = fixed_label_grads(&mut s, mode);
         let teacher = s.teacher.clone();
         let images = s.images.clone();
-        let path = label_path_grad(&mut s.exec, &teacher, &images, &gy, B).unwrap();
+        let path =
+            label_path_grad(&mut OneBatch::new(&mut s.exec, B), &teacher, &images, &gy).unwrap();
         let total = &gx + &path;
         let e = rel(total.as_slice().unwrap(), &fd);
         assert!(
@@ -197,7 +200,8 @@ fn label_path_pads_a_short_last_batch_with_zero_cotangents() {
     let three = s.images.slice(s![..3, .., .., ..]).to_owned();
     let mut r = rng(3);
     let dy = Array2::from_shape_vec((3, K), uniform(&mut r, &[3, K], -1.0, 1.0).data).unwrap();
-    let got = label_path_grad(&mut s.exec, &teacher, &three, &dy, B).unwrap();
+    let got =
+        label_path_grad(&mut OneBatch::padded(&mut s.exec, B), &teacher, &three, &dy).unwrap();
     // ⟨dy, Y(X)⟩ by central differences, through the full-batch label function.
     let f = |x: &Array4<f64>| {
         let mut four = s.images.clone();

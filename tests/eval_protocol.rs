@@ -222,3 +222,105 @@ fn a_short_batch_gives_the_gradient_of_its_own_images() {
         );
     }
 }
+
+/// A batch-norm model with batch statistics: 23 images in batches of 10 give, for the last three,
+/// the logits of a batch of those three (as PyTorch's `DataLoader` batches them), both in the
+/// teacher's labels and in the test accuracy. Padding the batch to 10 would change them.
+#[test]
+fn a_short_batch_of_a_batch_statistics_model_is_not_padded() {
+    use tesla_distill::compile_cache::ProgramStore;
+    use tesla_distill::distill::labels::{softmax_rows, teacher_labels};
+    use tesla_distill::onnx::import::BatchNormMode;
+    use tesla_distill::runtime::programs::Artifact;
+    let spec = ModelSpec::Onnx(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/vgg11_bn_w4_dynamo.onnx"),
+        BatchNormMode::Batch,
+    );
+    let (n, b, k) = (23, 10, 10);
+    let mut r = common::rng(17);
+    let images = Array4::from_shape_fn((n, 1, 28, 28), |_| r.random_range(-1.0f32..1.0));
+    let labels: Vec<u32> = (0..n as u32).map(|i| i % k as u32).collect();
+    let names: Vec<String> = (0..k).map(|c| format!("c{c}")).collect();
+    let ds = Dataset::from_f32(
+        "toy",
+        images.clone(),
+        labels.clone(),
+        names,
+        vec![0.0],
+        vec![1.0],
+    )
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let mut store = ProgramStore::new(
+        spec.clone(),
+        [1, 28, 28],
+        k,
+        BackendKind::Tract,
+        work.path(),
+        &[Artifact::Logits],
+    );
+    let theta = init_theta(&mut store, b, 5).unwrap();
+
+    // f64 logits of the given rows as one batch.
+    let reference = |rows: &[usize]| -> ndarray::Array2<f64> {
+        let m = spec.build(rows.len(), [1, 28, 28], k).unwrap();
+        let x = images.select(ndarray::Axis(0), rows);
+        let z = eval(
+            &logits_graph(&m).unwrap(),
+            &[
+                Tensor::new(
+                    DType::F64,
+                    vec![theta.len()],
+                    theta.iter().map(|&v| f64::from(v)).collect(),
+                ),
+                Tensor::new(
+                    DType::F64,
+                    x.shape().to_vec(),
+                    x.iter().map(|&v| f64::from(v)).collect(),
+                ),
+            ],
+        )
+        .unwrap()
+        .remove(0);
+        ndarray::Array2::from_shape_vec((rows.len(), k), z.data).unwrap()
+    };
+    let mut want = ndarray::Array2::<f64>::zeros((n, k));
+    for start in (0..n).step_by(b) {
+        let rows: Vec<usize> = (start..(start + b).min(n)).collect();
+        want.slice_mut(ndarray::s![start..start + rows.len(), ..])
+            .assign(&reference(&rows));
+    }
+    // The padded form really differs here, so the comparison below can tell the two apart.
+    let mut padded: Vec<usize> = (20..23).collect();
+    padded.resize(b, 20);
+    let pz = reference(&padded);
+    let gap = (&pz.slice(ndarray::s![..3, ..]) - &want.slice(ndarray::s![20.., ..]))
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(gap > 1e-2, "padding changes the logits by only {gap}");
+
+    let got = teacher_labels(&mut store.batches(b).unwrap(), &theta, &images, k).unwrap();
+    let want_p = softmax_rows(&want);
+    let worst = got
+        .iter()
+        .zip(&want_p)
+        .fold(0.0f64, |m, (&a, &w)| m.max((f64::from(a) - w).abs()));
+    assert!(worst < 1e-4, "teacher labels off by {worst}");
+    assert!(
+        store.dir(3).exists(),
+        "the short batch ran on its own programs"
+    );
+
+    let counts = class_accuracy(&mut store, &ds, &theta, b).unwrap();
+    let mut expect = ClassCounts {
+        correct: vec![0; k],
+        total: vec![0; k],
+    };
+    for (row, &l) in want.rows().into_iter().zip(&labels) {
+        let best = (0..k).fold(0, |bi, c| if row[c] > row[bi] { c } else { bi });
+        expect.total[l as usize] += 1;
+        expect.correct[l as usize] += usize::from(best == l as usize);
+    }
+    assert_eq!(counts, expect);
+}

@@ -8,7 +8,7 @@ use super::labels::teacher_labels;
 use crate::data::select::Selection;
 use crate::data::Dataset;
 use crate::experts::trajectory::Trajectory;
-use crate::runtime::programs::Exec;
+use crate::runtime::batches::BatchPrograms;
 use crate::train::argmax;
 use anyhow::{bail, Result};
 use ndarray::Axis;
@@ -37,16 +37,18 @@ pub fn target_teachers(
 }
 
 /// Picks `ipc` images of every class, in a random order fixed by `seed`, keeping only those that
-/// all `teachers` classify as their class. `exec` runs the logits graph on batches of `b`.
+/// all `teachers` classify as their class. `programs` run the logits graph; each class's images
+/// are judged in full batches of theirs (the last one overlapping the one before), so that a model
+/// with batch statistics sees a batch of the class's own images, never padding.
 pub fn select_teacher_agreed(
     train: &Dataset,
     ipc: usize,
     seed: u64,
     teachers: &[Vec<f32>],
-    exec: &mut dyn Exec<f32>,
-    b: usize,
+    programs: &mut dyn BatchPrograms<f32>,
 ) -> Result<Selection> {
     let k = train.num_classes();
+    let b = programs.rows().max(1);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut indices = Vec::with_capacity(ipc * k);
     let mut labels = Vec::with_capacity(ipc * k);
@@ -61,26 +63,30 @@ pub fn select_teacher_agreed(
         }
         pool.shuffle(&mut rng);
         let mut taken = 0;
-        for chunk in pool.chunks(b) {
-            let x = train.batch(chunk);
-            let mut agreed = vec![true; chunk.len()];
+        let mut judged = 0;
+        while judged < pool.len() && taken < ipc {
+            // The window's first `skip` images were judged in the previous one.
+            let end = (judged + b).min(pool.len());
+            let begin = end.saturating_sub(b);
+            let skip = judged - begin;
+            let window = &pool[begin..end];
+            let x = train.batch(window);
+            let mut agreed = vec![true; window.len()];
             for theta in teachers {
-                let p = teacher_labels(exec, theta, &x, b, k)?;
+                let p = teacher_labels(programs, theta, &x, k)?;
                 for (i, row) in p.axis_iter(Axis(0)).enumerate() {
                     // A diverged teacher (NaN rows) agrees with nothing.
                     agreed[i] &= argmax(row) == c && row.iter().all(|v| v.is_finite());
                 }
             }
-            for (&i, ok) in chunk.iter().zip(agreed) {
+            for (&i, ok) in window.iter().zip(agreed).skip(skip) {
                 if ok && taken < ipc {
                     indices.push(i);
                     labels.push(c as u32);
                     taken += 1;
                 }
             }
-            if taken == ipc {
-                break;
-            }
+            judged = end;
         }
         if taken < ipc {
             bail!(

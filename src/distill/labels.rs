@@ -4,7 +4,8 @@
 
 use crate::compiler::artifact::Artifact;
 use crate::experts::trajectory::Trajectory;
-use crate::runtime::programs::{Exec, Scalar};
+use crate::runtime::batches::{for_each_batch, BatchPrograms};
+use crate::runtime::programs::Scalar;
 use anyhow::Result;
 use ndarray::{s, Array2, Array4, Axis, Ix2};
 use std::ops::Range;
@@ -32,39 +33,36 @@ pub fn softmax_rows_vjp<F: Scalar>(p: &Array2<F>, dy: &Array2<F>) -> Array2<F> {
     dz
 }
 
-/// The batches of `b` rows covering `n` rows, as (start, end, row indices): the graphs take exactly
-/// `b` rows, so a short last batch repeats its first row.
-fn padded_batches(n: usize, b: usize) -> impl Iterator<Item = (usize, usize, Vec<usize>)> {
-    (0..n).step_by(b.max(1)).map(move |start| {
-        let end = (start + b).min(n);
-        let mut idx: Vec<usize> = (start..end).collect();
-        idx.resize(b, start);
-        (start, end, idx)
-    })
-}
-
-/// Softmax of the teacher `theta`'s logits on `images`, in batches of `b`.
+/// Softmax of the teacher `theta`'s logits on `images`, in the batches of `programs` (see
+/// [`for_each_batch`] for a short last batch).
 pub fn teacher_labels<F: Scalar>(
-    exec: &mut dyn Exec<F>,
+    programs: &mut dyn BatchPrograms<F>,
     theta: &[F],
     images: &Array4<F>,
-    b: usize,
     classes: usize,
 ) -> Result<Array2<F>> {
     let n = images.shape()[0];
     let mut z = Array2::<F>::zeros((n, classes));
     let th = ndarray::ArrayView1::from(theta).into_dyn();
-    for (start, end, idx) in padded_batches(n, b) {
-        let x = images.select(Axis(0), &idx).into_dyn();
+    for_each_batch(programs, n, |exec, b| {
+        let x = images.select(Axis(0), &b.rows).into_dyn();
         let out = exec.run(Artifact::Logits, &[th.clone(), x.view()])?;
         let l = out
             .first()
             .ok_or_else(|| anyhow::anyhow!("the logits artifact returns nothing"))?
             .view()
             .into_dimensionality::<Ix2>()?;
-        z.slice_mut(s![start..end, ..])
-            .assign(&l.slice(s![..end - start, ..]));
-    }
+        if l.dim() != (b.rows.len(), classes) {
+            anyhow::bail!(
+                "the logits artifact returned {:?} for {} images of {classes} classes",
+                l.dim(),
+                b.rows.len()
+            );
+        }
+        z.slice_mut(s![b.start..b.end, ..])
+            .assign(&l.slice(s![..b.len(), ..]));
+        Ok(())
+    })?;
     Ok(softmax_rows(&z))
 }
 
@@ -72,11 +70,10 @@ pub fn teacher_labels<F: Scalar>(
 /// all its teachers at once (`tesla distill --final-labels mean`, `tesla eval --teacher-labels`),
 /// steadier than the one teacher an iteration draws.
 pub fn mean_teacher_labels(
-    exec: &mut dyn Exec<f32>,
+    programs: &mut dyn BatchPrograms<f32>,
     experts: &[Trajectory],
     epochs: impl Fn(&Trajectory) -> Range<usize>,
     images: &Array4<f32>,
-    b: usize,
     classes: usize,
 ) -> Result<Array2<f32>> {
     let mut sum = Array2::<f32>::zeros((images.shape()[0], classes));
@@ -84,7 +81,7 @@ pub fn mean_teacher_labels(
     for traj in experts {
         // One teacher at a time: the whole set can be large (ImageNet-size trajectories).
         for e in epochs(traj) {
-            sum += &teacher_labels(exec, &traj.epoch(e)?, images, b, classes)?;
+            sum += &teacher_labels(programs, &traj.epoch(e)?, images, classes)?;
             count += 1;
         }
     }
@@ -92,21 +89,21 @@ pub fn mean_teacher_labels(
 }
 
 /// The images' share of a gradient that reaches the teacher's soft labels: with
-/// `Y = softmax(f(theta, X))` and `dy = ∂L/∂Y`, returns `∂L/∂X` along that path, in batches of `b`
-/// (the padding rows of a short last batch carry a zero cotangent).
+/// `Y = softmax(f(theta, X))` and `dy = ∂L/∂Y`, returns `∂L/∂X` along that path, in the batches
+/// of `programs` (the padding rows of a short last batch carry a zero cotangent).
 pub fn label_path_grad<F: Scalar>(
-    exec: &mut dyn Exec<F>,
+    programs: &mut dyn BatchPrograms<F>,
     theta: &[F],
     images: &Array4<F>,
     dy: &Array2<F>,
-    b: usize,
 ) -> Result<Array4<F>> {
     let n = images.shape()[0];
     let mut out = Array4::<F>::zeros(images.raw_dim());
     let th = ndarray::ArrayView1::from(theta).into_dyn();
-    for (start, end, idx) in padded_batches(n, b) {
-        let x = images.select(Axis(0), &idx).into_dyn();
-        let mut w = dy.select(Axis(0), &idx);
+    for_each_batch(programs, n, |exec, b| {
+        let (start, end) = (b.start, b.end);
+        let x = images.select(Axis(0), &b.rows).into_dyn();
+        let mut w = dy.select(Axis(0), &b.rows);
         w.slice_mut(s![end - start.., ..]).fill(F::zero());
         let res = exec.run(
             Artifact::LabelVjp,
@@ -117,9 +114,17 @@ pub fn label_path_grad<F: Scalar>(
             .next()
             .ok_or_else(|| anyhow::anyhow!("label_vjp returned no output"))?
             .into_dimensionality::<ndarray::Ix4>()?;
+        if dx.shape() != x.shape() {
+            anyhow::bail!(
+                "label_vjp returned {:?} for images of shape {:?}",
+                dx.shape(),
+                x.shape()
+            );
+        }
         out.slice_mut(s![start..end, .., .., ..])
             .assign(&dx.slice(s![..end - start, .., .., ..]));
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 

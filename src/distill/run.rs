@@ -17,6 +17,7 @@ use crate::data::select::Selection;
 use crate::data::{zca::Zca, Dataset};
 use crate::experts::trajectory::{list, Trajectory};
 use crate::progress::{Event, SharedObserver};
+use crate::runtime::batches::OneBatch;
 use crate::runtime::programs::{Artifact, Exec};
 use crate::runtime::BackendKind;
 use crate::train::one_hot;
@@ -131,7 +132,12 @@ fn assign_labels(
     teacher: Option<&[f32]>,
 ) -> Result<Array2<f32>> {
     match teacher {
-        Some(th) => teacher_labels(exec, th, &st.images, ctx.batch_syn, ctx.classes),
+        Some(th) => teacher_labels(
+            &mut OneBatch::new(exec, ctx.batch_syn),
+            th,
+            &st.images,
+            ctx.classes,
+        ),
         None if ctx.cfg.labels == Labels::Hard => Ok(one_hot(&st.classes, ctx.classes)),
         None => {
             Ok(softmax_rows(st.label_logits.as_ref().ok_or_else(|| {
@@ -222,7 +228,7 @@ fn matching_gradient(
         backward(cfg.gradient, exec, &segment, &mut batch, &mut sink, need_dy)?
     };
     if let (true, Some(th)) = (cfg.label_grad, seg.teacher.as_deref()) {
-        grad += &label_path_grad(exec, th, images, &grad_y, ctx.batch_syn)?;
+        grad += &label_path_grad(&mut OneBatch::new(exec, ctx.batch_syn), th, images, &grad_y)?;
     }
     Ok(MatchingGradient {
         images: grad,
@@ -323,11 +329,10 @@ pub fn saved_labels(ctx: &RunContext, exec: &mut dyn Exec<f32>, st: &State) -> R
         _ => super::init::target_epochs(cfg.max_start_epoch, cfg.expert_epochs),
     };
     mean_teacher_labels(
-        exec,
+        &mut OneBatch::new(exec, ctx.batch_syn),
         &ctx.experts,
         epochs,
         &st.images,
-        ctx.batch_syn,
         ctx.classes,
     )
 }
@@ -627,9 +632,12 @@ pub fn run_with(cfg: DistillConfig, resume: bool, observer: &SharedObserver) -> 
         None => {
             let teachers =
                 super::init::target_teachers(&experts, cfg.max_start_epoch, cfg.expert_epochs)?;
-            let exec = store.get(batch_syn)?.0;
             let sel = super::init::select_teacher_agreed(
-                &train, cfg.ipc, cfg.seed, &teachers, exec, batch_syn,
+                &train,
+                cfg.ipc,
+                cfg.seed,
+                &teachers,
+                &mut store.batches(batch_syn)?,
             )?;
             initial_state_from(&cfg, &train, sel)?
         }

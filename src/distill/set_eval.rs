@@ -152,11 +152,10 @@ fn teacher_mean_labels(
         num_params,
     )?;
     let y = mean_teacher_labels(
-        store.get(b)?.0,
+        &mut store.batches(b)?,
         &experts,
         |_| range.clone(),
         &set.images,
-        b,
         k,
     )?;
     let own: Vec<String> = set

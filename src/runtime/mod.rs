@@ -12,6 +12,7 @@ use std::str::FromStr;
 use anyhow::{bail, Result};
 use ndarray::{ArrayD, ArrayViewD};
 
+pub mod batches;
 mod model_info;
 mod ort_backend;
 pub mod programs;

@@ -7,6 +7,7 @@ use crate::compiler::manifest::Manifest;
 use crate::data::augment::{self, Strategy};
 use crate::data::Dataset;
 use crate::progress::{Event, Observer};
+use crate::runtime::batches::for_each_batch;
 use crate::runtime::programs::{Artifact, Exec, Scalar};
 use anyhow::{anyhow, bail, Result};
 use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Axis};
@@ -297,9 +298,10 @@ pub fn accuracy(
     Ok(class_accuracy(store, ds, theta, batch)?.accuracy())
 }
 
-/// Per-class top-1 counts of `theta` on a dataset, evaluated in batches of `batch` (the last
-/// batch is padded; logits of the padding are ignored, which is exact because no op mixes
-/// samples).
+/// Per-class top-1 counts of `theta` on a dataset, evaluated in batches of `batch` in the
+/// dataset's order. A short last batch is padded (the padding's logits ignored) when each image's
+/// logits depend on it alone, and otherwise runs at its own size, as PyTorch's `DataLoader`
+/// gives it, so padding never enters batch statistics.
 pub fn class_accuracy(
     store: &mut ProgramStore,
     ds: &Dataset,
@@ -315,26 +317,31 @@ pub fn class_accuracy(
         correct: vec![0; k],
         total: vec![0; k],
     };
-    let b = batch.min(n);
     let th = ndarray::ArrayView1::from(theta).into_dyn();
-    let idx: Vec<usize> = (0..n).collect();
-    for chunk in idx.chunks(b) {
-        let mut padded = chunk.to_vec();
-        padded.resize(b, chunk[0]);
-        let x = ds.batch(&padded).into_dyn();
-        let (exec, _) = store.get(b)?;
+    let mut programs = store.batches(batch.clamp(1, n))?;
+    for_each_batch(&mut programs, n, |exec, b| {
+        let x = ds.batch(&b.rows).into_dyn();
         let out = exec.run(Artifact::Logits, &[th.clone(), x.view()])?;
         let z = out
             .first()
             .ok_or_else(|| anyhow!("the logits artifact returns nothing"))?
             .view()
             .into_dimensionality::<ndarray::Ix2>()?;
-        for (i, &l) in ds.batch_labels(chunk).iter().enumerate() {
+        if z.dim() != (b.rows.len(), k) {
+            bail!(
+                "the logits artifact returned {:?} for {} images of {k} classes",
+                z.dim(),
+                b.rows.len()
+            );
+        }
+        let real: Vec<usize> = (b.start..b.end).collect();
+        for (i, &l) in ds.batch_labels(&real).iter().enumerate() {
             let l = l as usize;
             counts.total[l] += 1;
             counts.correct[l] += usize::from(argmax(z.row(i)) == l);
         }
-    }
+        Ok(())
+    })?;
     Ok(counts)
 }
 

@@ -13,6 +13,7 @@ use anyhow::{bail, Result};
 use ndarray::{ArrayD, ArrayViewD};
 
 pub mod batches;
+mod heap;
 mod model_info;
 mod ort_backend;
 pub mod programs;

@@ -24,7 +24,7 @@ impl TractBackend {
 /// What every tract run in this process needs set up once: its thread pool and the heap.
 pub(crate) fn prepare_process() {
     use_every_core();
-    keep_freed_memory();
+    super::heap::keep_freed_memory();
 }
 
 /// Points tract's kernels at a pool of one thread per core (tract runs on the calling thread
@@ -44,27 +44,6 @@ fn use_every_core() {
             set_default_executor(Executor::MultiThread(Arc::new(pool)));
         }
     });
-}
-
-/// Has the C allocator keep the blocks tract frees for its next allocations, once per process
-/// (glibc only). tract allocates every intermediate of a run afresh; glibc serves blocks above
-/// 32 MiB with their own mappings and unmaps them on free, so each run paid a page fault per
-/// 4 KiB of its large intermediates: a 44 MB `Concat` took 25 ms instead of 4.5 ms and
-/// ConvNet-D3's step at batch 256 about 1.8 times as long. The cost is that memory the process
-/// has freed, up to 2 GiB at the top of its heap, is not handed back to the system until exit.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        static HEAP: std::sync::Once = std::sync::Once::new();
-        HEAP.call_once(|| {
-            // SAFETY: mallopt only sets allocator parameters; it is safe to call at any time,
-            // and a parameter it refuses (a 0 return) leaves the default in place.
-            unsafe {
-                libc::mallopt(libc::M_MMAP_MAX, 0);
-                libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-            }
-        });
-    }
 }
 
 impl Backend for TractBackend {

@@ -64,6 +64,11 @@ pub struct BenchArgs {
     /// `expert-epoch`.
     #[arg(long, default_value = "graphs,iteration,expert-epoch")]
     pub compare: String,
+    /// For `memory`: a run whose resident memory passes this many MiB is stopped and reported as
+    /// more than that (default: three quarters of the machine's memory), so that a graph the
+    /// machine cannot hold meets this limit and not the kernel's out-of-memory killer.
+    #[arg(long)]
+    pub memory_limit_mib: Option<f64>,
     /// The Python interpreter `compare` runs PyTorch with.
     #[arg(long, default_value = "python3")]
     pub python: String,
@@ -320,9 +325,14 @@ fn memory(a: &BenchArgs) -> Result<()> {
     if !st.success() {
         bail!("training the benchmark expert failed");
     }
+    let limit_mib = match a.memory_limit_mib {
+        Some(m) if m.is_finite() && m > 0.0 => m,
+        Some(m) => bail!("--memory-limit-mib must be a positive number of MiB, not {m}"),
+        None => machine_memory_mib()? * 0.75,
+    };
     println!(
         "one distillation iteration per mode and T: {} on {backend}, {} at IPC {}, batch {} per \
-         step; peak RSS in MiB (seconds per iteration)",
+         step; peak RSS in MiB (seconds per iteration); a run past {limit_mib:.0} MiB is stopped",
         a.model, a.dataset, a.ipc, a.batch_syn
     );
     println!(
@@ -334,12 +344,13 @@ fn memory(a: &BenchArgs) -> Result<()> {
             .collect::<String>()
     );
     for mode in a.modes.split(',').map(str::trim) {
-        let mut row: Vec<Option<(f64, f64)>> = Vec::new();
+        // A finished run's peak and seconds, or what a run that did not finish was seen to hold.
+        let mut row: Vec<Result<(f64, f64), String>> = Vec::new();
         let mut stored = Vec::new();
         for &t in &steps {
             let out = a.work.join(format!("memory-{mode}-{t}"));
             let _ = std::fs::remove_dir_all(&out);
-            let st = std::process::Command::new(&exe)
+            let child = std::process::Command::new(&exe)
                 .args(["distill", "--dataset", &a.dataset, "--model", &a.model])
                 .args(["--ipc", &a.ipc.to_string()])
                 .args(["--batch-syn", &a.batch_syn.to_string()])
@@ -359,23 +370,27 @@ fn memory(a: &BenchArgs) -> Result<()> {
                 .arg(&out)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::piped())
-                .output()?;
-            // A run the machine cannot hold (the unrolled graph at large T, killed) is a result
-            // too; any other failure is an error with its cause.
-            if !st.status.success() {
-                let err = String::from_utf8_lossy(&st.stderr);
+                .spawn()
+                .context("cannot start a benchmark run")?;
+            let run = watch_memory(child, limit_mib)?;
+            // A run the machine cannot hold (the unrolled graph at large T, stopped at the limit
+            // or killed) is a result too; any other failure is an error with its cause.
+            if !run.output.status.success() {
+                let err = String::from_utf8_lossy(&run.output.stderr);
                 let last = err.lines().rfind(|l| l.starts_with("error:"));
-                if let (Some(line), Some(_)) = (last, st.status.code()) {
+                if let (Some(line), Some(_), false) = (last, run.output.status.code(), run.stopped)
+                {
                     bail!("the {mode} run at T={t}: {line}");
                 }
-                row.push(None);
+                let how = if run.stopped { "stopped" } else { "killed" };
+                row.push(Err(format!("> {:.0} ({how})", run.peak_mib)));
                 stored.push(0.0);
                 continue;
             }
             let metrics = std::fs::read_to_string(out.join("metrics.jsonl"))?;
             let last: serde_json::Value =
                 serde_json::from_str(metrics.lines().last().unwrap_or("{}"))?;
-            row.push(Some((
+            row.push(Ok((
                 last["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
                 last["seconds"].as_f64().unwrap_or(f64::NAN),
             )));
@@ -387,7 +402,7 @@ fn memory(a: &BenchArgs) -> Result<()> {
             stored.push(((t + 1) * man.num_params * 4) as f64 / (1024.0 * 1024.0));
         }
         let growth = match (row.first(), row.last()) {
-            (Some(Some((first, _))), Some(Some((last, _)))) if row.len() >= 2 => {
+            (Some(Ok((first, _))), Some(Ok((last, _)))) if row.len() >= 2 => {
                 let n = row.len() - 1;
                 if mode == "unrolled" {
                     format!("  ×{:.3}", last / first)
@@ -403,11 +418,122 @@ fn memory(a: &BenchArgs) -> Result<()> {
             mode,
             row.iter()
                 .map(|v| match v {
-                    Some((m, s)) => format!("{:>20}", format!("{m:.1} ({s:.1} s)")),
-                    None => format!("{:>20}", "killed"),
+                    Ok((m, s)) => format!("{:>20}", format!("{m:.1} ({s:.1} s)")),
+                    Err(seen) => format!("{seen:>20}"),
                 })
                 .collect::<String>()
         );
     }
     Ok(())
+}
+
+/// A benchmark run's end: its exit and stderr, whether the watchdog stopped it, and the most
+/// resident memory it was seen to hold (MiB).
+struct WatchedRun {
+    output: std::process::Output,
+    stopped: bool,
+    peak_mib: f64,
+}
+
+/// Waits for `child`, stopping it once its resident memory passes `limit_mib`. Resident memory is
+/// polled from `/proc` every 50 ms; a run stopped at the limit held at least that much.
+fn watch_memory(mut child: std::process::Child, limit_mib: f64) -> Result<WatchedRun> {
+    use std::io::Read;
+    // Drained on its own thread: a child blocked on a full stderr pipe would never finish.
+    let mut stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(s) = stderr.as_mut() {
+            let _ = s.read_to_end(&mut buf);
+        }
+        buf
+    });
+    let status_file = format!("/proc/{}/status", child.id());
+    let (mut peak_mib, mut stopped) = (0.0f64, false);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if let Some(rss) = std::fs::read_to_string(&status_file)
+            .ok()
+            .as_deref()
+            .and_then(|s| status_kib(s, "VmRSS:"))
+        {
+            peak_mib = peak_mib.max(rss / 1024.0);
+            if peak_mib > limit_mib && !stopped {
+                stopped = true;
+                // The child may have ended since try_wait; the wait below reaps it either way.
+                let _ = child.kill();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let stderr = reader.join().unwrap_or_default();
+    Ok(WatchedRun {
+        output: std::process::Output {
+            status,
+            stdout: Vec::new(),
+            stderr,
+        },
+        stopped,
+        peak_mib,
+    })
+}
+
+/// A `Key:   N kB` line of a `/proc` status or meminfo file, in KiB.
+fn status_kib(text: &str, key: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// The machine's memory in MiB, from `/proc/meminfo`.
+fn machine_memory_mib() -> Result<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo")
+        .context("cannot read /proc/meminfo for the default --memory-limit-mib; give one")?;
+    status_kib(&text, "MemTotal:")
+        .map(|kib| kib / 1024.0)
+        .ok_or_else(|| anyhow::anyhow!("/proc/meminfo has no MemTotal; give --memory-limit-mib"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    fn spawn(program: &str, args: &[&str]) -> std::process::Child {
+        Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("a standard tool starts")
+    }
+
+    #[test]
+    fn a_run_past_the_limit_is_stopped_and_reported_above_it() {
+        // `tail` holds a line of /dev/zero in memory until the newline that never comes.
+        let run = watch_memory(spawn("tail", &["/dev/zero"]), 64.0).expect("watched");
+        assert!(run.stopped);
+        assert!(!run.output.status.success());
+        assert!(run.peak_mib > 64.0, "seen {} MiB", run.peak_mib);
+    }
+
+    #[test]
+    fn a_run_under_the_limit_keeps_its_exit_and_stderr() {
+        let run = watch_memory(spawn("sh", &["-c", "echo 'error: no' >&2; exit 3"]), 64.0)
+            .expect("watched");
+        assert!(!run.stopped);
+        assert_eq!(run.output.status.code(), Some(3));
+        assert_eq!(String::from_utf8_lossy(&run.output.stderr), "error: no\n");
+        assert!(run.peak_mib < 64.0);
+    }
+
+    #[test]
+    fn proc_lines_read_in_kib() {
+        let text = "Name:\ttesla\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n";
+        assert_eq!(status_kib(text, "VmRSS:"), Some(1024.0));
+        assert_eq!(status_kib(text, "VmSwap:"), None);
+    }
 }

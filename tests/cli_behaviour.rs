@@ -1,7 +1,7 @@
 //! The command line without surprises: help shows every default, a distillation takes its model
 //! and dataset from the experts when not given, a bad output path fails before any work, a
-//! resumed run lists each iteration once in `metrics.jsonl`, and the `config.json` a run wrote
-//! runs it again.
+//! resumed run lists each iteration once in `metrics.jsonl`, the `config.json` a run wrote
+//! runs it again, and `bench memory` stops a run past its memory limit.
 
 mod common;
 
@@ -289,5 +289,60 @@ fn bench_compare_names_what_it_cannot_run() {
         &["bench", "compare", "--python", "false", "--work", w],
         &["`false` cannot import torch", "--python"],
     );
+    assert!(!work.exists(), "nothing is written before the checks pass");
+}
+
+/// `tesla bench memory` prints one peak per mode and T; a run past `--memory-limit-mib` is
+/// stopped and its cell says so, and a limit that is no size is one error line before any work.
+#[test]
+fn bench_memory_stops_a_run_past_its_limit() {
+    let d = tempfile::tempdir().unwrap();
+    let work = d.path().join("w");
+    let w = work.to_str().unwrap();
+    let base = [
+        "bench",
+        "memory",
+        "--model",
+        "convnet-d1-w4",
+        "--ipc",
+        "1",
+        "--steps",
+        "2,3",
+        "--modes",
+        "tesla,unrolled",
+        "--backends",
+        "tract",
+        "--work",
+        w,
+    ];
+    let row = |out: &str, mode: &str| -> String {
+        out.lines()
+            .find(|l| l.starts_with(mode))
+            .unwrap_or_else(|| panic!("no {mode} row:\n{out}"))
+            .to_string()
+    };
+    let (code, out, err) = tesla(&base);
+    assert_eq!(code, 0, "{err}");
+    for mode in ["tesla", "unrolled"] {
+        let cells = row(&out, mode);
+        let peaks: Vec<f64> = cells
+            .split(" s)")
+            .filter_map(|c| c.split_whitespace().rev().nth(1)?.parse().ok())
+            .collect();
+        assert_eq!(peaks.len(), 2, "{cells}");
+        assert!(peaks.iter().all(|&p| p > 1.0), "{cells}");
+        assert!(!cells.contains("stopped"), "{cells}");
+    }
+    let mut limited = base.to_vec();
+    limited.extend(["--memory-limit-mib", "1"]);
+    let (code, out, err) = tesla(&limited);
+    assert_eq!(code, 0, "{err}");
+    for mode in ["tesla", "unrolled"] {
+        assert_eq!(row(&out, mode).matches("(stopped)").count(), 2, "{out}");
+    }
+    std::fs::remove_dir_all(&work).unwrap();
+    let mut bad = base.to_vec();
+    bad.extend(["--memory-limit-mib", "0"]);
+    fails_with(&bad, &["--memory-limit-mib", "not 0"]);
     assert!(!work.exists(), "nothing is written before the checks pass");
 }

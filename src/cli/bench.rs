@@ -312,6 +312,11 @@ fn memory(a: &BenchArgs) -> Result<()> {
         .map(|s| s.trim().parse())
         .collect::<Result<_, _>>()
         .context("--steps")?;
+    let limit_mib = match a.memory_limit_mib {
+        Some(m) if m.is_finite() && m > 0.0 => m,
+        Some(m) => bail!("--memory-limit-mib must be a positive number of MiB, not {m}"),
+        None => machine_memory_mib()? * 0.75,
+    };
     let experts = a.work.join("memory-experts");
     let backend = a.backends.split(',').next().unwrap_or("tract").trim();
     // Two short experts are enough: memory and time per iteration do not depend on their quality.
@@ -325,11 +330,6 @@ fn memory(a: &BenchArgs) -> Result<()> {
     if !st.success() {
         bail!("training the benchmark expert failed");
     }
-    let limit_mib = match a.memory_limit_mib {
-        Some(m) if m.is_finite() && m > 0.0 => m,
-        Some(m) => bail!("--memory-limit-mib must be a positive number of MiB, not {m}"),
-        None => machine_memory_mib()? * 0.75,
-    };
     println!(
         "one distillation iteration per mode and T: {} on {backend}, {} at IPC {}, batch {} per \
          step; peak RSS in MiB (seconds per iteration); a run past {limit_mib:.0} MiB is stopped",

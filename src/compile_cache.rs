@@ -2,6 +2,7 @@
 //! directory and reused while the model's source hash and the compiler's revision are unchanged.
 
 use crate::compiler::manifest::Manifest;
+use crate::compiler::model::NormStatistics;
 use crate::onnx::artifacts::compile_dir;
 use crate::progress::{Event, SharedObserver};
 use crate::runtime::batches::BatchPrograms;
@@ -67,6 +68,14 @@ impl ProgramStore {
     /// The model this store compiles.
     pub fn model(&self) -> &ModelSpec {
         &self.model
+    }
+
+    /// Whether each image's outputs depend on that image alone (see
+    /// [`Manifest::images_independent`]), from the model built for `batch` images, before
+    /// anything is compiled.
+    pub fn images_independent(&self, batch: usize) -> Result<bool> {
+        let m = self.model.build(batch, self.input, self.classes)?;
+        Ok(m.batchnorm.values().all(|s| *s != NormStatistics::Batch))
     }
 
     /// The directory holding the artifacts for `batch`.

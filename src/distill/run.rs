@@ -19,6 +19,7 @@ use crate::experts::trajectory::{list, Trajectory};
 use crate::progress::{Event, SharedObserver};
 use crate::runtime::batches::OneBatch;
 use crate::runtime::programs::{Artifact, Exec};
+use crate::runtime::row_chunks::{requested_rows_per_call, rows_per_call, RowChunks};
 use crate::runtime::BackendKind;
 use crate::train::one_hot;
 use crate::train::optimizer::MomentumSgd;
@@ -618,7 +619,18 @@ pub fn run_with(cfg: DistillConfig, resume: bool, observer: &SharedObserver) -> 
         .observed(observer)
         .with_unrolled(cfg.syn_steps);
     }
-    let num_params = store.get(batch_syn)?.1.num_params;
+    // Independent images run in calls of a few each (runtime::row_chunks); the unrolled graph
+    // couples a step's images with the next step and always takes the whole batch.
+    let per_call = if cfg.gradient == Mode::Unrolled {
+        batch_syn
+    } else {
+        rows_per_call(
+            batch_syn,
+            store.images_independent(batch_syn)?,
+            requested_rows_per_call()?,
+        )?
+    };
+    let num_params = store.get(per_call)?.1.num_params;
     let experts = open_experts(
         &cfg.experts,
         &model.name(),
@@ -637,7 +649,7 @@ pub fn run_with(cfg: DistillConfig, resume: bool, observer: &SharedObserver) -> 
                 cfg.ipc,
                 cfg.seed,
                 &teachers,
-                &mut store.batches(batch_syn)?,
+                &mut store.batches(per_call)?,
             )?;
             initial_state_from(&cfg, &train, sel)?
         }
@@ -658,7 +670,8 @@ pub fn run_with(cfg: DistillConfig, resume: bool, observer: &SharedObserver) -> 
         batch_syn,
     };
     if st.iteration == 0 {
-        let y = saved_labels(&ctx, store.get(batch_syn)?.0, &st)?;
+        let exec = &mut RowChunks::new(store.get(per_call)?.0, batch_syn, per_call)?;
+        let y = saved_labels(&ctx, exec, &st)?;
         save(&ctx, &st, &y, train.mean(), train.std(), zca.as_ref())?;
     }
     crate::config_file::write(&out.join("config.json"), &cfg)?;
@@ -691,14 +704,14 @@ pub fn run_with(cfg: DistillConfig, resume: bool, observer: &SharedObserver) -> 
         while st.iteration < cfg.iterations {
             let t0 = Instant::now();
             at = st.iteration + 1;
-            let exec = store.get(batch_syn)?.0;
+            let exec = &mut RowChunks::new(store.get(per_call)?.0, batch_syn, per_call)?;
             let report = iteration(&ctx, exec, &mut st)?;
             let evaluate = cfg.eval_every > 0
                 && (st.iteration % cfg.eval_every == 0 || st.iteration == cfg.iterations);
             let checkpoint =
                 st.iteration % cfg.checkpoint_every == 0 || st.iteration == cfg.iterations;
             let y = if evaluate || checkpoint {
-                Some(saved_labels(&ctx, store.get(batch_syn)?.0, &st)?)
+                Some(saved_labels(&ctx, exec, &st)?)
             } else {
                 None
             };

@@ -17,6 +17,7 @@ mod heap;
 mod model_info;
 mod ort_backend;
 pub mod programs;
+pub mod row_chunks;
 pub mod run_file;
 mod tract_backend;
 mod tract_instance_norm;

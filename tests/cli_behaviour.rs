@@ -304,8 +304,11 @@ fn bench_memory_stops_a_run_past_its_limit() {
         "memory",
         "--model",
         "convnet-d1-w4",
+        // 20 images a step, run as calls of 10 (runtime::row_chunks).
         "--ipc",
-        "1",
+        "2",
+        "--batch-syn",
+        "20",
         "--steps",
         "2,3",
         "--modes",

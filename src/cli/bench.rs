@@ -4,9 +4,9 @@ use crate::compile_cache::ProgramStore;
 use crate::runtime::programs::{Artifact, Exec};
 use crate::runtime::BackendKind;
 use crate::zoo::ModelSpec;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// `tesla bench` arguments.
@@ -304,6 +304,21 @@ fn step(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The parameter count of the artifacts a run compiled under `artifacts` (one directory per
+/// number of images per call, which need not be the student batch: see `runtime::row_chunks`).
+fn compiled_num_params(artifacts: &Path) -> Result<usize> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(artifacts)
+        .with_context(|| format!("reading {}", artifacts.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("manifest.json").is_file())
+        .collect();
+    dirs.sort();
+    let dir = dirs
+        .first()
+        .ok_or_else(|| anyhow!("{} holds no compiled artifacts", artifacts.display()))?;
+    Ok(crate::compiler::manifest::Manifest::load(dir)?.num_params)
+}
+
 fn memory(a: &BenchArgs) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find the tesla executable")?;
     let steps: Vec<usize> = a
@@ -396,10 +411,8 @@ fn memory(a: &BenchArgs) -> Result<()> {
             )));
             // Pass 1's T + 1 stored parameter vectors (f32) are the one part that must grow
             // with T.
-            let man = crate::compiler::manifest::Manifest::load(
-                &out.join("artifacts").join(format!("b{}", a.batch_syn)),
-            )?;
-            stored.push(((t + 1) * man.num_params * 4) as f64 / (1024.0 * 1024.0));
+            let num_params = compiled_num_params(&out.join("artifacts"))?;
+            stored.push(((t + 1) * num_params * 4) as f64 / (1024.0 * 1024.0));
         }
         let growth = match (row.first(), row.last()) {
             (Some(Ok((first, _))), Some(Ok((last, _)))) if row.len() >= 2 => {

@@ -128,6 +128,15 @@ fn a_short_batch_gives_the_gradient_of_its_own_images() {
             [1, 28, 28],
             3,
         ),
+        // Run as two calls of 10 images, the second all padding.
+        (
+            ModelSpec::parse(MODEL).unwrap(),
+            20,
+            false,
+            false,
+            [1, 28, 28],
+            3,
+        ),
         (
             ModelSpec::Onnx(fixture("convnet_dynamo_keep.onnx"), BatchNormMode::Auto),
             4,
@@ -155,7 +164,8 @@ fn a_short_batch_gives_the_gradient_of_its_own_images() {
             work.path(),
             &[tesla_distill::runtime::programs::Artifact::Step],
         );
-        let theta = init_theta(&mut store, batch, 5).unwrap();
+        let per_call = tesla_distill::train::rows_per_step_call(&store, batch).unwrap();
+        let theta = init_theta(&mut store, per_call, 5).unwrap();
         let mut r = common::rng(3);
         let x = Array4::from_shape_fn((3, c, h, w), |_| r.random_range(-1.0f32..1.0));
         let mut y = ndarray::Array2::from_shape_fn((3, k), |_| r.random_range(0.1f32..1.0));
@@ -163,11 +173,18 @@ fn a_short_batch_gives_the_gradient_of_its_own_images() {
             let s = row.sum();
             row /= s;
         }
-        let (loss, g) =
-            tesla_distill::train::batch_gradient(&mut store, &theta, x.view(), y.view(), batch)
-                .unwrap();
+        let (loss, g) = tesla_distill::train::batch_gradient(
+            &mut store,
+            &theta,
+            x.view(),
+            y.view(),
+            batch,
+            per_call,
+        )
+        .unwrap();
         assert_eq!(store.dir(3).exists(), own_size, "{}", spec.name());
-        assert!(store.dir(batch).exists());
+        assert!(store.dir(per_call).exists());
+        assert_eq!(per_call, batch.min(10), "{}", spec.name());
 
         let f64s = |shape: &[usize], v: &mut dyn Iterator<Item = f32>| {
             Tensor::new(DType::F64, shape.to_vec(), v.map(f64::from).collect())

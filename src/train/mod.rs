@@ -9,6 +9,7 @@ use crate::data::Dataset;
 use crate::progress::{Event, Observer};
 use crate::runtime::batches::for_each_batch;
 use crate::runtime::programs::{Artifact, Exec, Scalar};
+use crate::runtime::row_chunks::{requested_rows_per_call, rows_per_call, RowChunks};
 use anyhow::{anyhow, bail, Result};
 use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Axis};
 use optimizer::MomentumSgd;
@@ -139,6 +140,7 @@ pub fn train(
         bail!("nothing to train on: the training set is empty");
     }
     let b = cfg.batch.min(n).max(1);
+    let per_call = rows_per_step_call(store, b)?;
     for epoch in cfg.start_epoch..cfg.epochs {
         // Each epoch's randomness depends only on (seed, epoch), so a resumed run repeats it.
         let mut rng = ChaCha8Rng::seed_from_u64(
@@ -163,7 +165,7 @@ pub fn train(
                 );
                 augment::try_apply(&d, x.view())?
             };
-            let (loss, g) = batch_gradient(store, &state.theta, x.view(), y.view(), b)?;
+            let (loss, g) = batch_gradient(store, &state.theta, x.view(), y.view(), b, per_call)?;
             if !loss.is_finite() {
                 bail!(
                     "training diverged at epoch {epoch} (loss is {loss}); lower the learning rate"
@@ -199,8 +201,21 @@ pub fn train(
     Ok(())
 }
 
-/// The mean loss and its gradient in θ over the images `x` with label rows `y`, computed with the
-/// artifacts compiled for `batch` images. A shorter batch is padded to `batch` when the model
+/// How many images each step call of a `batch`-image training batch takes (see
+/// [`rows_per_call`]): a few when the model treats each image on its own, else the whole batch.
+/// The artifacts compiled for this size are the ones [`train`] runs.
+pub fn rows_per_step_call(store: &ProgramStore, batch: usize) -> Result<usize> {
+    rows_per_call(
+        batch,
+        store.images_independent(batch)?,
+        requested_rows_per_call()?,
+    )
+}
+
+/// The mean loss and its gradient in θ over the images `x` with label rows `y`, for a batch of
+/// `batch` images run as calls of `per_call` (see [`rows_per_step_call`]; `per_call` must divide
+/// `batch`, and be `batch` for a model that normalises with batch statistics). A shorter batch is
+/// padded to `batch` when the model
 /// treats each image on its own (see [`Manifest::images_independent`]): the padding repeats the
 /// first image under an all-zero label row, which adds exactly zero to the loss and its gradient,
 /// and the real rows are scaled by `batch / len` so that the graph's mean over `batch` rows is
@@ -212,6 +227,7 @@ pub fn batch_gradient(
     x: ArrayView4<f32>,
     y: ArrayView2<f32>,
     batch: usize,
+    per_call: usize,
 ) -> Result<(f64, Vec<f32>)> {
     let n = x.shape()[0];
     if n == 0 || n > batch || y.nrows() != n {
@@ -221,18 +237,22 @@ pub fn batch_gradient(
         );
     }
     let th = ndarray::ArrayView1::from(theta).into_dyn();
-    let pad = n < batch && store.get(batch)?.1.images_independent();
+    let pad = n < batch && store.get(per_call)?.1.images_independent();
     let out = if pad {
         let rows: Vec<usize> = (0..batch).map(|i| if i < n { i } else { 0 }).collect();
         let xp = x.select(Axis(0), &rows);
         let scale = batch as f32 / n as f32;
         let mut yp = Array2::<f32>::zeros((batch, y.ncols()));
         yp.slice_mut(ndarray::s![..n, ..]).assign(&(&y * scale));
-        let (exec, _) = store.get(batch)?;
-        exec.run(
+        let (exec, _) = store.get(per_call)?;
+        RowChunks::new(exec, batch, per_call)?.run(
             Artifact::Step,
             &[th, xp.view().into_dyn(), yp.view().into_dyn()],
         )?
+    } else if n == batch {
+        let (exec, _) = store.get(per_call)?;
+        RowChunks::new(exec, batch, per_call)?
+            .run(Artifact::Step, &[th, x.into_dyn(), y.into_dyn()])?
     } else {
         let (exec, _) = store.get(n)?;
         exec.run(Artifact::Step, &[th, x.into_dyn(), y.into_dyn()])?

@@ -74,6 +74,9 @@ fn class_counts_match_reference_argmax() {
         want.correct[l as usize] += usize::from(best == l as usize);
     }
     assert_eq!(counts, want);
+    // Batches of 20 run as calls of 10 images: the same counts.
+    assert_eq!(class_accuracy(&mut store, &ds, &theta, 20).unwrap(), want);
+    assert!(store.dir(10).exists() && !store.dir(20).exists());
     assert_eq!(want.total, vec![11, 11, 1]);
     let overall = want.correct.iter().sum::<usize>() as f64 / 23.0;
     assert!((counts.accuracy() - overall).abs() < 1e-12);

@@ -319,7 +319,9 @@ pub fn accuracy(
 }
 
 /// Per-class top-1 counts of `theta` on a dataset, evaluated in batches of `batch` in the
-/// dataset's order. A short last batch is padded (the padding's logits ignored) when each image's
+/// dataset's order, each run as calls of a few images when the model treats each image on its
+/// own (see [`rows_per_step_call`]: the logits are the same, and the smaller calls are faster and
+/// hold a fraction of the activations). A short last batch is padded (the padding's logits ignored) when each image's
 /// logits depend on it alone, and otherwise runs at its own size, as PyTorch's `DataLoader`
 /// gives it, so padding never enters batch statistics.
 pub fn class_accuracy(
@@ -338,7 +340,8 @@ pub fn class_accuracy(
         total: vec![0; k],
     };
     let th = ndarray::ArrayView1::from(theta).into_dyn();
-    let mut programs = store.batches(batch.clamp(1, n))?;
+    let rows = rows_per_step_call(store, batch.clamp(1, n))?;
+    let mut programs = store.batches(rows)?;
     for_each_batch(&mut programs, n, |exec, b| {
         let x = ds.batch(&b.rows).into_dyn();
         let out = exec.run(Artifact::Logits, &[th.clone(), x.view()])?;

@@ -1,4 +1,4 @@
-//! A student batch run as several graph calls of fewer images each.
+//! A student or training batch run as several graph calls of fewer images each.
 //!
 //! When every image is treated on its own, a batch's step, pass-2 product, logits and label VJP
 //! are sums (or concatenations) of the same graphs over parts of it: the loss is the mean over the

@@ -215,11 +215,10 @@ pub fn rows_per_step_call(store: &ProgramStore, batch: usize) -> Result<usize> {
 /// The mean loss and its gradient in θ over the images `x` with label rows `y`, for a batch of
 /// `batch` images run as calls of `per_call` (see [`rows_per_step_call`]; `per_call` must divide
 /// `batch`, and be `batch` for a model that normalises with batch statistics). A shorter batch is
-/// padded to `batch` when the model
-/// treats each image on its own (see [`Manifest::images_independent`]): the padding repeats the
-/// first image under an all-zero label row, which adds exactly zero to the loss and its gradient,
-/// and the real rows are scaled by `batch / len` so that the graph's mean over `batch` rows is
-/// the mean over the real ones. Otherwise (batch statistics) it runs the artifacts compiled for
+/// padded to `batch` when the model treats each image on its own (see
+/// [`Manifest::images_independent`]): the padding repeats the first image under an all-zero
+/// label row, which adds exactly zero to the loss and its gradient, and the real rows are scaled
+/// by `batch / len` so that the graph's mean over `batch` rows is the mean over the real ones. Otherwise (batch statistics) it runs the artifacts compiled for
 /// the short batch's own size.
 pub fn batch_gradient(
     store: &mut ProgramStore,
@@ -321,9 +320,9 @@ pub fn accuracy(
 /// Per-class top-1 counts of `theta` on a dataset, evaluated in batches of `batch` in the
 /// dataset's order, each run as calls of a few images when the model treats each image on its
 /// own (see [`rows_per_step_call`]: the logits are the same, and the smaller calls are faster and
-/// hold a fraction of the activations). A short last batch is padded (the padding's logits ignored) when each image's
-/// logits depend on it alone, and otherwise runs at its own size, as PyTorch's `DataLoader`
-/// gives it, so padding never enters batch statistics.
+/// hold a fraction of the activations). A short last batch is padded (the padding's logits
+/// ignored) when each image's logits depend on it alone, and otherwise runs at its own size, as
+/// PyTorch's `DataLoader` gives it, so padding never enters batch statistics.
 pub fn class_accuracy(
     store: &mut ProgramStore,
     ds: &Dataset,

@@ -1,7 +1,8 @@
 //! The command line without surprises: help shows every default, a distillation takes its model
 //! and dataset from the experts when not given, a bad output path fails before any work, a
 //! resumed run lists each iteration once in `metrics.jsonl`, the `config.json` a run wrote
-//! runs it again, and `bench memory` stops a run past its memory limit.
+//! runs it again, `bench memory` stops a run past its memory limit, and `bench step` runs a batch
+//! as calls of fewer images when asked.
 
 mod common;
 
@@ -348,4 +349,62 @@ fn bench_memory_stops_a_run_past_its_limit() {
     bad.extend(["--memory-limit-mib", "0"]);
     fails_with(&bad, &["--memory-limit-mib", "not 0"]);
     assert!(!work.exists(), "nothing is written before the checks pass");
+}
+
+/// `tesla bench step` times the graphs at the batch itself, and as calls of fewer images (as
+/// training runs them) when `TESLA_ROWS_PER_CALL` asks; a size that does not divide the batch is
+/// one error line.
+#[test]
+fn bench_step_runs_a_batch_as_calls_when_asked() {
+    let d = tempfile::tempdir().unwrap();
+    let w = d.path().to_str().unwrap();
+    let args = [
+        "bench",
+        "step",
+        "--model",
+        "convnet-d1-w4",
+        "--batch",
+        "20",
+        "--backends",
+        "tract",
+        "--reps",
+        "1",
+        "--work",
+        w,
+    ];
+    let run = |rows: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tesla"))
+            .args(args)
+            .env("TESLA_ROWS_PER_CALL", rows)
+            .output()
+            .unwrap()
+    };
+    let out = run("10");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("as calls of 10 images"), "{stdout}");
+    let tract_row = stdout
+        .lines()
+        .find(|l| l.starts_with("tract"))
+        .unwrap_or("");
+    let speeds: Vec<f64> = tract_row
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    assert!(
+        speeds.len() == 4 && speeds.iter().all(|&v| v > 0.0),
+        "{stdout}"
+    );
+    let compiled = d.path().join("step").join("convnet-d1-w4");
+    assert!(compiled.join("b10").exists() && !compiled.join("b20").exists());
+    let out = run("7");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("must divide"), "{stderr}");
 }

@@ -221,11 +221,15 @@ fn step(a: &BenchArgs) -> Result<()> {
         .map(|s| s.trim().parse())
         .collect::<Result<_>>()?;
     println!(
-        "model {} input {:?} batch {} ({} reps, median)",
+        "model {} input {:?} batch {} ({} reps, median){}",
         model.name(),
         input,
         a.batch,
-        a.reps
+        a.reps,
+        match crate::runtime::row_chunks::requested_rows_per_call()? {
+            Some(r) => format!(", as calls of {r} images"),
+            None => String::new(),
+        }
     );
     // `pass2 dx` is the product tesla mode runs at every step (the images' gradient only);
     // `pass2` also gives the parameters' and labels' (exact mode, learned labels).
@@ -249,9 +253,16 @@ fn step(a: &BenchArgs) -> Result<()> {
                 Artifact::Pass2Dx,
             ],
         );
-        let theta = crate::train::init_theta(&mut store, a.batch, 0)?;
-        let (exec, m) = store.get(a.batch)?;
+        // The graphs at the batch itself, unless TESLA_ROWS_PER_CALL asks for the batch as
+        // calls of fewer images, as training and distillation run it (runtime::row_chunks).
+        let per_call = match crate::runtime::row_chunks::requested_rows_per_call()? {
+            Some(_) => crate::train::rows_per_step_call(&store, a.batch)?,
+            None => a.batch,
+        };
+        let theta = crate::train::init_theta(&mut store, per_call, 0)?;
+        let (exec, m) = store.get(per_call)?;
         let p = m.num_params;
+        let exec = &mut crate::runtime::row_chunks::RowChunks::new(exec, a.batch, per_call)?;
         num_params = Some(p);
         let th = ndarray::Array1::from(theta).into_dyn();
         let x = ndarray::ArrayD::<f32>::from_shape_fn(

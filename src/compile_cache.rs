@@ -7,6 +7,7 @@ use crate::onnx::artifacts::compile_dir;
 use crate::progress::{Event, SharedObserver};
 use crate::runtime::batches::BatchPrograms;
 use crate::runtime::programs::{Artifact, BackendExec, Exec};
+use crate::runtime::row_chunks;
 use crate::runtime::{backend, BackendKind};
 use crate::zoo::ModelSpec;
 use anyhow::{Context, Result};
@@ -24,6 +25,9 @@ pub struct ProgramStore {
     unrolled_steps: usize,
     execs: HashMap<usize, (BackendExec, Manifest)>,
     observer: SharedObserver,
+    /// Whether each image's outputs depend on that image alone, once the model was built to
+    /// find out.
+    images_independent: Option<bool>,
 }
 
 impl ProgramStore {
@@ -46,6 +50,7 @@ impl ProgramStore {
             unrolled_steps: 0,
             execs: HashMap::new(),
             observer: crate::progress::quiet(),
+            images_independent: None,
         }
     }
 
@@ -70,12 +75,22 @@ impl ProgramStore {
         &self.model
     }
 
-    /// Whether each image's outputs depend on that image alone (see
-    /// [`Manifest::images_independent`]), from the model built for `batch` images, before
-    /// anything is compiled.
-    pub fn images_independent(&self, batch: usize) -> Result<bool> {
-        let m = self.model.build(batch, self.input, self.classes)?;
-        Ok(m.batchnorm.values().all(|s| *s != NormStatistics::Batch))
+    /// How many images each graph call of a `batch`-image batch takes (see
+    /// [`row_chunks::rows_per_call`]): a few when each image's outputs depend on that image alone
+    /// (as [`Manifest::images_independent`] says, found from the model before anything is
+    /// compiled, once per store), else the whole batch; `TESLA_ROWS_PER_CALL` overrides it. The
+    /// artifacts compiled for this size are the ones a caller runs, through
+    /// [`row_chunks::RowChunks`].
+    pub fn rows_per_call(&mut self, batch: usize) -> Result<usize> {
+        let independent = match self.images_independent {
+            Some(v) => v,
+            None => {
+                let m = self.model.build(batch, self.input, self.classes)?;
+                let v = m.batchnorm.values().all(|s| *s != NormStatistics::Batch);
+                *self.images_independent.insert(v)
+            }
+        };
+        row_chunks::rows_per_call(batch, independent, row_chunks::requested_rows_per_call()?)
     }
 
     /// The directory holding the artifacts for `batch`.

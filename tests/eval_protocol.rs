@@ -167,7 +167,7 @@ fn a_short_batch_gives_the_gradient_of_its_own_images() {
             work.path(),
             &[tesla_distill::runtime::programs::Artifact::Step],
         );
-        let per_call = tesla_distill::train::rows_per_step_call(&store, batch).unwrap();
+        let per_call = store.rows_per_call(batch).unwrap();
         let theta = init_theta(&mut store, per_call, 5).unwrap();
         let mut r = common::rng(3);
         let x = Array4::from_shape_fn((3, c, h, w), |_| r.random_range(-1.0f32..1.0));

@@ -220,13 +220,16 @@ fn step(a: &BenchArgs) -> Result<()> {
         .split(',')
         .map(|s| s.trim().parse())
         .collect::<Result<_>>()?;
+    // The graphs at the batch itself, unless TESLA_ROWS_PER_CALL asks for the batch as calls
+    // of fewer images, as training and distillation run it (runtime::row_chunks).
+    let requested = crate::runtime::row_chunks::requested_rows_per_call()?;
     println!(
         "model {} input {:?} batch {} ({} reps, median){}",
         model.name(),
         input,
         a.batch,
         a.reps,
-        match crate::runtime::row_chunks::requested_rows_per_call()? {
+        match requested {
             Some(r) => format!(", as calls of {r} images"),
             None => String::new(),
         }
@@ -253,10 +256,8 @@ fn step(a: &BenchArgs) -> Result<()> {
                 Artifact::Pass2Dx,
             ],
         );
-        // The graphs at the batch itself, unless TESLA_ROWS_PER_CALL asks for the batch as
-        // calls of fewer images, as training and distillation run it (runtime::row_chunks).
-        let per_call = match crate::runtime::row_chunks::requested_rows_per_call()? {
-            Some(_) => crate::train::rows_per_step_call(&store, a.batch)?,
+        let per_call = match requested {
+            Some(_) => store.rows_per_call(a.batch)?,
             None => a.batch,
         };
         let theta = crate::train::init_theta(&mut store, per_call, 0)?;

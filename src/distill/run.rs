@@ -19,7 +19,7 @@ use crate::experts::trajectory::{list, Trajectory};
 use crate::progress::{Event, SharedObserver};
 use crate::runtime::batches::OneBatch;
 use crate::runtime::programs::{Artifact, Exec};
-use crate::runtime::row_chunks::{requested_rows_per_call, rows_per_call, RowChunks};
+use crate::runtime::row_chunks::RowChunks;
 use crate::runtime::BackendKind;
 use crate::train::one_hot;
 use crate::train::optimizer::MomentumSgd;
@@ -624,11 +624,7 @@ pub fn run_with(cfg: DistillConfig, resume: bool, observer: &SharedObserver) -> 
     let per_call = if cfg.gradient == Mode::Unrolled {
         batch_syn
     } else {
-        rows_per_call(
-            batch_syn,
-            store.images_independent(batch_syn)?,
-            requested_rows_per_call()?,
-        )?
+        store.rows_per_call(batch_syn)?
     };
     let num_params = store.get(per_call)?.1.num_params;
     let experts = open_experts(

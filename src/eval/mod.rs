@@ -12,8 +12,7 @@ use crate::progress::SharedObserver;
 use crate::runtime::programs::Artifact;
 use crate::runtime::BackendKind;
 use crate::train::{
-    class_accuracy, derive_seed, init_theta, rows_per_step_call, train, ClassCounts, Sgd, SgdState,
-    TrainSet,
+    class_accuracy, derive_seed, init_theta, train, ClassCounts, Sgd, SgdState, TrainSet,
 };
 use crate::zoo::ModelSpec;
 use anyhow::Result;
@@ -201,7 +200,7 @@ pub fn evaluate_run(
     let classes = labels.shape()[1];
     let n = images.shape()[0];
     let seed = derive_seed(cfg.seed, run);
-    let per_call = rows_per_step_call(store, cfg.batch.min(n).max(1))?;
+    let per_call = store.rows_per_call(cfg.batch.min(n).max(1))?;
     let mut state = SgdState::new(init_theta(store, per_call, seed)?);
     let sgd = Sgd {
         lr,

@@ -9,9 +9,7 @@ use crate::data::{zca::Zca, Dataset, Split};
 use crate::progress::{Event, SharedObserver};
 use crate::runtime::programs::Artifact;
 use crate::runtime::{write_safetensors, BackendKind};
-use crate::train::{
-    accuracy, derive_seed, init_theta, rows_per_step_call, train, Sgd, SgdState, TrainSet,
-};
+use crate::train::{accuracy, derive_seed, init_theta, train, Sgd, SgdState, TrainSet};
 use crate::zoo::ModelSpec;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -173,7 +171,7 @@ fn train_one(
     let seed = derive_seed(cfg.seed, j as u64);
     let partial = partial_path(&cfg.out, j);
     let log_path = cfg.out.join(format!("expert_{j:04}.json"));
-    let per_call = rows_per_step_call(store, cfg.batch.min(train_set.len()).max(1))?;
+    let per_call = store.rows_per_call(cfg.batch.min(train_set.len()).max(1))?;
     let (_, manifest) = store.get(per_call)?;
     let params = manifest.params.clone();
     let p = manifest.num_params;

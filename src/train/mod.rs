@@ -9,7 +9,7 @@ use crate::data::Dataset;
 use crate::progress::{Event, Observer};
 use crate::runtime::batches::for_each_batch;
 use crate::runtime::programs::{Artifact, Exec, Scalar};
-use crate::runtime::row_chunks::{requested_rows_per_call, rows_per_call, RowChunks};
+use crate::runtime::row_chunks::RowChunks;
 use anyhow::{anyhow, bail, Result};
 use ndarray::{Array2, Array4, ArrayView2, ArrayView4, Axis};
 use optimizer::MomentumSgd;
@@ -140,7 +140,7 @@ pub fn train(
         bail!("nothing to train on: the training set is empty");
     }
     let b = cfg.batch.min(n).max(1);
-    let per_call = rows_per_step_call(store, b)?;
+    let per_call = store.rows_per_call(b)?;
     for epoch in cfg.start_epoch..cfg.epochs {
         // Each epoch's randomness depends only on (seed, epoch), so a resumed run repeats it.
         let mut rng = ChaCha8Rng::seed_from_u64(
@@ -201,25 +201,14 @@ pub fn train(
     Ok(())
 }
 
-/// How many images each step call of a `batch`-image training batch takes (see
-/// [`rows_per_call`]): a few when the model treats each image on its own, else the whole batch.
-/// The artifacts compiled for this size are the ones [`train`] runs.
-pub fn rows_per_step_call(store: &ProgramStore, batch: usize) -> Result<usize> {
-    rows_per_call(
-        batch,
-        store.images_independent(batch)?,
-        requested_rows_per_call()?,
-    )
-}
-
 /// The mean loss and its gradient in θ over the images `x` with label rows `y`, for a batch of
-/// `batch` images run as calls of `per_call` (see [`rows_per_step_call`]; `per_call` must divide
+/// `batch` images run as calls of `per_call` (see [`ProgramStore::rows_per_call`]; it must divide
 /// `batch`, and be `batch` for a model that normalises with batch statistics). A shorter batch is
 /// padded to `batch` when the model treats each image on its own (see
 /// [`Manifest::images_independent`]): the padding repeats the first image under an all-zero
 /// label row, which adds exactly zero to the loss and its gradient, and the real rows are scaled
-/// by `batch / len` so that the graph's mean over `batch` rows is the mean over the real ones. Otherwise (batch statistics) it runs the artifacts compiled for
-/// the short batch's own size.
+/// by `batch / len` so that the graph's mean over `batch` rows is the mean over the real ones.
+/// Otherwise (batch statistics) it runs the artifacts compiled for the short batch's own size.
 pub fn batch_gradient(
     store: &mut ProgramStore,
     theta: &[f32],
@@ -237,18 +226,18 @@ pub fn batch_gradient(
     }
     let th = ndarray::ArrayView1::from(theta).into_dyn();
     let pad = n < batch && store.get(per_call)?.1.images_independent();
-    let out = if pad {
+    let padded = pad.then(|| {
         let rows: Vec<usize> = (0..batch).map(|i| if i < n { i } else { 0 }).collect();
-        let xp = x.select(Axis(0), &rows);
         let scale = batch as f32 / n as f32;
         let mut yp = Array2::<f32>::zeros((batch, y.ncols()));
         yp.slice_mut(ndarray::s![..n, ..]).assign(&(&y * scale));
-        let (exec, _) = store.get(per_call)?;
-        RowChunks::new(exec, batch, per_call)?.run(
-            Artifact::Step,
-            &[th, xp.view().into_dyn(), yp.view().into_dyn()],
-        )?
-    } else if n == batch {
+        (x.select(Axis(0), &rows), yp)
+    });
+    let (x, y) = match &padded {
+        Some((xp, yp)) => (xp.view(), yp.view()),
+        None => (x, y),
+    };
+    let out = if x.shape()[0] == batch {
         let (exec, _) = store.get(per_call)?;
         RowChunks::new(exec, batch, per_call)?
             .run(Artifact::Step, &[th, x.into_dyn(), y.into_dyn()])?
@@ -319,7 +308,7 @@ pub fn accuracy(
 
 /// Per-class top-1 counts of `theta` on a dataset, evaluated in batches of `batch` in the
 /// dataset's order, each run as calls of a few images when the model treats each image on its
-/// own (see [`rows_per_step_call`]: the logits are the same, and the smaller calls are faster and
+/// own (see [`ProgramStore::rows_per_call`]: the logits are the same, and the smaller calls are faster and
 /// hold a fraction of the activations). A short last batch is padded (the padding's logits
 /// ignored) when each image's logits depend on it alone, and otherwise runs at its own size, as
 /// PyTorch's `DataLoader` gives it, so padding never enters batch statistics.
@@ -339,7 +328,7 @@ pub fn class_accuracy(
         total: vec![0; k],
     };
     let th = ndarray::ArrayView1::from(theta).into_dyn();
-    let rows = rows_per_step_call(store, batch.clamp(1, n))?;
+    let rows = store.rows_per_call(batch.clamp(1, n))?;
     let mut programs = store.batches(rows)?;
     for_each_batch(&mut programs, n, |exec, b| {
         let x = ds.batch(&b.rows).into_dyn();

@@ -19,6 +19,7 @@ mod ort_backend;
 pub mod programs;
 pub mod row_chunks;
 pub mod run_file;
+mod side_by_side;
 mod tract_backend;
 mod tract_instance_norm;
 mod tract_profile;
@@ -83,6 +84,26 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     /// Loads and optimizes the graph at `path`. Errors name the file and fit on one line.
     fn load(&self, path: &Path) -> Result<Box<dyn Session>>;
+    /// How many sessions of one graph run side by side by default when a batch is split into
+    /// calls, each on its share of the cores (see [`side_by_side`]); 1 where the calls share one
+    /// device.
+    fn lanes(&self) -> usize {
+        1
+    }
+    /// Loads the graph at `path` as `lanes` sessions that run side by side, each on its share of
+    /// the cores.
+    fn load_lanes(&self, path: &Path, lanes: usize) -> Result<Vec<Box<dyn Session>>> {
+        (0..lanes).map(|_| self.load(path)).collect()
+    }
+}
+
+/// The threads the CPU backends compute on: `TESLA_THREADS` if set, else every core.
+pub(crate) fn cpu_threads() -> usize {
+    std::env::var("TESLA_THREADS")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Makes the backend of the given kind. For the ONNX Runtime kinds this loads the library (see

@@ -3,7 +3,7 @@
 //! take, so nothing is converted per call), f64 on the reference evaluator that the exactness
 //! tests use.
 
-use super::{Backend, Session};
+use super::{side_by_side, Backend, Session};
 use crate::compiler::eval::eval;
 use crate::compiler::ir::{DType, Graph, Tensor};
 use anyhow::{anyhow, Context, Result};
@@ -57,6 +57,21 @@ impl Scalar for f64 {
 pub trait Exec<F: Scalar = f32> {
     /// Runs `which` and returns its outputs in declared order.
     fn run(&mut self, which: Artifact, inputs: &[ArrayViewD<'_, F>]) -> Result<Vec<ArrayD<F>>>;
+
+    /// How many calls of one artifact [`Exec::run_side_by_side`] runs at once.
+    fn lanes(&self) -> usize {
+        1
+    }
+
+    /// Runs `which` once for each set of inputs in `calls`, up to [`Exec::lanes`] of them at
+    /// once, and returns their outputs in the order of `calls`.
+    fn run_side_by_side(
+        &mut self,
+        which: Artifact,
+        calls: &[Vec<ArrayViewD<'_, F>>],
+    ) -> Result<Vec<Vec<ArrayD<F>>>> {
+        calls.iter().map(|inputs| self.run(which, inputs)).collect()
+    }
 }
 
 /// The f64 reference evaluator over in-memory IR graphs (tests and small checks).
@@ -109,15 +124,22 @@ pub struct BackendExec {
     backend: Box<dyn Backend>,
     dir: PathBuf,
     sessions: HashMap<Artifact, Box<dyn Session>>,
+    /// How many calls of one artifact run side by side.
+    lane_count: usize,
+    /// The sessions that run calls side by side, `lane_count` per artifact, loaded on the first
+    /// split batch of that artifact.
+    lanes: HashMap<Artifact, Vec<Box<dyn Session>>>,
 }
 
 impl BackendExec {
     /// Programs from the artifact directory `dir`.
     pub fn new(backend: Box<dyn Backend>, dir: &Path) -> BackendExec {
         BackendExec {
+            lane_count: backend.lanes(),
             backend,
             dir: dir.to_path_buf(),
             sessions: HashMap::new(),
+            lanes: HashMap::new(),
         }
     }
 
@@ -134,6 +156,15 @@ impl BackendExec {
         Ok(())
     }
 
+    /// Runs up to `lanes` calls of a split batch side by side, each on its share of the cores
+    /// (1: one after the other); the backend's choice by default (see [`Backend::lanes`]).
+    pub fn set_lanes(&mut self, lanes: usize) {
+        if lanes.max(1) != self.lane_count {
+            self.lane_count = lanes.max(1);
+            self.lanes.clear();
+        }
+    }
+
     /// The backend's name.
     pub fn backend_name(&self) -> &'static str {
         self.backend.name()
@@ -147,18 +178,57 @@ impl Exec<f32> for BackendExec {
             .sessions
             .get_mut(&which)
             .ok_or_else(|| anyhow!("{} is not loaded", which.file()))?;
-        let names: Vec<String> = s.inputs().iter().map(|i| i.name.clone()).collect();
-        if names.len() != inputs.len() {
-            return Err(anyhow!(
-                "{} takes {} inputs, {} given",
-                which.file(),
-                names.len(),
-                inputs.len()
-            ));
-        }
-        for (name, a) in names.iter().zip(inputs) {
-            s.bind(name, a.view())?;
-        }
-        s.run()
+        run_session(s.as_mut(), which, inputs)
     }
+
+    fn lanes(&self) -> usize {
+        self.lane_count
+    }
+
+    fn run_side_by_side(
+        &mut self,
+        which: Artifact,
+        calls: &[Vec<ArrayViewD<'_, f32>>],
+    ) -> Result<Vec<Vec<ArrayD<f32>>>> {
+        let lanes = self.lane_count;
+        if lanes <= 1 || calls.len() <= 1 {
+            return calls.iter().map(|inputs| self.run(which, inputs)).collect();
+        }
+        if !self.lanes.contains_key(&which) {
+            let path = self.dir.join(which.file());
+            let loaded = self
+                .backend
+                .load_lanes(&path, lanes)
+                .with_context(|| format!("loading {}", path.display()))?;
+            self.lanes.insert(which, loaded);
+        }
+        let sessions = self
+            .lanes
+            .get_mut(&which)
+            .ok_or_else(|| anyhow!("{} is not loaded", which.file()))?;
+        side_by_side::run(sessions, calls, |s, inputs| {
+            run_session(s.as_mut(), which, inputs)
+        })
+    }
+}
+
+/// Binds `inputs` to the session's inputs in declared order and runs it.
+fn run_session(
+    s: &mut dyn Session,
+    which: Artifact,
+    inputs: &[ArrayViewD<'_, f32>],
+) -> Result<Vec<ArrayD<f32>>> {
+    let names: Vec<String> = s.inputs().iter().map(|i| i.name.clone()).collect();
+    if names.len() != inputs.len() {
+        return Err(anyhow!(
+            "{} takes {} inputs, {} given",
+            which.file(),
+            names.len(),
+            inputs.len()
+        ));
+    }
+    for (name, a) in names.iter().zip(inputs) {
+        s.bind(name, a.view())?;
+    }
+    s.run()
 }

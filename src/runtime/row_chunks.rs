@@ -135,34 +135,43 @@ impl<F: Scalar> Exec<F> for RowChunks<'_, F> {
         let share = F::narrow(self.per_call as f64 / self.rows as f64);
         let mut sums: Vec<Option<ArrayD<F>>> = vec![None; combine.len()];
         let mut parts: Vec<Vec<ArrayD<F>>> = vec![Vec::new(); combine.len()];
-        for start in (0..self.rows).step_by(self.per_call) {
-            let part: Vec<ArrayViewD<'_, F>> = inputs
+        let starts: Vec<usize> = (0..self.rows).step_by(self.per_call).collect();
+        // As many calls at once as the programs run side by side, so that at most that many
+        // calls' outputs are held before they are added up.
+        for round in starts.chunks(self.inner.lanes().max(1)) {
+            let calls: Vec<Vec<ArrayViewD<'_, F>>> = round
                 .iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    if row_inputs.contains(&i) {
-                        a.slice_axis(Axis(0), Slice::from(start..start + self.per_call))
-                    } else {
-                        a.view()
-                    }
+                .map(|&start| {
+                    inputs
+                        .iter()
+                        .enumerate()
+                        .map(|(i, a)| {
+                            if row_inputs.contains(&i) {
+                                a.slice_axis(Axis(0), Slice::from(start..start + self.per_call))
+                            } else {
+                                a.view()
+                            }
+                        })
+                        .collect()
                 })
                 .collect();
-            let outs = self.inner.run(which, &part)?;
-            if outs.len() != combine.len() {
-                bail!(
-                    "the {which:?} graph returned {} outputs, not {}",
-                    outs.len(),
-                    combine.len()
-                );
-            }
-            for (k, (out, how)) in outs.into_iter().zip(combine).enumerate() {
-                match how {
-                    Combine::Mean => match &mut sums[k] {
-                        Some(s) if s.shape() == out.shape() => *s += &out,
-                        Some(_) => bail!("the {which:?} graph's output {k} changed shape"),
-                        None => sums[k] = Some(out),
-                    },
-                    Combine::RowsOfMean | Combine::Rows => parts[k].push(out),
+            for outs in self.inner.run_side_by_side(which, &calls)? {
+                if outs.len() != combine.len() {
+                    bail!(
+                        "the {which:?} graph returned {} outputs, not {}",
+                        outs.len(),
+                        combine.len()
+                    );
+                }
+                for (k, (out, how)) in outs.into_iter().zip(combine).enumerate() {
+                    match how {
+                        Combine::Mean => match &mut sums[k] {
+                            Some(s) if s.shape() == out.shape() => *s += &out,
+                            Some(_) => bail!("the {which:?} graph's output {k} changed shape"),
+                            None => sums[k] = Some(out),
+                        },
+                        Combine::RowsOfMean | Combine::Rows => parts[k].push(out),
+                    }
                 }
             }
         }

@@ -5,10 +5,12 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Result};
 use ndarray::{ArrayD, ArrayViewD};
+use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::*;
 
 use super::{
-    catch_panic, check_bind, one_line, unbound_error, Backend, IoSpec, ModelInfo, Session,
+    catch_panic, check_bind, one_line, side_by_side, unbound_error, Backend, IoSpec, ModelInfo,
+    Session,
 };
 
 /// Loads graphs with `tract-onnx` and runs their optimized plans.
@@ -40,7 +42,7 @@ fn use_every_core() {
             .thread_name(|i| format!("tract-{i}"))
             .build();
         if let (true, Ok(pool)) = (n > 1, pool) {
-            use tract_linalg::multithread::{set_default_executor, Executor};
+            use tract_linalg::multithread::set_default_executor;
             set_default_executor(Executor::MultiThread(Arc::new(pool)));
         }
     });
@@ -54,7 +56,42 @@ impl Backend for TractBackend {
     fn load(&self, path: &Path) -> Result<Box<dyn Session>> {
         let (info, state) = load_state(path)?;
         let bound = vec![None; info.inputs.len()];
-        Ok(Box::new(TractSession { info, state, bound }))
+        Ok(Box::new(TractSession {
+            info,
+            state,
+            bound,
+            one_thread: false,
+        }))
+    }
+
+    fn lanes(&self) -> usize {
+        side_by_side::cpu_lanes(super::cpu_threads())
+    }
+
+    /// One optimized plan, with a state of its own for each lane; a lane with one thread's share
+    /// of the cores runs its kernels on its own thread rather than on the pool of every core.
+    fn load_lanes(&self, path: &Path, lanes: usize) -> Result<Vec<Box<dyn Session>>> {
+        let lanes = lanes.max(1);
+        let (info, first) = load_state(path)?;
+        let one_thread = side_by_side::threads_per_lane(super::cpu_threads(), lanes) == 1;
+        let mut sessions: Vec<Box<dyn Session>> = Vec::with_capacity(lanes);
+        for _ in 1..lanes {
+            let state = TypedSimpleState::new(first.plan())
+                .map_err(|e| anyhow!("cannot load {} with tract: {e:#}", path.display()))?;
+            sessions.push(Box::new(TractSession {
+                bound: vec![None; info.inputs.len()],
+                info: info.clone(),
+                state,
+                one_thread,
+            }));
+        }
+        sessions.push(Box::new(TractSession {
+            bound: vec![None; info.inputs.len()],
+            info,
+            state: first,
+            one_thread,
+        }));
+        Ok(sessions)
     }
 }
 
@@ -121,6 +158,8 @@ struct TractSession {
     state: TypedSimpleState,
     /// Converted at bind time and shared (not copied) into each run.
     bound: Vec<Option<TValue>>,
+    /// Whether runs keep tract's kernels on the calling thread (a lane beside others).
+    one_thread: bool,
 }
 
 impl Session for TractSession {
@@ -151,10 +190,18 @@ impl Session for TractSession {
         // Cloning a TValue bumps an Arc; the tensor data stays where bind() put it.
         let inputs: TVec<TValue> = self.bound.iter().flatten().cloned().collect();
         let state = &mut self.state;
+        let one_thread = self.one_thread;
         let result = catch_panic("tract run failed", || {
-            state
-                .run(inputs)
-                .map_err(|e| anyhow!("tract run failed: {}", one_line(&format!("{e:#}"))))
+            let run = || {
+                state
+                    .run(inputs)
+                    .map_err(|e| anyhow!("tract run failed: {}", one_line(&format!("{e:#}"))))
+            };
+            if one_thread {
+                multithread_tract_scope(Executor::SingleThread, run)
+            } else {
+                run()
+            }
         });
         let outputs = match result {
             Ok(outputs) => outputs,

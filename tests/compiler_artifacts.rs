@@ -201,29 +201,53 @@ fn parameter_layout_matches_pytorch() {
 /// primitive) compute the very same values as the forms the derivative rules emit, through first
 /// and second order, and leave none of the slow forms behind. Equal as numbers: a masked-out zero
 /// may come out as −0.
-#[test]
-fn fast_forms_compute_the_same_values() {
+/// A ReLU, mean pooling written as a reshape and a mean (as an imported graph may hold it, so
+/// that its derivative is the upsampling the passes rewrite) and a max pool; the gradient `dx`
+/// and, as pass 2, the gradient of ⟨dx, v⟩, which differentiates the masks again.
+fn second_order_graph(r: &mut rand_chacha::ChaCha8Rng) -> Graph {
     use tesla_distill::compiler::autodiff::grad;
     use tesla_distill::compiler::ir::Op;
     use tesla_distill::compiler::lower::pool_2d;
-    use tesla_distill::compiler::passes::{fast_forms, set_outputs};
-    let mut r = rng(11);
+    use tesla_distill::compiler::passes::set_outputs;
     let mut g = Graph::new();
     let x = g.input("x", DType::F64, vec![2, 3, 8, 8]);
     let v = g.input("v", DType::F64, vec![2, 3, 8, 8]);
     let h = g.unary(Op::Relu, x).unwrap();
-    // Mean pooling written as a reshape and a mean (as an imported graph may hold it): its
-    // derivative is the upsampling the passes rewrite.
     let windows = g.reshape(h, &[2, 3, 4, 2, 4, 2]).unwrap();
     let p = g.reduce_mean(windows, &[3, 5], false).unwrap();
     let q = pool_2d(&mut g, p, 2, true).unwrap();
-    let loss = weighted_sum(&mut g, &mut r, q);
+    let loss = weighted_sum(&mut g, r, q);
     let dx = grad(&mut g, loss, &[x], None).unwrap()[0];
-    // Second order, as pass 2: the gradient of ⟨dx, v⟩, which differentiates the masks again.
     let pr = g.mul(dx, v).unwrap();
     let dot = g.sum_all(pr).unwrap();
     let ddx = grad(&mut g, dot, &[x, v], None).unwrap();
     set_outputs(&mut g, &[(dx, "dx"), (ddx[0], "ddx"), (ddx[1], "dv")]).unwrap();
+    g
+}
+
+/// Runs two graphs on the same inputs of [`second_order_graph`] and checks they give the same
+/// bits, not all zero.
+fn same_values(a: &Graph, b: &Graph, r: &mut rand_chacha::ChaCha8Rng) {
+    let mut xs = distinct(r, &[2, 3, 8, 8]);
+    xs.dtype = DType::F64;
+    let vs = uniform(r, &[2, 3, 8, 8], -1.0, 1.0);
+    let ta = run(a, &[xs.clone(), vs.clone()]);
+    let tb = run(b, &[xs, vs]);
+    assert_eq!(ta.len(), tb.len());
+    for (ta, tb) in ta.iter().zip(&tb) {
+        assert_eq!(ta.shape, tb.shape);
+        assert!(ta.data.iter().all(|v| v.is_finite()));
+        assert_eq!(ta.data, tb.data);
+    }
+    assert!(ta[0].data.iter().any(|&v| v != 0.0));
+}
+
+#[test]
+fn fast_forms_compute_the_same_values() {
+    use tesla_distill::compiler::ir::Op;
+    use tesla_distill::compiler::passes::fast_forms;
+    let mut r = rng(11);
+    let g = second_order_graph(&mut r);
     let fast = fast_forms(&g);
     let count = |g: &Graph, f: &dyn Fn(&Op) -> bool| g.nodes.iter().filter(|n| f(&n.op)).count();
     let is_where = |o: &Op| matches!(o, Op::Where);
@@ -234,17 +258,43 @@ fn fast_forms_compute_the_same_values() {
     assert!(count(&fast, &is_where) < count(&g, &is_where));
     assert!(count(&fast, &is_upsample) >= 1);
     assert!(count(&fast, &is_expand) < count(&g, &is_expand));
-    let mut xs = distinct(&mut r, &[2, 3, 8, 8]);
-    xs.dtype = DType::F64;
-    let vs = uniform(&mut r, &[2, 3, 8, 8], -1.0, 1.0);
-    let a = run(&g, &[xs.clone(), vs.clone()]);
-    let b = run(&fast, &[xs, vs]);
-    for (ta, tb) in a.iter().zip(&b) {
-        assert_eq!(ta.shape, tb.shape);
-        assert!(ta.data.iter().all(|v| v.is_finite()));
-        assert_eq!(ta.data, tb.data);
+    same_values(&g, &fast, &mut r);
+}
+
+#[test]
+fn merged_twins_compute_the_same_values() {
+    use tesla_distill::compiler::ir::Op;
+    use tesla_distill::compiler::passes::{fast_forms, merge_duplicates, set_outputs};
+    let mut r = rng(12);
+    let fast = fast_forms(&second_order_graph(&mut r));
+    let merged = merge_duplicates(&fast);
+    assert!(
+        merged.nodes.len() < fast.nodes.len(),
+        "{} nodes before, {} after",
+        fast.nodes.len(),
+        merged.nodes.len()
+    );
+    // No two nodes left compute the same thing.
+    for (i, a) in merged.nodes.iter().enumerate() {
+        for b in &merged.nodes[i + 1..] {
+            assert!(
+                a.op != b.op || a.inputs != b.inputs,
+                "{} and {} are twins",
+                a.name,
+                b.name
+            );
+        }
     }
-    assert!(a[0].data.iter().any(|&v| v != 0.0));
+    same_values(&fast, &merged, &mut r);
+    // Two graph outputs computed alike both stay, each with its own value and name.
+    let mut g = Graph::new();
+    let x = g.input("x", DType::F64, vec![3]);
+    let a = g.unary(Op::Relu, x).unwrap();
+    let b = g.unary(Op::Relu, x).unwrap();
+    set_outputs(&mut g, &[(a, "a"), (b, "b")]).unwrap();
+    let m = merge_duplicates(&g);
+    assert_eq!(m.nodes.len(), 2);
+    assert_ne!(m.outputs[0], m.outputs[1]);
 }
 
 /// Artifacts in a cache directory are reused only by the compiler revision that wrote them: a

@@ -97,6 +97,15 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// How many calls of a split batch a backend of `kind` runs side by side by default (see
+/// [`Backend::lanes`]): one per CPU thread up to four, `TESLA_LANES` if set; 1 on the GPU.
+pub fn default_lanes(kind: BackendKind) -> usize {
+    match kind {
+        BackendKind::Tract | BackendKind::Ort => side_by_side::cpu_lanes(cpu_threads()),
+        BackendKind::OrtCuda => 1,
+    }
+}
+
 /// The threads the CPU backends compute on: `TESLA_THREADS` if set, else every core.
 pub(crate) fn cpu_threads() -> usize {
     std::env::var("TESLA_THREADS")

@@ -269,11 +269,11 @@ impl Backend for OrtBackend {
     }
 
     fn lanes(&self) -> usize {
-        if self.cuda {
-            1
+        super::default_lanes(if self.cuda {
+            super::BackendKind::OrtCuda
         } else {
-            side_by_side::cpu_lanes(super::cpu_threads())
-        }
+            super::BackendKind::Ort
+        })
     }
 
     fn load_lanes(&self, path: &Path, lanes: usize) -> Result<Vec<Box<dyn Session>>> {

@@ -65,7 +65,7 @@ impl Backend for TractBackend {
     }
 
     fn lanes(&self) -> usize {
-        side_by_side::cpu_lanes(super::cpu_threads())
+        super::default_lanes(super::BackendKind::Tract)
     }
 
     /// One optimized plan, with a state of its own for each lane; a lane with one thread's share

@@ -24,6 +24,7 @@ pub const IR_VERSION: i64 = 8;
 pub fn to_model_proto(g: &Graph) -> pb::ModelProto {
     let mut ex = Exporter::new(g);
     ex.run();
+    super::twin_nodes::merge(&mut ex.graph);
     pb::ModelProto {
         ir_version: Some(IR_VERSION),
         opset_import: vec![pb::OperatorSetIdProto {

@@ -10,6 +10,7 @@ pub mod pb {
 pub mod artifacts;
 pub mod export;
 pub mod import;
+mod twin_nodes;
 
 use crate::compiler::ir::DType;
 

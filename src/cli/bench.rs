@@ -230,7 +230,10 @@ fn step(a: &BenchArgs) -> Result<()> {
         a.batch,
         a.reps,
         match requested {
-            Some(r) => format!(", as calls of {r} images"),
+            Some(r) => format!(
+                ", as calls of {r} images, {} side by side on the CPU",
+                crate::runtime::default_lanes(BackendKind::Ort)
+            ),
             None => String::new(),
         }
     );

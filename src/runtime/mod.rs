@@ -85,7 +85,7 @@ pub trait Backend: Send + Sync {
     /// Loads and optimizes the graph at `path`. Errors name the file and fit on one line.
     fn load(&self, path: &Path) -> Result<Box<dyn Session>>;
     /// How many sessions of one graph run side by side by default when a batch is split into
-    /// calls, each on its share of the cores (see [`side_by_side`]); 1 where the calls share one
+    /// calls, each on its share of the cores (`runtime::side_by_side`); 1 where the calls share one
     /// device.
     fn lanes(&self) -> usize {
         1

@@ -194,7 +194,7 @@ fn cpu_arena_wanted() -> bool {
 /// Loads graphs into ONNX Runtime sessions.
 pub(crate) struct OrtBackend {
     cuda: bool,
-    /// For the sessions of [`Backend::load_lane`]: the threads of each.
+    /// For the sessions of [`Backend::load_lanes`]: the threads of each.
     lane_threads: Option<usize>,
 }
 

@@ -21,7 +21,7 @@ pub const MAX_ROWS_PER_CALL: usize = 10;
 const MIN_ROWS_PER_CALL: usize = 4;
 
 /// The number of calls a split batch is cut into a multiple of, where it can be: the programs run
-/// calls side by side (see [`super::side_by_side`]), two on a 2-core machine, and an odd count
+/// calls side by side (`runtime::side_by_side`), two on a 2-core machine, and an odd count
 /// leaves a lane idle through the last round. It is a constant, not the machine's lane count, so
 /// that a batch is cut the same way, and sums to the same bits, on every machine.
 pub const CALLS_IN_STEPS_OF: usize = 2;

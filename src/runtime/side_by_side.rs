@@ -42,14 +42,16 @@ where
     I: Sync,
     O: Send,
 {
-    let lanes = sessions.len();
-    if lanes == 0 {
+    if sessions.is_empty() {
         return Err(anyhow!("no session to run the calls on"));
     }
+    // A round with fewer calls than sessions starts no thread for the idle ones.
+    let lanes = sessions.len().min(calls.len());
     let f = &f;
     let per_lane: Vec<Vec<(usize, Result<O>)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = sessions
             .iter_mut()
+            .take(lanes)
             .enumerate()
             .map(|(lane, session)| {
                 scope.spawn(move || {

@@ -71,26 +71,25 @@ impl Backend for TractBackend {
     /// One optimized plan, with a state of its own for each lane; a lane with one thread's share
     /// of the cores runs its kernels on its own thread rather than on the pool of every core.
     fn load_lanes(&self, path: &Path, lanes: usize) -> Result<Vec<Box<dyn Session>>> {
-        let lanes = lanes.max(1);
         let (info, first) = load_state(path)?;
         let one_thread = side_by_side::threads_per_lane(super::cpu_threads(), lanes) == 1;
-        let mut sessions: Vec<Box<dyn Session>> = Vec::with_capacity(lanes);
+        let mut states = vec![first];
         for _ in 1..lanes {
-            let state = TypedSimpleState::new(first.plan())
+            let state = TypedSimpleState::new(states[0].plan())
                 .map_err(|e| anyhow!("cannot load {} with tract: {e:#}", path.display()))?;
-            sessions.push(Box::new(TractSession {
-                bound: vec![None; info.inputs.len()],
-                info: info.clone(),
-                state,
-                one_thread,
-            }));
+            states.push(state);
         }
-        sessions.push(Box::new(TractSession {
-            bound: vec![None; info.inputs.len()],
-            info,
-            state: first,
-            one_thread,
-        }));
+        let sessions: Vec<Box<dyn Session>> = states
+            .into_iter()
+            .map(|state| {
+                Box::new(TractSession {
+                    bound: vec![None; info.inputs.len()],
+                    info: info.clone(),
+                    state,
+                    one_thread,
+                }) as Box<dyn Session>
+            })
+            .collect();
         Ok(sessions)
     }
 }

@@ -408,3 +408,23 @@ fn bench_step_runs_a_batch_as_calls_when_asked() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("must divide"), "{stderr}");
 }
+
+/// A malformed `TESLA_LANES` is one error line before anything runs.
+#[test]
+fn a_malformed_lane_count_is_one_error_line() {
+    let d = tempfile::tempdir().unwrap();
+    let work = d.path().join("work");
+    for bad in ["two", "0", "-1"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tesla"))
+            .args(["bench", "step", "--model", "convnet-d1-w4", "--batch", "4"])
+            .args(["--backends", "tract", "--reps", "1", "--work"])
+            .arg(&work)
+            .env("TESLA_LANES", bad)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "TESLA_LANES={bad}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("TESLA_LANES"), "{stderr}");
+    }
+}

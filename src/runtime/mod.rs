@@ -118,6 +118,7 @@ pub(crate) fn cpu_threads() -> usize {
 /// Makes the backend of the given kind. For the ONNX Runtime kinds this loads the library (see
 /// [`ort_library_path`]) and, for `ort-cuda`, checks that the CUDA execution provider registers.
 pub fn backend(kind: BackendKind) -> Result<Box<dyn Backend>> {
+    side_by_side::requested_lanes()?;
     match kind {
         BackendKind::Tract => Ok(Box::new(tract_backend::TractBackend::new())),
         BackendKind::Ort => Ok(Box::new(ort_backend::OrtBackend::new(false)?)),
@@ -130,7 +131,7 @@ pub fn backend(kind: BackendKind) -> Result<Box<dyn Backend>> {
 /// tract, which needs nothing installed. Also returns why, for the line every command prints.
 pub fn default_backend() -> (BackendKind, String) {
     match ort_library_path() {
-        Ok(p) => match backend(BackendKind::Ort) {
+        Ok(p) => match ort_backend::OrtBackend::new(false) {
             Ok(_) => (BackendKind::Ort, format!("ONNX Runtime at {}", p.display())),
             Err(e) => (
                 BackendKind::Tract,

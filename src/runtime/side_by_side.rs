@@ -13,15 +13,30 @@ use anyhow::{anyhow, Result};
 /// intermediates, and beyond a few the calls of one batch run out before the lanes do.
 const MAX_LANES: usize = 4;
 
+/// `TESLA_LANES` when set: how many calls of a split batch run side by side (1: one after the
+/// other). Anything but a positive whole number is an error, which [`super::backend`] reports
+/// before a run starts.
+pub(crate) fn requested_lanes() -> Result<Option<usize>> {
+    match std::env::var("TESLA_LANES") {
+        Err(_) => Ok(None),
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Some(n)),
+            _ => Err(anyhow!(
+                "TESLA_LANES must be a positive number of calls to run side by side, not {v:?}"
+            )),
+        },
+    }
+}
+
 /// How many sessions of one graph a CPU backend with `threads` threads runs side by side:
 /// `TESLA_LANES` if set (1 turns side-by-side calls off), else one per thread up to
 /// [`MAX_LANES`].
 pub(crate) fn cpu_lanes(threads: usize) -> usize {
-    std::env::var("TESLA_LANES")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| threads.clamp(1, MAX_LANES))
+    match requested_lanes() {
+        Ok(Some(n)) => n,
+        // A malformed value never gets this far: making the backend checks it first.
+        _ => threads.clamp(1, MAX_LANES),
+    }
 }
 
 /// The threads each of `lanes` sessions gets out of `threads`.

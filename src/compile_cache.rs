@@ -1,8 +1,9 @@
 //! Compiled artifacts for one model at several batch sizes, compiled on first use into a cache
 //! directory and reused while the model's source hash and the compiler's revision are unchanged.
 
+use crate::compiler::ir::numel;
 use crate::compiler::manifest::Manifest;
-use crate::compiler::model::NormStatistics;
+use crate::compiler::model::{ForwardModel, NormStatistics};
 use crate::onnx::artifacts::compile_dir;
 use crate::progress::{Event, SharedObserver};
 use crate::runtime::batches::BatchPrograms;
@@ -28,6 +29,8 @@ pub struct ProgramStore {
     /// Whether each image's outputs depend on that image alone, once the model was built to
     /// find out.
     images_independent: Option<bool>,
+    /// Bytes of the model's largest intermediate for one image, found with the above.
+    image_bytes: usize,
 }
 
 impl ProgramStore {
@@ -51,6 +54,7 @@ impl ProgramStore {
             execs: HashMap::new(),
             observer: crate::progress::quiet(),
             images_independent: None,
+            image_bytes: 0,
         }
     }
 
@@ -86,11 +90,17 @@ impl ProgramStore {
             Some(v) => v,
             None => {
                 let m = self.model.build(batch, self.input, self.classes)?;
+                self.image_bytes = largest_activation_per_image(&m);
                 let v = m.batchnorm.values().all(|s| *s != NormStatistics::Batch);
                 *self.images_independent.insert(v)
             }
         };
-        row_chunks::rows_per_call(batch, independent, row_chunks::requested_rows_per_call()?)
+        row_chunks::rows_per_call(
+            batch,
+            independent,
+            self.image_bytes,
+            row_chunks::requested_rows_per_call()?,
+        )
     }
 
     /// The directory holding the artifacts for `batch`.
@@ -148,6 +158,19 @@ impl ProgramStore {
             pads,
         })
     }
+}
+
+/// Bytes of the largest value `model`'s forward graph computes, per image, in f32: what sizes
+/// the calls a batch is cut into (see [`row_chunks::rows_per_call`]).
+fn largest_activation_per_image(model: &ForwardModel) -> usize {
+    let g = &model.graph;
+    let batch = g.shape(model.x).first().copied().unwrap_or(1).max(1);
+    g.nodes
+        .iter()
+        .flat_map(|n| &n.outputs)
+        .map(|&v| numel(g.shape(v)) * 4 / batch)
+        .max()
+        .unwrap_or(0)
 }
 
 /// A store's programs for one batch size, as [`BatchPrograms`]: a short batch is padded when the

@@ -351,11 +351,10 @@ fn bench_memory_stops_a_run_past_its_limit() {
     assert!(!work.exists(), "nothing is written before the checks pass");
 }
 
-/// `tesla bench step` times the graphs at the batch itself, and as calls of fewer images (as
-/// training runs them) when `TESLA_ROWS_PER_CALL` asks; a size that does not divide the batch is
-/// one error line.
+/// `tesla bench step` times a batch as training runs it, as calls of fewer images, or at the size
+/// `TESLA_ROWS_PER_CALL` asks; a size that does not divide the batch is one error line.
 #[test]
-fn bench_step_runs_a_batch_as_calls_when_asked() {
+fn bench_step_runs_a_batch_as_training_does() {
     let d = tempfile::tempdir().unwrap();
     let w = d.path().to_str().unwrap();
     let args = [
@@ -372,14 +371,16 @@ fn bench_step_runs_a_batch_as_calls_when_asked() {
         "--work",
         w,
     ];
-    let run = |rows: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tesla"))
-            .args(args)
-            .env("TESLA_ROWS_PER_CALL", rows)
-            .output()
-            .unwrap()
+    let run = |rows: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tesla"));
+        cmd.args(args).env_remove("TESLA_ROWS_PER_CALL");
+        if let Some(rows) = rows {
+            cmd.env("TESLA_ROWS_PER_CALL", rows);
+        }
+        cmd.output().unwrap()
     };
-    let out = run("10");
+    // By default, the rule training follows: 20 small images as two calls of 10.
+    let out = run(None);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -402,7 +403,13 @@ fn bench_step_runs_a_batch_as_calls_when_asked() {
     );
     let compiled = d.path().join("step").join("convnet-d1-w4");
     assert!(compiled.join("b10").exists() && !compiled.join("b20").exists());
-    let out = run("7");
+    // Asked for the whole batch: one call of 20, and the header says nothing of calls.
+    let out = run(Some("20"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(!stdout.contains("as calls of"), "{stdout}");
+    assert!(compiled.join("b20").exists());
+    let out = run(Some("7"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");

@@ -220,21 +220,30 @@ fn step(a: &BenchArgs) -> Result<()> {
         .split(',')
         .map(|s| s.trim().parse())
         .collect::<Result<_>>()?;
-    // The graphs at the batch itself, unless TESLA_ROWS_PER_CALL asks for the batch as calls
-    // of fewer images, as training and distillation run it (runtime::row_chunks).
-    let requested = crate::runtime::row_chunks::requested_rows_per_call()?;
+    // The batch as training and distillation run it: as calls of a few images where the model
+    // treats each image on its own (runtime::row_chunks), or as TESLA_ROWS_PER_CALL asks.
+    let per_call = ProgramStore::new(
+        model.clone(),
+        input,
+        a.classes,
+        BackendKind::Tract,
+        &a.work.join("step").join(model.folder_name()),
+        &[],
+    )
+    .rows_per_call(a.batch)?;
     println!(
         "model {} input {:?} batch {} ({} reps, median){}",
         model.name(),
         input,
         a.batch,
         a.reps,
-        match requested {
-            Some(r) => format!(
-                ", as calls of {r} images, {} side by side on the CPU",
+        if per_call < a.batch {
+            format!(
+                ", as calls of {per_call} images, {} side by side on the CPU",
                 crate::runtime::default_lanes(BackendKind::Ort)
-            ),
-            None => String::new(),
+            )
+        } else {
+            String::new()
         }
     );
     // `pass2 dx` is the product tesla mode runs at every step (the images' gradient only);
@@ -259,10 +268,6 @@ fn step(a: &BenchArgs) -> Result<()> {
                 Artifact::Pass2Dx,
             ],
         );
-        let per_call = match requested {
-            Some(_) => store.rows_per_call(a.batch)?,
-            None => a.batch,
-        };
         let theta = crate::train::init_theta(&mut store, per_call, 0)?;
         let (exec, m) = store.get(per_call)?;
         let p = m.num_params;

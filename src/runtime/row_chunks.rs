@@ -12,13 +12,21 @@ use super::programs::{Artifact, Exec, Scalar};
 use anyhow::{anyhow, bail, Result};
 use ndarray::{concatenate, ArrayD, ArrayViewD, Axis, Slice};
 
-/// The most images one call takes when a batch is split: at ConvNet-D3's and ConvNet-D4's shapes
-/// calls of 10 ran fastest of 4, 10, 20, 50 and 100.
+/// The most images one call takes when a batch is split: at ConvNet-D3's (width 32) and
+/// ConvNet-D4's shapes calls of 10 ran fastest of 4, 10, 20, 50 and 100.
 pub const MAX_ROWS_PER_CALL: usize = 10;
 
 /// The fewest images a split call takes: below this a call's fixed cost and the small matrix
 /// products outweigh the smaller intermediates, so such a batch runs whole.
 const MIN_ROWS_PER_CALL: usize = 4;
+
+/// The size up to which a call's largest intermediate keeps the calls fast: about one core's
+/// cache, where the elementwise passes over it stay. ConvNet-D3 at width 128 (512 KiB an image at
+/// its first layer) ran its step, pass 2 and pass 2 in the images 4 % faster as calls of 4 than of
+/// 8, two side by side, and its step 9 % on one thread; ConvNet-D4 at 64×64 (2 MiB an image)
+/// overflows it at any call size and ran fastest as calls of 10. A constant, not the machine's
+/// cache, so that a batch is cut the same way on every machine.
+pub const CALL_ACTIVATION_BYTES: usize = 5 << 19;
 
 /// The number of calls a split batch is cut into a multiple of, where it can be: the programs run
 /// calls side by side (`runtime::side_by_side`), two on a 2-core machine, and an odd count
@@ -26,16 +34,28 @@ const MIN_ROWS_PER_CALL: usize = 4;
 /// that a batch is cut the same way, and sums to the same bits, on every machine.
 pub const CALLS_IN_STEPS_OF: usize = 2;
 
+/// The most images a call takes for a model whose largest intermediate is `image_bytes` per image:
+/// as many as keep that intermediate within [`CALL_ACTIVATION_BYTES`], from 4 to
+/// [`MAX_ROWS_PER_CALL`]; where even 4 overflow it, [`MAX_ROWS_PER_CALL`], so that the call's
+/// fixed work (the weights' transposes, the parameter gradient's sums) is shared by more images.
+pub fn most_rows_per_call(image_bytes: usize) -> usize {
+    match CALL_ACTIVATION_BYTES.checked_div(image_bytes) {
+        Some(r) if r >= MIN_ROWS_PER_CALL => r.min(MAX_ROWS_PER_CALL),
+        _ => MAX_ROWS_PER_CALL,
+    }
+}
+
 /// How many images each graph call of a `batch`-image student batch takes. When images are
-/// independent: the largest divisor of `batch` from 4 to [`MAX_ROWS_PER_CALL`] that cuts it into a
-/// multiple of [`CALLS_IN_STEPS_OF`] calls (a batch of 10: two calls of 5, which ran ConvNet-D3's
-/// step 1.2 to 1.3 times as fast as one call of 10 on both cores); failing that, the largest such
-/// divisor at all, or the whole batch when it is at most 10 or has none. A model with batch
-/// statistics runs whole. `requested` (from `TESLA_ROWS_PER_CALL`) overrides the rule and must
-/// divide the batch.
+/// independent: the largest divisor of `batch` from 4 to [`most_rows_per_call`] of `image_bytes`
+/// (the model's largest intermediate for one image) that cuts it into a multiple of
+/// [`CALLS_IN_STEPS_OF`] calls (a batch of 10: two calls of 5, which ran ConvNet-D3's step 1.2 to
+/// 1.3 times as fast as one call of 10 on both cores); failing that, the largest such divisor at
+/// all, or the whole batch when it is at most 10 or has none. A model with batch statistics runs
+/// whole. `requested` (from `TESLA_ROWS_PER_CALL`) overrides the rule and must divide the batch.
 pub fn rows_per_call(
     batch: usize,
     images_independent: bool,
+    image_bytes: usize,
     requested: Option<usize>,
 ) -> Result<usize> {
     if let Some(r) = requested {
@@ -53,8 +73,9 @@ pub fn rows_per_call(
     if !images_independent {
         return Ok(batch);
     }
+    let most = most_rows_per_call(image_bytes);
     let divisors = || {
-        (MIN_ROWS_PER_CALL..=MAX_ROWS_PER_CALL)
+        (MIN_ROWS_PER_CALL..=most)
             .rev()
             .filter(move |&r| batch.is_multiple_of(r))
     };
@@ -218,7 +239,8 @@ mod tests {
 
     #[test]
     fn the_largest_divisor_up_to_ten_and_at_least_four_in_an_even_count() {
-        let rule = |b| rows_per_call(b, true, None).unwrap();
+        // 128 KiB an image: calls of up to 10 stay within the cache size.
+        let rule = |b| rows_per_call(b, true, 128 << 10, None).unwrap();
         assert_eq!(rule(100), 10);
         assert_eq!(rule(1000), 10);
         assert_eq!(rule(256), 8);
@@ -235,19 +257,50 @@ mod tests {
         // No divisor from 4 to 10: the batch runs whole.
         assert_eq!(rule(22), 22);
         assert_eq!(rule(97), 97);
-        assert_eq!(rows_per_call(100, false, None).unwrap(), 100);
-        assert_eq!(rows_per_call(10, false, None).unwrap(), 10);
+        assert_eq!(rows_per_call(100, false, 128 << 10, None).unwrap(), 100);
+        assert_eq!(rows_per_call(10, false, 128 << 10, None).unwrap(), 10);
+    }
+
+    #[test]
+    fn larger_images_take_fewer_rows_until_none_fit() {
+        // 512 KiB an image (ConvNet-D3, width 128, at its first layer): at most 5 rows.
+        let rule = |b| rows_per_call(b, true, 512 << 10, None).unwrap();
+        assert_eq!(rule(256), 4);
+        assert_eq!(rule(100), 5);
+        assert_eq!(rule(10), 5);
+        assert_eq!(rule(40), 5);
+        // No divisor from 4 to 5 at all: a small batch runs whole, a large one too.
+        assert_eq!(rule(9), 9);
+        assert_eq!(rule(63), 63);
+        assert_eq!(most_rows_per_call(512 << 10), 5);
+        assert_eq!(most_rows_per_call(640 << 10), 4);
+        // Four rows overflow the cache size: the largest calls again.
+        assert_eq!(most_rows_per_call(641 << 10), MAX_ROWS_PER_CALL);
+        assert_eq!(most_rows_per_call(2 << 20), MAX_ROWS_PER_CALL);
+        assert_eq!(rows_per_call(100, true, 2 << 20, None).unwrap(), 10);
+        // Small images: capped at the most rows a call takes.
+        assert_eq!(most_rows_per_call(1 << 10), MAX_ROWS_PER_CALL);
+        assert_eq!(most_rows_per_call(0), MAX_ROWS_PER_CALL);
     }
 
     #[test]
     fn a_requested_size_must_divide_and_keep_batch_statistics_whole() {
-        assert_eq!(rows_per_call(100, true, Some(25)).unwrap(), 25);
-        assert_eq!(rows_per_call(100, false, Some(100)).unwrap(), 100);
-        let e = rows_per_call(100, true, Some(30)).unwrap_err().to_string();
+        assert_eq!(rows_per_call(100, true, 128 << 10, Some(25)).unwrap(), 25);
+        assert_eq!(
+            rows_per_call(100, false, 128 << 10, Some(100)).unwrap(),
+            100
+        );
+        let e = rows_per_call(100, true, 128 << 10, Some(30))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("must divide"), "{e}");
-        let e = rows_per_call(100, true, Some(0)).unwrap_err().to_string();
+        let e = rows_per_call(100, true, 128 << 10, Some(0))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("must divide"), "{e}");
-        let e = rows_per_call(100, false, Some(10)).unwrap_err().to_string();
+        let e = rows_per_call(100, false, 128 << 10, Some(10))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("batch statistics"), "{e}");
     }
 }

@@ -22,10 +22,10 @@ const MIN_ROWS_PER_CALL: usize = 4;
 
 /// The size up to which a call's largest intermediate keeps the calls fast: about one core's
 /// cache, where the elementwise passes over it stay. ConvNet-D3 at width 128 (512 KiB an image at
-/// its first layer) ran its step, pass 2 and pass 2 in the images 4 % faster as calls of 4 than of
-/// 8, two side by side, and its step 9 % on one thread; ConvNet-D4 at 64×64 (2 MiB an image)
-/// overflows it at any call size and ran fastest as calls of 10. A constant, not the machine's
-/// cache, so that a batch is cut the same way on every machine.
+/// its first layer) ran pass 2 in the images, the product tesla mode runs at every step, 3 to 6 %
+/// faster as calls of 4 or 5 than of 8 or 10, two side by side, and held fewer activations;
+/// ConvNet-D4 at 64×64 (2 MiB an image) overflows it at any call size and ran as fast as calls of
+/// 10. A constant, not the machine's cache, so that a batch is cut the same way on every machine.
 pub const CALL_ACTIVATION_BYTES: usize = 5 << 19;
 
 /// The number of calls a split batch is cut into a multiple of, where it can be: the programs run

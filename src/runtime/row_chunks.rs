@@ -47,11 +47,12 @@ pub fn most_rows_per_call(image_bytes: usize) -> usize {
 
 /// How many images each graph call of a `batch`-image student batch takes. When images are
 /// independent: the largest divisor of `batch` from 4 to [`most_rows_per_call`] of `image_bytes`
-/// (the model's largest intermediate for one image) that cuts it into a multiple of
-/// [`CALLS_IN_STEPS_OF`] calls (a batch of 10: two calls of 5, which ran ConvNet-D3's step 1.2 to
-/// 1.3 times as fast as one call of 10 on both cores); failing that, the largest such divisor at
-/// all, or the whole batch when it is at most 10 or has none. A model with batch statistics runs
-/// whole. `requested` (from `TESLA_ROWS_PER_CALL`) overrides the rule and must divide the batch.
+/// (the model's largest intermediate for one image), or failing one to [`MAX_ROWS_PER_CALL`], that
+/// cuts it into a multiple of [`CALLS_IN_STEPS_OF`] calls (a batch of 10: two calls of 5, which
+/// ran ConvNet-D3's step 1.2 to 1.3 times as fast as one call of 10 on both cores); failing that,
+/// the whole batch when it is at most 10, or the largest such divisor at all (in the same order of
+/// ranges), or the whole batch when it has none. A model with batch statistics runs whole.
+/// `requested` (from `TESLA_ROWS_PER_CALL`) overrides the rule and must divide the batch.
 pub fn rows_per_call(
     batch: usize,
     images_independent: bool,
@@ -73,19 +74,24 @@ pub fn rows_per_call(
     if !images_independent {
         return Ok(batch);
     }
-    let most = most_rows_per_call(image_bytes);
-    let divisors = || {
+    // Within the cache size first; where no divisor is, up to the most a call takes at all.
+    let limits = [most_rows_per_call(image_bytes), MAX_ROWS_PER_CALL];
+    let divisors = |most: usize| {
         (MIN_ROWS_PER_CALL..=most)
             .rev()
             .filter(move |&r| batch.is_multiple_of(r))
     };
-    if let Some(r) = divisors().find(|&r| (batch / r).is_multiple_of(CALLS_IN_STEPS_OF)) {
+    let even = |r: &usize| (batch / r).is_multiple_of(CALLS_IN_STEPS_OF);
+    if let Some(r) = limits.iter().find_map(|&m| divisors(m).find(even)) {
         return Ok(r);
     }
     if batch <= MAX_ROWS_PER_CALL {
         return Ok(batch);
     }
-    Ok(divisors().next().unwrap_or(batch))
+    Ok(limits
+        .iter()
+        .find_map(|&m| divisors(m).next())
+        .unwrap_or(batch))
 }
 
 /// `TESLA_ROWS_PER_CALL` when set: a number of images per graph call, for measurements.
@@ -269,9 +275,15 @@ mod tests {
         assert_eq!(rule(100), 5);
         assert_eq!(rule(10), 5);
         assert_eq!(rule(40), 5);
-        // No divisor from 4 to 5 at all: a small batch runs whole, a large one too.
+        // No divisor from 4 to 5 in an even count: one up to 10 in an even count (28 as four
+        // calls of 7, not seven of 4), else a small batch whole and a large one as calls of its
+        // largest divisor up to 10 (63 as seven of 9), never whole.
+        assert_eq!(rule(28), 7);
+        assert_eq!(rule(12), 6);
         assert_eq!(rule(9), 9);
-        assert_eq!(rule(63), 63);
+        assert_eq!(rule(63), 9);
+        assert_eq!(rule(45), 5);
+        assert_eq!(rule(97), 97);
         assert_eq!(most_rows_per_call(512 << 10), 5);
         assert_eq!(most_rows_per_call(640 << 10), 4);
         // Four rows overflow the cache size: the largest calls again.

@@ -26,10 +26,16 @@ pub struct ProgramStore {
     unrolled_steps: usize,
     execs: HashMap<usize, (BackendExec, Manifest)>,
     observer: SharedObserver,
-    /// Whether each image's outputs depend on that image alone, once the model was built to
-    /// find out.
-    images_independent: Option<bool>,
-    /// Bytes of the model's largest intermediate for one image, found with the above.
+    /// What cuts a batch into calls, once the model was built to find out.
+    call_sizing: Option<CallSizing>,
+}
+
+/// What [`ProgramStore::rows_per_call`] reads off the model.
+#[derive(Clone, Copy)]
+struct CallSizing {
+    /// Whether each image's outputs depend on that image alone.
+    images_independent: bool,
+    /// Bytes of the model's largest intermediate for one image.
     image_bytes: usize,
 }
 
@@ -53,8 +59,7 @@ impl ProgramStore {
             unrolled_steps: 0,
             execs: HashMap::new(),
             observer: crate::progress::quiet(),
-            images_independent: None,
-            image_bytes: 0,
+            call_sizing: None,
         }
     }
 
@@ -86,19 +91,20 @@ impl ProgramStore {
     /// artifacts compiled for this size are the ones a caller runs, through
     /// [`row_chunks::RowChunks`].
     pub fn rows_per_call(&mut self, batch: usize) -> Result<usize> {
-        let independent = match self.images_independent {
+        let sizing = match self.call_sizing {
             Some(v) => v,
             None => {
                 let m = self.model.build(batch, self.input, self.classes)?;
-                self.image_bytes = largest_activation_per_image(&m);
-                let v = m.batchnorm.values().all(|s| *s != NormStatistics::Batch);
-                *self.images_independent.insert(v)
+                *self.call_sizing.insert(CallSizing {
+                    images_independent: m.batchnorm.values().all(|s| *s != NormStatistics::Batch),
+                    image_bytes: largest_activation_per_image(&m),
+                })
             }
         };
         row_chunks::rows_per_call(
             batch,
-            independent,
-            self.image_bytes,
+            sizing.images_independent,
+            sizing.image_bytes,
             row_chunks::requested_rows_per_call()?,
         )
     }

@@ -21,6 +21,10 @@ import time
 import numpy as np
 import onnxruntime as ort
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_torch import cpu  # noqa: E402  (the CPU line every benchmark table names)
+from profile_ort import deterministic_feeds  # noqa: E402
+
 
 def session(path):
     so = ort.SessionOptions()
@@ -28,12 +32,7 @@ def session(path):
     so.inter_op_num_threads = 1
     so.add_session_config_entry("session.set_denormal_as_zero", "1")
     s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    feeds = {}
-    for i in s.get_inputs():
-        n = int(np.prod(i.shape))
-        v = ((np.arange(n) * 7919) % 101) / 101.0 - 0.5
-        feeds[i.name] = (v * 0.1).astype(np.float32).reshape(i.shape)
-    return s, feeds
+    return s, deterministic_feeds(s)
 
 
 def batch_seconds(lanes, calls):
@@ -102,16 +101,6 @@ def main():
             ratio = m / float(np.median(rates[(first, g)]))
             cells += f"{m:>14.1f} (×{ratio:.2f})"
         print(f"{s:<16}{cells}")
-
-
-def cpu():
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = {k.strip(): v.strip() for k, v in (l.split(":", 1) for l in f if ":" in l)}
-        name = info.get("model name", "?")
-        return f"{name}, {os.cpu_count()} logical cores"
-    except OSError:
-        return f"{os.cpu_count()} logical cores"
 
 
 if __name__ == "__main__":

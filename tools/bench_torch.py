@@ -31,6 +31,11 @@ def machine():
     """The CPU a table was measured on, as one line: the same source's ratios to PyTorch differed
     by up to 1.7 times between two hosts of one machine type, so each table names the family and
     model it ran on."""
+    return f"cpu: {cpu()}; torch {torch.__version__}"
+
+
+def cpu():
+    """The CPU's model name, family, model and logical cores, from /proc/cpuinfo."""
     fields, cores = {}, 0
     try:
         with open("/proc/cpuinfo") as f:
@@ -42,9 +47,9 @@ def machine():
                 elif key in ("model name", "cpu family", "model") and key not in fields:
                     fields[key] = value.strip()
     except OSError:
-        return "cpu: unknown (no /proc/cpuinfo)"
-    return (f"cpu: {fields.get('model name', 'unknown')}, family {fields.get('cpu family', '?')} "
-            f"model {fields.get('model', '?')}, {cores} logical cores; torch {torch.__version__}")
+        return "unknown (no /proc/cpuinfo)"
+    return (f"{fields.get('model name', 'unknown')}, family {fields.get('cpu family', '?')} "
+            f"model {fields.get('model', '?')}, {cores} logical cores")
 
 
 def convnet(depth, width, channels, hw, classes):

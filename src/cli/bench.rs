@@ -220,17 +220,32 @@ fn step(a: &BenchArgs) -> Result<()> {
         .split(',')
         .map(|s| s.trim().parse())
         .collect::<Result<_>>()?;
+    let mut stores: Vec<(BackendKind, ProgramStore)> = kinds
+        .iter()
+        .map(|&kind| {
+            let store = ProgramStore::new(
+                model.clone(),
+                input,
+                a.classes,
+                kind,
+                &a.work.join("step").join(model.folder_name()),
+                &[
+                    Artifact::Step,
+                    Artifact::Pass2,
+                    Artifact::Logits,
+                    Artifact::Pass2Dx,
+                ],
+            );
+            (kind, store)
+        })
+        .collect();
     // The batch as training and distillation run it: as calls of a few images where the model
-    // treats each image on its own (runtime::row_chunks), or as TESLA_ROWS_PER_CALL asks.
-    let per_call = ProgramStore::new(
-        model.clone(),
-        input,
-        a.classes,
-        BackendKind::Tract,
-        &a.work.join("step").join(model.folder_name()),
-        &[],
-    )
-    .rows_per_call(a.batch)?;
+    // treats each image on its own (runtime::row_chunks), or as TESLA_ROWS_PER_CALL asks. The
+    // cut depends on the model alone, so the first store's answer holds for every backend.
+    let per_call = match stores.first_mut() {
+        Some((_, store)) => store.rows_per_call(a.batch)?,
+        None => bail!("--backends names no backend"),
+    };
     println!(
         "model {} input {:?} batch {} ({} reps, median){}",
         model.name(),
@@ -254,20 +269,7 @@ fn step(a: &BenchArgs) -> Result<()> {
     );
     let mut base: Option<[f64; 4]> = None;
     let mut num_params = None;
-    for kind in kinds {
-        let mut store = ProgramStore::new(
-            model.clone(),
-            input,
-            a.classes,
-            kind,
-            &a.work.join("step").join(model.folder_name()),
-            &[
-                Artifact::Step,
-                Artifact::Pass2,
-                Artifact::Logits,
-                Artifact::Pass2Dx,
-            ],
-        );
+    for (kind, mut store) in stores {
         let theta = crate::train::init_theta(&mut store, per_call, 0)?;
         let (exec, m) = store.get(per_call)?;
         let p = m.num_params;

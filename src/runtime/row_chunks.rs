@@ -243,10 +243,15 @@ impl<F: Scalar> Exec<F> for RowChunks<'_, F> {
 mod tests {
     use super::*;
 
+    /// The cut of a `batch` of independent images of `image_bytes` each, nothing requested.
+    fn cut(batch: usize, image_bytes: usize) -> usize {
+        rows_per_call(batch, true, image_bytes, None).unwrap()
+    }
+
     #[test]
     fn the_largest_divisor_up_to_ten_and_at_least_four_in_an_even_count() {
         // 128 KiB an image: calls of up to 10 stay within the cache size.
-        let rule = |b| rows_per_call(b, true, 128 << 10, None).unwrap();
+        let rule = |b| cut(b, 128 << 10);
         assert_eq!(rule(100), 10);
         assert_eq!(rule(1000), 10);
         assert_eq!(rule(256), 8);
@@ -270,7 +275,7 @@ mod tests {
     #[test]
     fn larger_images_take_fewer_rows_until_none_fit() {
         // 512 KiB an image (ConvNet-D3, width 128, at its first layer): at most 5 rows.
-        let rule = |b| rows_per_call(b, true, 512 << 10, None).unwrap();
+        let rule = |b| cut(b, 512 << 10);
         assert_eq!(rule(256), 4);
         assert_eq!(rule(100), 5);
         assert_eq!(rule(10), 5);
@@ -289,7 +294,7 @@ mod tests {
         // Four rows overflow the cache size: the largest calls again.
         assert_eq!(most_rows_per_call(641 << 10), MAX_ROWS_PER_CALL);
         assert_eq!(most_rows_per_call(2 << 20), MAX_ROWS_PER_CALL);
-        assert_eq!(rows_per_call(100, true, 2 << 20, None).unwrap(), 10);
+        assert_eq!(cut(100, 2 << 20), 10);
         // Small images: capped at the most rows a call takes.
         assert_eq!(most_rows_per_call(1 << 10), MAX_ROWS_PER_CALL);
         assert_eq!(most_rows_per_call(0), MAX_ROWS_PER_CALL);
@@ -297,22 +302,15 @@ mod tests {
 
     #[test]
     fn a_requested_size_must_divide_and_keep_batch_statistics_whole() {
-        assert_eq!(rows_per_call(100, true, 128 << 10, Some(25)).unwrap(), 25);
-        assert_eq!(
-            rows_per_call(100, false, 128 << 10, Some(100)).unwrap(),
-            100
-        );
-        let e = rows_per_call(100, true, 128 << 10, Some(30))
-            .unwrap_err()
-            .to_string();
+        let ask = |independent, r| rows_per_call(100, independent, 128 << 10, Some(r));
+        let refused = |independent, r| ask(independent, r).unwrap_err().to_string();
+        assert_eq!(ask(true, 25).unwrap(), 25);
+        assert_eq!(ask(false, 100).unwrap(), 100);
+        let e = refused(true, 30);
         assert!(e.contains("must divide"), "{e}");
-        let e = rows_per_call(100, true, 128 << 10, Some(0))
-            .unwrap_err()
-            .to_string();
+        let e = refused(true, 0);
         assert!(e.contains("must divide"), "{e}");
-        let e = rows_per_call(100, false, 128 << 10, Some(10))
-            .unwrap_err()
-            .to_string();
+        let e = refused(false, 10);
         assert!(e.contains("batch statistics"), "{e}");
     }
 }
